@@ -1,0 +1,522 @@
+//! Typed configuration: one struct loaded from a TOML file plus `VIDGATE_<SECTION>__<KEY>`
+//! environment overrides, secrets from `<key>_file`, validated before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::billing::{self, Micros};
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "config/vidgate.toml";
+/// The only model vidgate is built to price today; others need their own `pricing.models` entry.
+pub const DEFAULT_MODEL: &str = "wan2.6-reference-video-flash";
+
+/// Why a configuration was refused; always names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid { key: key.into(), reason: reason.into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub store: StoreConfig,
+    pub probe: ProbeConfig,
+    pub callbacks: CallbacksConfig,
+    pub reconciler: ReconcilerConfig,
+    pub idempotency: IdempotencyConfig,
+    pub alerts: AlertsConfig,
+    pub metrics: MetricsConfig,
+    pub pricing: PricingConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub public_base_url: String,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into(), public_base_url: String::new(), max_body_bytes: 65_536 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub base_url: String,
+    pub files_base_url: String,
+    #[serde(serialize_with = "mask_secret")]
+    pub api_key: SecretString,
+    pub api_key_file: Option<PathBuf>,
+    pub connect_timeout_ms: u64,
+    pub timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.evolink.ai".into(),
+            files_base_url: "https://files-api.evolink.ai".into(),
+            api_key: SecretString::default(),
+            api_key_file: None,
+            connect_timeout_ms: 3000,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub algorithms: Vec<String>,
+    #[serde(serialize_with = "mask_secret")]
+    pub hs256_secret: SecretString,
+    pub hs256_secret_file: Option<PathBuf>,
+    pub public_key_pem_files: Vec<PathBuf>,
+    pub jwks_url: String,
+    pub jwks_refresh_cooldown_secs: u64,
+    pub tenant_claim: String,
+    pub roles_claim: String,
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: "vidgate".into(),
+            algorithms: vec!["HS256".into()],
+            hs256_secret: SecretString::default(),
+            hs256_secret_file: None,
+            public_key_pem_files: Vec::new(),
+            jwks_url: String::new(),
+            jwks_refresh_cooldown_secs: 60,
+            tenant_claim: "tenant".into(),
+            roles_claim: "roles".into(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub path: PathBuf,
+    pub redis_url: String,
+    pub key_prefix: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Embedded,
+            path: "data/vidgate.redb".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "vidgate:".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    pub timeout_ms: u64,
+    pub max_bytes: u64,
+    pub cache_ttl_secs: u64,
+    pub allowed_hosts: Vec<String>,
+    pub allow_private_networks: bool,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 10_000,
+            max_bytes: 4_194_304,
+            cache_ttl_secs: 3600,
+            allowed_hosts: Vec::new(),
+            allow_private_networks: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbacksConfig {
+    #[serde(serialize_with = "mask_secret")]
+    pub signing_secret: SecretString,
+    pub signing_secret_file: Option<PathBuf>,
+    pub allowed_networks: Vec<String>,
+    pub allowed_hosts: Vec<String>,
+    pub allow_private_networks: bool,
+    pub timeout_ms: u64,
+    pub retry_delays_ms: Vec<u64>,
+}
+
+impl Default for CallbacksConfig {
+    fn default() -> Self {
+        Self {
+            signing_secret: SecretString::default(),
+            signing_secret_file: None,
+            allowed_networks: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allow_private_networks: false,
+            timeout_ms: 10_000,
+            retry_delays_ms: vec![1000, 2000, 4000],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcilerConfig {
+    pub enabled: bool,
+    pub first_poll_after_secs: u64,
+    pub poll_interval_secs: u64,
+    pub max_task_age_secs: u64,
+    pub unbound_hold_grace_secs: u64,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            first_poll_after_secs: 60,
+            poll_interval_secs: 30,
+            max_task_age_secs: 86_400,
+            unbound_hold_grace_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    pub ttl_secs: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self { ttl_secs: 86_400 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    pub webhook_url: String,
+    pub thresholds: Vec<f64>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self { webhook_url: String::new(), thresholds: vec![0.8, 0.95, 1.0] }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(serialize_with = "mask_secret")]
+    pub bearer_token: SecretString,
+    pub bearer_token_file: Option<PathBuf>,
+    pub listen: String,
+}
+
+/// Per-second prices of one quality, as decimal strings in currency units.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceEntry {
+    pub audio: String,
+    pub silent: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    pub currency: String,
+    /// model → quality → prices
+    pub models: BTreeMap<String, BTreeMap<String, PriceEntry>>,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        let entry = |audio: &str, silent: &str| PriceEntry { audio: audio.into(), silent: silent.into() };
+        let qualities = BTreeMap::from([
+            ("720p".to_string(), entry("0.05", "0.025")),
+            ("1080p".to_string(), entry("0.075", "0.0375")),
+        ]);
+        Self { currency: "USD".into(), models: BTreeMap::from([(DEFAULT_MODEL.to_string(), qualities)]) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeriodKind {
+    Month,
+    Week,
+    Day,
+    Total,
+}
+
+/// One `[[tenants]]` entry: a team with its budget and limits.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    /// Per period, in currency units; empty: no cap.
+    pub budget: String,
+    pub period: PeriodKind,
+    pub creates_per_minute: u32,
+    pub creates_burst: u32,
+    pub reads_per_minute: u32,
+    pub reads_burst: u32,
+    pub max_concurrent_tasks: u32,
+    /// Optional cap per user per period; empty: none.
+    pub user_budget: String,
+    pub user_creates_per_minute: u32,
+    pub allowed_qualities: Vec<String>,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            budget: String::new(),
+            period: PeriodKind::Month,
+            creates_per_minute: 60,
+            creates_burst: 10,
+            reads_per_minute: 600,
+            reads_burst: 100,
+            max_concurrent_tasks: 5,
+            user_budget: String::new(),
+            user_creates_per_minute: 0,
+            allowed_qualities: vec!["720p".into(), "1080p".into()],
+        }
+    }
+}
+
+fn mask_secret<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.expose_secret().is_empty() { "" } else { "********" })
+}
+
+impl Config {
+    /// Loads `path` (which must exist), then environment overrides, then `*_file` secrets.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::File { path: path.display().to_string(), reason: "no such file".into() });
+        }
+        Self::from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(path)))
+    }
+
+    /// Parses a TOML string with the same rules (environment overrides included).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let figment = figment.merge(Env::prefixed("VIDGATE_").split("__"));
+        let mut config: Config = figment.extract().map_err(|e| {
+            let key = e.path.join(".");
+            ConfigError::invalid(if key.is_empty() { "(file)".into() } else { key }, e.kind.to_string())
+        })?;
+        config.load_secret_files()?;
+        Ok(config)
+    }
+
+    fn load_secret_files(&mut self) -> Result<(), ConfigError> {
+        load_secret(&mut self.upstream.api_key, &self.upstream.api_key_file, "upstream.api_key_file")?;
+        load_secret(&mut self.auth.hs256_secret, &self.auth.hs256_secret_file, "auth.hs256_secret_file")?;
+        load_secret(
+            &mut self.callbacks.signing_secret,
+            &self.callbacks.signing_secret_file,
+            "callbacks.signing_secret_file",
+        )?;
+        load_secret(&mut self.metrics.bearer_token, &self.metrics.bearer_token_file, "metrics.bearer_token_file")
+    }
+
+    /// Everything `serve` needs: refuses with the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.listen.parse::<SocketAddr>().map_err(|e| ConfigError::invalid("server.listen", e.to_string()))?;
+        check_url_or_empty("server.public_base_url", &self.server.public_base_url)?;
+        if self.server.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        check_url("upstream.base_url", &self.upstream.base_url)?;
+        check_url("upstream.files_base_url", &self.upstream.files_base_url)?;
+        if self.upstream.api_key.expose_secret().trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "upstream.api_key",
+                "required: set it, VIDGATE_UPSTREAM__API_KEY or upstream.api_key_file",
+            ));
+        }
+        self.validate_auth()?;
+        if self.store.key_prefix.is_empty() {
+            return Err(ConfigError::invalid("store.key_prefix", "must not be empty"));
+        }
+        if self.store.backend == StoreBackend::Redis {
+            check_url("store.redis_url", &self.store.redis_url)?;
+        }
+        self.validate_pricing()?;
+        self.validate_tenants()
+    }
+
+    /// The part of validation that minting and verifying tokens needs.
+    pub fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if auth.algorithms.is_empty() {
+            return Err(ConfigError::invalid("auth.algorithms", "at least one of HS256, RS256, ES256"));
+        }
+        for alg in &auth.algorithms {
+            if !matches!(alg.as_str(), "HS256" | "RS256" | "ES256") {
+                return Err(ConfigError::invalid("auth.algorithms", format!("unknown algorithm {alg:?}")));
+            }
+        }
+        let hs256 = auth.algorithms.iter().any(|a| a == "HS256");
+        if hs256 && auth.hs256_secret.expose_secret().len() < 32 {
+            return Err(ConfigError::invalid("auth.hs256_secret", "HS256 needs a secret of at least 32 bytes"));
+        }
+        let asymmetric = auth.algorithms.iter().any(|a| a != "HS256");
+        if asymmetric && auth.public_key_pem_files.is_empty() && auth.jwks_url.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.public_key_pem_files",
+                "RS256/ES256 need public_key_pem_files or jwks_url",
+            ));
+        }
+        check_url_or_empty("auth.jwks_url", &auth.jwks_url)?;
+        if auth.tenant_claim.is_empty() {
+            return Err(ConfigError::invalid("auth.tenant_claim", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    fn validate_pricing(&self) -> Result<(), ConfigError> {
+        if self.pricing.currency.trim().is_empty() {
+            return Err(ConfigError::invalid("pricing.currency", "must not be empty"));
+        }
+        if self.pricing.models.is_empty() {
+            return Err(ConfigError::invalid("pricing.models", "at least one model must be priced"));
+        }
+        for (model, qualities) in &self.pricing.models {
+            for (quality, price) in qualities {
+                if !matches!(quality.as_str(), "720p" | "1080p") {
+                    return Err(ConfigError::invalid(format!("pricing.models.{model}"), format!("unknown quality {quality:?}")));
+                }
+                for (name, value) in [("audio", &price.audio), ("silent", &price.silent)] {
+                    billing::parse_money(value).map_err(|reason| {
+                        ConfigError::invalid(format!("pricing.models.\"{model}\".\"{quality}\".{name}"), reason)
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tenants(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, tenant) in self.tenants.iter().enumerate() {
+            let key = |field: &str| format!("tenants[{i}].{field}");
+            if !valid_tenant_id(&tenant.id) {
+                return Err(ConfigError::invalid(key("id"), "1-64 characters from a-z, A-Z, 0-9, '-', '_', '.'"));
+            }
+            if !seen.insert(tenant.id.as_str()) {
+                return Err(ConfigError::invalid(key("id"), format!("duplicate tenant {:?}", tenant.id)));
+            }
+            tenant.budget_micros().map_err(|r| ConfigError::invalid(key("budget"), r))?;
+            tenant.user_budget_micros().map_err(|r| ConfigError::invalid(key("user_budget"), r))?;
+            if tenant.creates_per_minute == 0 || tenant.reads_per_minute == 0 {
+                return Err(ConfigError::invalid(key("creates_per_minute"), "rates must be at least 1 per minute"));
+            }
+            for q in &tenant.allowed_qualities {
+                if !matches!(q.as_str(), "720p" | "1080p") {
+                    return Err(ConfigError::invalid(key("allowed_qualities"), format!("unknown quality {q:?}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Price in micro-units per second for a model/quality/audio combination, if priced.
+    pub fn price_per_second(&self, model: &str, quality: &str, audio: bool) -> Option<Micros> {
+        let entry = self.pricing.models.get(model)?.get(quality)?;
+        billing::parse_money(if audio { &entry.audio } else { &entry.silent }).ok()
+    }
+
+    /// The configuration as TOML with every secret masked (for `check-config`).
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl TenantConfig {
+    pub fn budget_micros(&self) -> Result<Option<Micros>, String> {
+        optional_money(&self.budget)
+    }
+
+    pub fn user_budget_micros(&self) -> Result<Option<Micros>, String> {
+        optional_money(&self.user_budget)
+    }
+}
+
+fn optional_money(text: &str) -> Result<Option<Micros>, String> {
+    if text.trim().is_empty() { Ok(None) } else { billing::parse_money(text).map(Some) }
+}
+
+/// Tenant ids appear in store keys and metric labels, so keep them short and plain.
+pub fn valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn load_secret(secret: &mut SecretString, file: &Option<PathBuf>, key: &str) -> Result<(), ConfigError> {
+    let Some(path) = file else { return Ok(()) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    *secret = SecretString::from(text.trim_end_matches(['\n', '\r']).to_string());
+    Ok(())
+}
+
+fn check_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(value).map_err(|e| ConfigError::invalid(key, format!("{value:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::invalid(key, "must be an http or https URL"));
+    }
+    Ok(())
+}
+
+fn check_url_or_empty(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() { Ok(()) } else { check_url(key, value) }
+}

@@ -1,0 +1,267 @@
+//! What the gateway keeps: tenants, reservations (the money held for a task) and task
+//! ownership. Every step that moves money is one atomic store operation, idempotent by
+//! reservation id. Two backends: embedded (redb, one node) and Redis (many replicas).
+
+pub mod embedded;
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::billing::Micros;
+use crate::config::{PeriodKind, StoreBackend, StoreConfig, TenantConfig};
+
+/// A store failure; the gateway fails closed on it (503 `store_unavailable`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A tenant's settings as the store keeps them (seeded from config, changed by admins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSettings {
+    pub budget: Option<Micros>,
+    pub period: PeriodKind,
+    pub creates_per_minute: u32,
+    pub creates_burst: u32,
+    pub reads_per_minute: u32,
+    pub reads_burst: u32,
+    pub max_concurrent_tasks: u32,
+    pub user_budget: Option<Micros>,
+    pub user_creates_per_minute: u32,
+    pub allowed_qualities: Vec<String>,
+}
+
+impl TenantSettings {
+    /// Settings from a validated `[[tenants]]` entry.
+    pub fn from_config(entry: &TenantConfig) -> Result<Self, String> {
+        Ok(Self {
+            budget: entry.budget_micros()?,
+            period: entry.period,
+            creates_per_minute: entry.creates_per_minute,
+            creates_burst: entry.creates_burst,
+            reads_per_minute: entry.reads_per_minute,
+            reads_burst: entry.reads_burst,
+            max_concurrent_tasks: entry.max_concurrent_tasks,
+            user_budget: entry.user_budget_micros()?,
+            user_creates_per_minute: entry.user_creates_per_minute,
+            allowed_qualities: entry.allowed_qualities.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub id: String,
+    pub settings: TenantSettings,
+    /// Hash of the config entry last applied; config re-applies only when it changes.
+    pub config_hash: String,
+}
+
+/// The period keys for one instant, computed by the gateway from its own clock; the store
+/// picks the one matching the tenant's period kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodKeys {
+    /// `2026-11`
+    pub month: String,
+    /// `2026-W48`
+    pub week: String,
+    /// `2026-11-25`
+    pub day: String,
+}
+
+impl PeriodKeys {
+    pub fn at(now: chrono::DateTime<chrono::Utc>) -> Self {
+        use chrono::Datelike;
+        let week = now.iso_week();
+        Self {
+            month: now.format("%Y-%m").to_string(),
+            week: format!("{}-W{:02}", week.year(), week.week()),
+            day: now.format("%Y-%m-%d").to_string(),
+        }
+    }
+
+    pub fn for_kind(&self, kind: PeriodKind) -> &str {
+        match kind {
+            PeriodKind::Month => &self.month,
+            PeriodKind::Week => &self.week,
+            PeriodKind::Day => &self.day,
+            PeriodKind::Total => "total",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReservationState {
+    Reserved,
+    Settled,
+    Refunded,
+    Expired,
+}
+
+impl ReservationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Settled => "settled",
+            Self::Refunded => "refunded",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// Everything a create asks the store to hold, decided before the upstream call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveRequest {
+    pub reservation_id: String,
+    pub tenant: String,
+    pub user: String,
+    pub request_id: String,
+    pub periods: PeriodKeys,
+    pub model: String,
+    pub quality: String,
+    pub audio: bool,
+    pub currency: String,
+    pub price_per_second: Micros,
+    pub reference_durations_ms: Vec<u64>,
+    pub billed_input_ms: u64,
+    pub requested_output_ms: u64,
+    /// The hold: input + requested output at the price.
+    pub amount: Micros,
+    /// The caller's own callback URL, kept here and never sent upstream.
+    pub callback_url: Option<String>,
+    /// Unix ms, from the gateway clock.
+    pub now_ms: i64,
+}
+
+/// One task's money and ownership, from reserve to its final state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationRecord {
+    pub reservation_id: String,
+    pub tenant: String,
+    pub user: String,
+    pub request_id: String,
+    pub task_id: Option<String>,
+    pub state: ReservationState,
+    /// The period the task is booked to (the one it was reserved in).
+    pub period: String,
+    pub model: String,
+    pub quality: String,
+    pub audio: bool,
+    pub currency: String,
+    pub price_per_second: Micros,
+    pub reference_durations_ms: Vec<u64>,
+    pub billed_input_ms: u64,
+    pub requested_output_ms: u64,
+    pub reserved: Micros,
+    pub charged: Option<Micros>,
+    pub billed_output_ms: Option<u64>,
+    pub callback_url: Option<String>,
+    pub created_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// Completion + 24 h, once settled.
+    pub result_expires_ms: Option<i64>,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveRefusal {
+    UnknownTenant,
+    QualityNotAllowed,
+    /// Remaining budget (micro-units) of the tenant or of the user.
+    BudgetExceeded { remaining: Micros, user_scope: bool },
+    ConcurrencyLimited { max: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Reserved(ReservationRecord),
+    Refused(ReserveRefusal),
+}
+
+/// The final charge of a completed task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    pub billed_output_ms: u64,
+    pub amount: Micros,
+    /// True when the result could not be measured and the requested length was billed.
+    pub anomaly: bool,
+    pub now_ms: i64,
+}
+
+/// Result of a final step (settle/refund/expire). Applying it twice is not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinalizeOutcome {
+    /// This call moved the money.
+    Applied(ReservationRecord),
+    /// Already final before this call; nothing moved.
+    AlreadyFinal(ReservationRecord),
+    NotFound,
+}
+
+impl FinalizeOutcome {
+    pub fn record(&self) -> Option<&ReservationRecord> {
+        match self {
+            Self::Applied(r) | Self::AlreadyFinal(r) => Some(r),
+            Self::NotFound => None,
+        }
+    }
+}
+
+/// A tenant's money in one period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodUsage {
+    pub spent: Micros,
+    pub reserved: Micros,
+    /// Reserved but not ended right now (all periods).
+    pub in_flight: u32,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts the tenant, or re-applies its settings when `config_hash` differs from the
+    /// stored one. Returns true when something was written.
+    async fn apply_config_tenant(&self, id: &str, settings: &TenantSettings, config_hash: &str)
+    -> Result<bool, StoreError>;
+
+    async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError>;
+
+    /// One atomic step: tenant exists, quality allowed, concurrency cap, tenant and user
+    /// budgets (spent + reserved + amount ≤ budget), then hold the amount. Idempotent: a
+    /// second call with the same reservation id returns the existing record.
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError>;
+
+    /// Attaches the upstream task id. Idempotent; `None` if the reservation is unknown.
+    async fn bind(&self, reservation_id: &str, task_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
+
+    async fn reservation(&self, reservation_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
+
+    /// The reservation bound to an upstream task id.
+    async fn task(&self, task_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
+
+    /// Charges the settlement and releases the hold and the concurrency slot, once.
+    async fn settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError>;
+
+    /// Releases the hold and the concurrency slot, charging nothing, once.
+    async fn refund(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError>;
+
+    /// Spent and reserved of a tenant in a period key (as `PeriodKeys::for_kind` gives).
+    async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError>;
+}
+
+/// Opens the configured backend.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config.backend {
+        StoreBackend::Embedded => Arc::new(embedded::EmbeddedStore::open(&config.path, &config.key_prefix)?),
+        StoreBackend::Redis => Arc::new(redis::RedisStore::connect(&config.redis_url, &config.key_prefix).await?),
+    })
+}
