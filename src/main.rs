@@ -1,1 +1,1 @@
-fn main() { vidgate::placeholder(); }
+fn main() {}
