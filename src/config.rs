@@ -28,7 +28,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid { key: key.into(), reason: reason.into() }
+        Self::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -59,7 +62,11 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), public_base_url: String::new(), max_body_bytes: 65_536 }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_base_url: String::new(),
+            max_body_bytes: 65_536,
+        }
     }
 }
 
@@ -242,7 +249,10 @@ pub struct AlertsConfig {
 
 impl Default for AlertsConfig {
     fn default() -> Self {
-        Self { webhook_url: String::new(), thresholds: vec![0.8, 0.95, 1.0] }
+        Self {
+            webhook_url: String::new(),
+            thresholds: vec![0.8, 0.95, 1.0],
+        }
     }
 }
 
@@ -273,12 +283,18 @@ pub struct PricingConfig {
 
 impl Default for PricingConfig {
     fn default() -> Self {
-        let entry = |audio: &str, silent: &str| PriceEntry { audio: audio.into(), silent: silent.into() };
+        let entry = |audio: &str, silent: &str| PriceEntry {
+            audio: audio.into(),
+            silent: silent.into(),
+        };
         let qualities = BTreeMap::from([
             ("720p".to_string(), entry("0.05", "0.025")),
             ("1080p".to_string(), entry("0.075", "0.0375")),
         ]);
-        Self { currency: "USD".into(), models: BTreeMap::from([(DEFAULT_MODEL.to_string(), qualities)]) }
+        Self {
+            currency: "USD".into(),
+            models: BTreeMap::from([(DEFAULT_MODEL.to_string(), qualities)]),
+        }
     }
 }
 
@@ -329,50 +345,82 @@ impl Default for TenantConfig {
 }
 
 fn mask_secret<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(if secret.expose_secret().is_empty() { "" } else { "********" })
+    s.serialize_str(if secret.expose_secret().is_empty() {
+        ""
+    } else {
+        "********"
+    })
 }
 
 impl Config {
     /// Loads `path` (which must exist), then environment overrides, then `*_file` secrets.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         if !path.exists() {
-            return Err(ConfigError::File { path: path.display().to_string(), reason: "no such file".into() });
+            return Err(ConfigError::File {
+                path: path.display().to_string(),
+                reason: "no such file".into(),
+            });
         }
-        Self::from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(path)))
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(path)),
+        )
     }
 
     /// Parses a TOML string with the same rules (environment overrides included).
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        Self::from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let figment = figment.merge(Env::prefixed("VIDGATE_").split("__"));
         let mut config: Config = figment.extract().map_err(|e| {
             let key = e.path.join(".");
-            ConfigError::invalid(if key.is_empty() { "(file)".into() } else { key }, e.kind.to_string())
+            ConfigError::invalid(
+                if key.is_empty() { "(file)".into() } else { key },
+                e.kind.to_string(),
+            )
         })?;
         config.load_secret_files()?;
         Ok(config)
     }
 
     fn load_secret_files(&mut self) -> Result<(), ConfigError> {
-        load_secret(&mut self.upstream.api_key, &self.upstream.api_key_file, "upstream.api_key_file")?;
-        load_secret(&mut self.auth.hs256_secret, &self.auth.hs256_secret_file, "auth.hs256_secret_file")?;
+        load_secret(
+            &mut self.upstream.api_key,
+            &self.upstream.api_key_file,
+            "upstream.api_key_file",
+        )?;
+        load_secret(
+            &mut self.auth.hs256_secret,
+            &self.auth.hs256_secret_file,
+            "auth.hs256_secret_file",
+        )?;
         load_secret(
             &mut self.callbacks.signing_secret,
             &self.callbacks.signing_secret_file,
             "callbacks.signing_secret_file",
         )?;
-        load_secret(&mut self.metrics.bearer_token, &self.metrics.bearer_token_file, "metrics.bearer_token_file")
+        load_secret(
+            &mut self.metrics.bearer_token,
+            &self.metrics.bearer_token_file,
+            "metrics.bearer_token_file",
+        )
     }
 
     /// Everything `serve` needs: refuses with the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.server.listen.parse::<SocketAddr>().map_err(|e| ConfigError::invalid("server.listen", e.to_string()))?;
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::invalid("server.listen", e.to_string()))?;
         check_url_or_empty("server.public_base_url", &self.server.public_base_url)?;
         if self.server.max_body_bytes < 1024 {
-            return Err(ConfigError::invalid("server.max_body_bytes", "must be at least 1024"));
+            return Err(ConfigError::invalid(
+                "server.max_body_bytes",
+                "must be at least 1024",
+            ));
         }
         check_url("upstream.base_url", &self.upstream.base_url)?;
         check_url("upstream.files_base_url", &self.upstream.files_base_url)?;
@@ -384,10 +432,32 @@ impl Config {
         }
         self.validate_auth()?;
         if self.store.key_prefix.is_empty() {
-            return Err(ConfigError::invalid("store.key_prefix", "must not be empty"));
+            return Err(ConfigError::invalid(
+                "store.key_prefix",
+                "must not be empty",
+            ));
         }
         if self.store.backend == StoreBackend::Redis {
             check_url("store.redis_url", &self.store.redis_url)?;
+        }
+        for (i, net) in self.callbacks.allowed_networks.iter().enumerate() {
+            net.parse::<ipnet::IpNet>().map_err(|e| {
+                ConfigError::invalid(
+                    format!("callbacks.allowed_networks[{i}]"),
+                    format!("{net:?}: {e}"),
+                )
+            })?;
+        }
+        if self
+            .alerts
+            .thresholds
+            .iter()
+            .any(|t| !(*t > 0.0 && *t <= 1.0))
+        {
+            return Err(ConfigError::invalid(
+                "alerts.thresholds",
+                "each threshold must be in (0, 1]",
+            ));
         }
         self.validate_pricing()?;
         self.validate_tenants()
@@ -397,16 +467,25 @@ impl Config {
     pub fn validate_auth(&self) -> Result<(), ConfigError> {
         let auth = &self.auth;
         if auth.algorithms.is_empty() {
-            return Err(ConfigError::invalid("auth.algorithms", "at least one of HS256, RS256, ES256"));
+            return Err(ConfigError::invalid(
+                "auth.algorithms",
+                "at least one of HS256, RS256, ES256",
+            ));
         }
         for alg in &auth.algorithms {
             if !matches!(alg.as_str(), "HS256" | "RS256" | "ES256") {
-                return Err(ConfigError::invalid("auth.algorithms", format!("unknown algorithm {alg:?}")));
+                return Err(ConfigError::invalid(
+                    "auth.algorithms",
+                    format!("unknown algorithm {alg:?}"),
+                ));
             }
         }
         let hs256 = auth.algorithms.iter().any(|a| a == "HS256");
         if hs256 && auth.hs256_secret.expose_secret().len() < 32 {
-            return Err(ConfigError::invalid("auth.hs256_secret", "HS256 needs a secret of at least 32 bytes"));
+            return Err(ConfigError::invalid(
+                "auth.hs256_secret",
+                "HS256 needs a secret of at least 32 bytes",
+            ));
         }
         let asymmetric = auth.algorithms.iter().any(|a| a != "HS256");
         if asymmetric && auth.public_key_pem_files.is_empty() && auth.jwks_url.is_empty() {
@@ -417,26 +496,41 @@ impl Config {
         }
         check_url_or_empty("auth.jwks_url", &auth.jwks_url)?;
         if auth.tenant_claim.is_empty() {
-            return Err(ConfigError::invalid("auth.tenant_claim", "must not be empty"));
+            return Err(ConfigError::invalid(
+                "auth.tenant_claim",
+                "must not be empty",
+            ));
         }
         Ok(())
     }
 
     fn validate_pricing(&self) -> Result<(), ConfigError> {
         if self.pricing.currency.trim().is_empty() {
-            return Err(ConfigError::invalid("pricing.currency", "must not be empty"));
+            return Err(ConfigError::invalid(
+                "pricing.currency",
+                "must not be empty",
+            ));
         }
         if self.pricing.models.is_empty() {
-            return Err(ConfigError::invalid("pricing.models", "at least one model must be priced"));
+            return Err(ConfigError::invalid(
+                "pricing.models",
+                "at least one model must be priced",
+            ));
         }
         for (model, qualities) in &self.pricing.models {
             for (quality, price) in qualities {
                 if !matches!(quality.as_str(), "720p" | "1080p") {
-                    return Err(ConfigError::invalid(format!("pricing.models.{model}"), format!("unknown quality {quality:?}")));
+                    return Err(ConfigError::invalid(
+                        format!("pricing.models.{model}"),
+                        format!("unknown quality {quality:?}"),
+                    ));
                 }
                 for (name, value) in [("audio", &price.audio), ("silent", &price.silent)] {
                     billing::parse_money(value).map_err(|reason| {
-                        ConfigError::invalid(format!("pricing.models.\"{model}\".\"{quality}\".{name}"), reason)
+                        ConfigError::invalid(
+                            format!("pricing.models.\"{model}\".\"{quality}\".{name}"),
+                            reason,
+                        )
                     })?;
                 }
             }
@@ -449,19 +543,35 @@ impl Config {
         for (i, tenant) in self.tenants.iter().enumerate() {
             let key = |field: &str| format!("tenants[{i}].{field}");
             if !valid_tenant_id(&tenant.id) {
-                return Err(ConfigError::invalid(key("id"), "1-64 characters from a-z, A-Z, 0-9, '-', '_', '.'"));
+                return Err(ConfigError::invalid(
+                    key("id"),
+                    "1-64 characters from a-z, A-Z, 0-9, '-', '_', '.'",
+                ));
             }
             if !seen.insert(tenant.id.as_str()) {
-                return Err(ConfigError::invalid(key("id"), format!("duplicate tenant {:?}", tenant.id)));
+                return Err(ConfigError::invalid(
+                    key("id"),
+                    format!("duplicate tenant {:?}", tenant.id),
+                ));
             }
-            tenant.budget_micros().map_err(|r| ConfigError::invalid(key("budget"), r))?;
-            tenant.user_budget_micros().map_err(|r| ConfigError::invalid(key("user_budget"), r))?;
+            tenant
+                .budget_micros()
+                .map_err(|r| ConfigError::invalid(key("budget"), r))?;
+            tenant
+                .user_budget_micros()
+                .map_err(|r| ConfigError::invalid(key("user_budget"), r))?;
             if tenant.creates_per_minute == 0 || tenant.reads_per_minute == 0 {
-                return Err(ConfigError::invalid(key("creates_per_minute"), "rates must be at least 1 per minute"));
+                return Err(ConfigError::invalid(
+                    key("creates_per_minute"),
+                    "rates must be at least 1 per minute",
+                ));
             }
             for q in &tenant.allowed_qualities {
                 if !matches!(q.as_str(), "720p" | "1080p") {
-                    return Err(ConfigError::invalid(key("allowed_qualities"), format!("unknown quality {q:?}")));
+                    return Err(ConfigError::invalid(
+                        key("allowed_qualities"),
+                        format!("unknown quality {q:?}"),
+                    ));
                 }
             }
         }
@@ -491,17 +601,27 @@ impl TenantConfig {
 }
 
 fn optional_money(text: &str) -> Result<Option<Micros>, String> {
-    if text.trim().is_empty() { Ok(None) } else { billing::parse_money(text).map(Some) }
+    if text.trim().is_empty() {
+        Ok(None)
+    } else {
+        billing::parse_money(text).map(Some)
+    }
 }
 
 /// Tenant ids appear in store keys and metric labels, so keep them short and plain.
 pub fn valid_tenant_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn load_secret(secret: &mut SecretString, file: &Option<PathBuf>, key: &str) -> Result<(), ConfigError> {
+fn load_secret(
+    secret: &mut SecretString,
+    file: &Option<PathBuf>,
+    key: &str,
+) -> Result<(), ConfigError> {
     let Some(path) = file else { return Ok(()) };
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))?;
@@ -510,7 +630,8 @@ fn load_secret(secret: &mut SecretString, file: &Option<PathBuf>, key: &str) -> 
 }
 
 fn check_url(key: &str, value: &str) -> Result<(), ConfigError> {
-    let url = url::Url::parse(value).map_err(|e| ConfigError::invalid(key, format!("{value:?} is not a URL: {e}")))?;
+    let url = url::Url::parse(value)
+        .map_err(|e| ConfigError::invalid(key, format!("{value:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ConfigError::invalid(key, "must be an http or https URL"));
     }
@@ -518,5 +639,9 @@ fn check_url(key: &str, value: &str) -> Result<(), ConfigError> {
 }
 
 fn check_url_or_empty(key: &str, value: &str) -> Result<(), ConfigError> {
-    if value.is_empty() { Ok(()) } else { check_url(key, value) }
+    if value.is_empty() {
+        Ok(())
+    } else {
+        check_url(key, value)
+    }
 }

@@ -2,8 +2,17 @@
 //! team: JWT auth per tenant, budgets in money held before the upstream call and settled
 //! on measured seconds, limits, callbacks, metrics.
 
+pub mod app;
 pub mod auth;
 pub mod billing;
+pub mod callbacks;
+pub mod cli;
 pub mod config;
+pub mod error;
 pub mod mock_upstream;
+pub mod probe;
+pub mod routes;
+pub mod state;
 pub mod store;
+pub mod telemetry;
+pub mod upstream;

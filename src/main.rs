@@ -1,1 +1,109 @@
-fn main() {}
+//! The `vidgate` binary: parses the command line and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vidgate::config::DEFAULT_CONFIG_PATH;
+use vidgate::mock_upstream::MockOptions;
+
+#[derive(Parser)]
+#[command(
+    name = "vidgate",
+    version,
+    about = "Company-wide gateway for paid AI video generation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Run a local simulator of the upstream API.
+    MockUpstream {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "sk-evo-mock")]
+        api_key: String,
+        #[arg(long, default_value_t = 300)]
+        pending_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        processing_ms: u64,
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        output_offset_ms: i64,
+        #[arg(long)]
+        allow_local_callbacks: bool,
+    },
+    /// Mock upstream + gateway in one process, with a token and curl lines to paste.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Mint an HS256 token from the configured secret (prints the JWT only).
+    Token {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        sub: String,
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate and print the effective configuration, secrets masked.
+    CheckConfig {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    vidgate::telemetry::init();
+    let result = match cli.command {
+        Command::Serve { config } => vidgate::cli::serve(&config).await,
+        Command::MockUpstream {
+            listen,
+            api_key,
+            pending_ms,
+            processing_ms,
+            output_offset_ms,
+            allow_local_callbacks,
+        } => {
+            let options = MockOptions {
+                listen,
+                api_key,
+                pending_ms,
+                processing_ms,
+                output_offset_ms,
+                allow_local_callbacks,
+            };
+            vidgate::cli::mock_upstream(options).await
+        }
+        Command::Demo { listen } => vidgate::cli::demo(&listen).await,
+        Command::Token {
+            tenant,
+            sub,
+            roles,
+            ttl,
+            config,
+        } => vidgate::cli::token(&config, tenant.as_deref(), &sub, &roles, &ttl),
+        Command::CheckConfig { config } => vidgate::cli::check_config(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("vidgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

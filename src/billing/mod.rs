@@ -14,14 +14,21 @@ pub fn parse_money(text: &str) -> Result<Micros, String> {
     let text = text.trim();
     let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole) || !(frac.is_empty() || digits(frac)) || (text.contains('.') && frac.is_empty()) {
+    if !digits(whole)
+        || !(frac.is_empty() || digits(frac))
+        || (text.contains('.') && frac.is_empty())
+    {
         return Err(format!("{text:?} is not a decimal amount like \"0.05\""));
     }
     if frac.len() > 6 {
         return Err(format!("{text:?} has more than 6 decimals"));
     }
-    let whole: i64 = whole.parse().map_err(|_| format!("{text:?} is too large"))?;
-    let frac_micros: i64 = format!("{frac:0<6}").parse().map_err(|_| format!("{text:?} is malformed"))?;
+    let whole: i64 = whole
+        .parse()
+        .map_err(|_| format!("{text:?} is too large"))?;
+    let frac_micros: i64 = format!("{frac:0<6}")
+        .parse()
+        .map_err(|_| format!("{text:?} is malformed"))?;
     whole
         .checked_mul(MICROS_PER_UNIT)
         .and_then(|w| w.checked_add(frac_micros))
@@ -32,7 +39,11 @@ pub fn parse_money(text: &str) -> Result<Micros, String> {
 pub fn format_money(micros: Micros) -> String {
     let sign = if micros < 0 { "-" } else { "" };
     let abs = micros.unsigned_abs();
-    format!("{sign}{}.{:06}", abs / MICROS_PER_UNIT as u64, abs % MICROS_PER_UNIT as u64)
+    format!(
+        "{sign}{}.{:06}",
+        abs / MICROS_PER_UNIT as u64,
+        abs % MICROS_PER_UNIT as u64
+    )
 }
 
 /// Per-video truncation in ms for `count` reference videos (1: 5 s, 2: 2.5 s, 3: 1.65 s).
@@ -78,7 +89,11 @@ pub struct Charge {
 /// The charge for a task: reference durations (ms), output ms, per-second price.
 pub fn charge(reference_durations_ms: &[u64], output_ms: u64, price_per_second: Micros) -> Charge {
     let billed_input_ms = billed_input_ms(reference_durations_ms);
-    Charge { billed_input_ms, billed_output_ms: output_ms, amount: cost_micros(price_per_second, billed_input_ms, output_ms) }
+    Charge {
+        billed_input_ms,
+        billed_output_ms: output_ms,
+        amount: cost_micros(price_per_second, billed_input_ms, output_ms),
+    }
 }
 
 #[cfg(test)]

@@ -175,10 +175,17 @@ pub enum ReserveRefusal {
     UnknownTenant,
     QualityNotAllowed,
     /// Remaining budget (micro-units) of the tenant or of the user.
-    BudgetExceeded { remaining: Micros, user_scope: bool },
-    ConcurrencyLimited { max: u32 },
+    BudgetExceeded {
+        remaining: Micros,
+        user_scope: bool,
+    },
+    ConcurrencyLimited {
+        max: u32,
+    },
 }
 
+// Built once per create and matched at once: boxing the record would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveOutcome {
     Reserved(ReservationRecord),
@@ -230,8 +237,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts the tenant, or re-applies its settings when `config_hash` differs from the
     /// stored one. Returns true when something was written.
-    async fn apply_config_tenant(&self, id: &str, settings: &TenantSettings, config_hash: &str)
-    -> Result<bool, StoreError>;
+    async fn apply_config_tenant(
+        &self,
+        id: &str,
+        settings: &TenantSettings,
+        config_hash: &str,
+    ) -> Result<bool, StoreError>;
 
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError>;
 
@@ -241,18 +252,33 @@ pub trait Store: Send + Sync + 'static {
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError>;
 
     /// Attaches the upstream task id. Idempotent; `None` if the reservation is unknown.
-    async fn bind(&self, reservation_id: &str, task_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
+    async fn bind(
+        &self,
+        reservation_id: &str,
+        task_id: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError>;
 
-    async fn reservation(&self, reservation_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
+    async fn reservation(
+        &self,
+        reservation_id: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError>;
 
     /// The reservation bound to an upstream task id.
     async fn task(&self, task_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
 
     /// Charges the settlement and releases the hold and the concurrency slot, once.
-    async fn settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError>;
+    async fn settle(
+        &self,
+        reservation_id: &str,
+        settlement: &Settlement,
+    ) -> Result<FinalizeOutcome, StoreError>;
 
     /// Releases the hold and the concurrency slot, charging nothing, once.
-    async fn refund(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError>;
+    async fn refund(
+        &self,
+        reservation_id: &str,
+        now_ms: i64,
+    ) -> Result<FinalizeOutcome, StoreError>;
 
     /// Spent and reserved of a tenant in a period key (as `PeriodKeys::for_kind` gives).
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError>;
@@ -261,7 +287,12 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the configured backend.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match config.backend {
-        StoreBackend::Embedded => Arc::new(embedded::EmbeddedStore::open(&config.path, &config.key_prefix)?),
-        StoreBackend::Redis => Arc::new(redis::RedisStore::connect(&config.redis_url, &config.key_prefix).await?),
+        StoreBackend::Embedded => Arc::new(embedded::EmbeddedStore::open(
+            &config.path,
+            &config.key_prefix,
+        )?),
+        StoreBackend::Redis => {
+            Arc::new(redis::RedisStore::connect(&config.redis_url, &config.key_prefix).await?)
+        }
     })
 }

@@ -1,0 +1,155 @@
+//! Startup: builds the state once, seeds tenants from config, binds the listener first (so
+//! port 0 works) and runs the HTTP server until SIGTERM.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError};
+use crate::routes;
+use crate::state::{AppState, Clock, SystemClock, TenantCache};
+use crate::store::{self, Store, StoreError, TenantSettings};
+use crate::telemetry;
+use crate::upstream::UpstreamClient;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A built gateway, listening but not yet serving.
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As `build`, with an injected clock (tests cross period boundaries with it).
+    pub async fn build_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
+        config.validate()?;
+        let store = store::open(&config.store).await?;
+        seed_tenants(&config, store.as_ref()).await?;
+        let state = AppState {
+            auth: Arc::new(Authenticator::from_config(&config.auth).await?),
+            upstream: UpstreamClient::new(&config.upstream).map_err(|reason| {
+                ConfigError::Invalid {
+                    key: "upstream".into(),
+                    reason,
+                }
+            })?,
+            config: Arc::new(config),
+            store,
+            clock,
+            tenants: TenantCache::default(),
+        };
+        let listen = state.config.server.listen.clone();
+        let listener = TcpListener::bind(&listen).map_err(|source| StartError::Listen {
+            addr: listen.clone(),
+            source,
+        })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: listen.clone(),
+            source,
+        })?;
+        let server = http_server(state.clone(), listener).map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
+        Ok(Self {
+            addr,
+            server,
+            state,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops the server gracefully when called (tests; SIGTERM does the same in production).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM/SIGINT: stop accepting, finish in-flight requests, return.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn http_server(state: AppState, listener: TcpListener) -> std::io::Result<Server> {
+    let data = web::Data::new(state);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(from_fn(routes::guard::authenticate))
+            .wrap(from_fn(telemetry::request_context))
+            .configure(routes::configure)
+            .default_service(web::to(routes::not_found))
+    })
+    .shutdown_timeout(30)
+    .listen(listener)?
+    .run())
+}
+
+/// Inserts config tenants; re-applies an entry only when it changed since last applied, so
+/// admin changes persist until the config entry itself changes.
+async fn seed_tenants(config: &Config, store: &dyn Store) -> Result<(), StartError> {
+    for (i, entry) in config.tenants.iter().enumerate() {
+        let settings =
+            TenantSettings::from_config(entry).map_err(|reason| ConfigError::Invalid {
+                key: format!("tenants[{i}]"),
+                reason,
+            })?;
+        let hash = config_hash(entry);
+        if store
+            .apply_config_tenant(&entry.id, &settings, &hash)
+            .await?
+        {
+            tracing::info!(tenant = %entry.id, "tenant settings applied from config");
+        }
+    }
+    Ok(())
+}
+
+fn config_hash(entry: &crate::config::TenantConfig) -> String {
+    let canonical = serde_json::to_vec(entry).unwrap_or_default();
+    Sha256::digest(&canonical)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Prints the first stdout line tests and scripts wait for.
+pub fn announce(addr: SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on http://{addr}");
+    let _ = out.flush();
+}

@@ -1,0 +1,57 @@
+//! Settle on observe: whoever sees a task in a final state (a query now; callbacks and the
+//! reconciler later) moves its money, exactly once, through the store's idempotent steps.
+
+use serde_json::Value;
+
+use crate::billing;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::{ReservationRecord, ReservationState, Settlement};
+use crate::upstream::TaskStatus;
+
+/// Settles a completed task or refunds a failed/cancelled one; returns the record as it
+/// stands afterwards. A running task, or one already final, is returned unchanged.
+pub async fn observe(
+    state: &AppState,
+    record: ReservationRecord,
+    task: &Value,
+) -> Result<ReservationRecord, ApiError> {
+    if record.state != ReservationState::Reserved {
+        return Ok(record);
+    }
+    let now_ms = state.clock.now().timestamp_millis();
+    let outcome = match TaskStatus::of(task) {
+        TaskStatus::Running => return Ok(record),
+        TaskStatus::Completed => {
+            let settlement = settlement_for(&record, now_ms);
+            if settlement.anomaly {
+                tracing::warn!(reservation_id = %record.reservation_id, "result length not measured; billing the requested length");
+            }
+            state
+                .store
+                .settle(&record.reservation_id, &settlement)
+                .await?
+        }
+        TaskStatus::Failed | TaskStatus::Cancelled => {
+            state.store.refund(&record.reservation_id, now_ms).await?
+        }
+    };
+    Ok(outcome.record().cloned().unwrap_or(record))
+}
+
+/// The generated length is not measured yet (result probing is its own step), so the
+/// requested length is billed and flagged as an anomaly.
+fn settlement_for(record: &ReservationRecord, now_ms: i64) -> Settlement {
+    let output_ms = record.requested_output_ms;
+    let charge = billing::charge(
+        &record.reference_durations_ms,
+        output_ms,
+        record.price_per_second,
+    );
+    Settlement {
+        billed_output_ms: charge.billed_output_ms,
+        amount: charge.amount,
+        anomaly: true,
+        now_ms,
+    }
+}

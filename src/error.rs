@@ -1,0 +1,270 @@
+//! The client-facing error: one enum, mapped to HTTP status, a stable `code` and the
+//! error envelope in one place.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// What went wrong, as the caller can act on it. `code()` is the body's `code` and the
+/// metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("{message}")]
+    InvalidCallbackUrl {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("tenant {0:?} is not known to this gateway")]
+    UnknownTenant(String),
+    #[error("quality {0:?} is not allowed for this tenant")]
+    QualityNotAllowed(String),
+    #[error("{0}")]
+    BudgetExceeded(String),
+    #[error("task {0:?} not found")]
+    TaskNotFound(String),
+    #[error("{message}")]
+    ConcurrencyLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("{message}")]
+    UpstreamRateLimited {
+        message: String,
+        retry_after: Option<String>,
+    },
+    #[error("{0}")]
+    UpstreamError(String),
+    #[error("{0}")]
+    UpstreamAuthFailed(String),
+    #[error("{0}")]
+    UpstreamAccountExhausted(String),
+    #[error("{0}")]
+    UpstreamTimeout(String),
+    #[error("{0}")]
+    StoreUnavailable(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("not found")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Never shown to the caller: logged with its cause, answered as an opaque 500.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: Some(param.into()),
+        }
+    }
+
+    pub fn invalid_body(message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } | Self::InvalidCallbackUrl { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
+            Self::Forbidden(_) | Self::UnknownTenant(_) | Self::QualityNotAllowed(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Self::TaskNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::ConcurrencyLimited { .. } | Self::UpstreamRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::UpstreamError(_) | Self::UpstreamAuthFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamAccountExhausted(_) | Self::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::InvalidCallbackUrl { .. } => "invalid_callback_url",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
+            Self::UnknownTenant(_) => "unknown_tenant",
+            Self::QualityNotAllowed(_) => "quality_not_allowed",
+            Self::BudgetExceeded(_) => "budget_exceeded",
+            Self::TaskNotFound(_) => "task_not_found",
+            Self::ConcurrencyLimited { .. } => "concurrency_limited",
+            Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
+            Self::UpstreamError(_) => "upstream_error",
+            Self::UpstreamAuthFailed(_) => "upstream_auth_failed",
+            Self::UpstreamAccountExhausted(_) => "upstream_account_exhausted",
+            Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::StoreUnavailable(_) => "store_unavailable",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::RouteNotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "authentication_error",
+            Self::BudgetExceeded(_) => "budget_error",
+            Self::Forbidden(_) | Self::UnknownTenant(_) | Self::QualityNotAllowed(_) => {
+                "permission_error"
+            }
+            Self::ConcurrencyLimited { .. } => "rate_limit_error",
+            Self::UpstreamRateLimited { .. }
+            | Self::UpstreamError(_)
+            | Self::UpstreamAuthFailed(_)
+            | Self::UpstreamAccountExhausted(_)
+            | Self::UpstreamTimeout(_) => "upstream_error",
+            Self::StoreUnavailable(_) | Self::Internal(_) => "api_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::InvalidRequest { param, .. } | Self::InvalidCallbackUrl { param, .. } => {
+                param.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// The message shown to the caller (internal causes stay in the log).
+    fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal error; quote the request id when reporting it".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    param: Option<&'a str>,
+    request_id: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let request_id = crate::telemetry::current_request_id().unwrap_or_default();
+        if let Self::Internal(cause) = self {
+            tracing::error!(request_id = %request_id, cause = %cause, "internal error");
+        }
+        let body = Envelope {
+            error: ErrorBody {
+                code: self.code(),
+                message: self.public_message(),
+                kind: self.error_type(),
+                param: self.param(),
+                request_id,
+            },
+        };
+        let mut response = HttpResponse::build(self.status());
+        match self {
+            Self::Unauthenticated(_) => {
+                response.insert_header((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            Self::ConcurrencyLimited {
+                retry_after_secs, ..
+            } => {
+                response.insert_header((RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            Self::UpstreamRateLimited {
+                retry_after: Some(value),
+                ..
+            } => {
+                response.insert_header((RETRY_AFTER, value.clone()));
+            }
+            _ => {}
+        }
+        response.json(body)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        match error {
+            crate::store::StoreError::Unavailable(reason) => {
+                tracing::error!(reason = %reason, "store unavailable");
+                Self::StoreUnavailable(
+                    "the gateway's store is unreachable; nothing was forwarded or charged".into(),
+                )
+            }
+            crate::store::StoreError::Corrupt(reason) => Self::Internal(format!("store: {reason}")),
+        }
+    }
+}
+
+impl From<crate::upstream::UpstreamError> for ApiError {
+    fn from(error: crate::upstream::UpstreamError) -> Self {
+        use crate::upstream::UpstreamError as U;
+        match error {
+            U::Status { status: 400, message, .. } => {
+                Self::invalid_body(format!("the upstream refused the request: {message}"))
+            }
+            U::Status { status: 401 | 403, message, .. } => {
+                tracing::error!(upstream_message = %message, "upstream refused the company API key: check upstream.api_key");
+                Self::UpstreamAuthFailed(
+                    "the upstream refused the gateway's credentials; the operators have been alerted".into(),
+                )
+            }
+            U::Status { status: 402, .. } => Self::UpstreamAccountExhausted(
+                "the company's upstream account balance is exhausted (not your team's budget); try again later".into(),
+            ),
+            U::Status { status: 413, message, .. } => Self::PayloadTooLarge(format!("the upstream refused the size: {message}")),
+            U::Status { status: 429, message, retry_after, .. } => {
+                Self::UpstreamRateLimited { message: format!("the upstream is rate limiting: {message}"), retry_after }
+            }
+            U::Status { status, message, .. } => Self::UpstreamError(format!("the upstream answered {status}: {message}")),
+            U::Timeout(ms) => Self::UpstreamTimeout(format!("the upstream did not answer within {ms} ms")),
+            U::Unreachable(reason) => {
+                tracing::warn!(reason = %reason, "upstream unreachable");
+                Self::UpstreamError("the upstream is unreachable".into())
+            }
+            U::Unparseable(reason) => Self::UpstreamError(format!("the upstream's answer was unusable: {reason}")),
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! HTTP routes: thin handlers that read as validate → authorize → reserve → forward → bind.
+
+mod body;
+mod generations;
+pub mod guard;
+mod health;
+pub mod validate;
+mod view;
+
+use actix_web::{HttpResponse, web};
+
+use crate::error::ApiError;
+
+/// Registers every route, plus error handlers so extractor failures use our envelope.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::invalid_body(e.to_string()).into()),
+    )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::invalid_body(e.to_string()).into()),
+    )
+    .app_data(
+        web::JsonConfig::default()
+            .error_handler(|e, _| ApiError::invalid_body(e.to_string()).into()),
+    )
+    .service(resource("/healthz").route(web::get().to(health::healthz)))
+    .service(resource("/readyz").route(web::get().to(health::readyz)))
+    .service(resource("/v1/videos/generations").route(web::post().to(generations::create)))
+    .service(resource("/v1/tasks/{task_id}").route(web::get().to(generations::get_task)));
+}
+
+/// A resource whose other methods get 405 in our envelope.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed)
+    }))
+}
+
+/// Unknown paths: 404 in our envelope.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound)
+}

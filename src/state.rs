@@ -1,0 +1,77 @@
+//! Shared application state: config, store, authenticator, upstream client, clock and the
+//! in-process tenant cache. Built once, cloned cheaply into every worker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::store::{Store, StoreError, TenantRecord};
+use crate::upstream::UpstreamClient;
+
+/// How long a tenant lookup is trusted before asking the store again; admin changes reach
+/// every replica within this time.
+const TENANT_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// The gateway's clock; tests inject one to cross period boundaries.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub auth: Arc<Authenticator>,
+    pub upstream: UpstreamClient,
+    pub clock: Arc<dyn Clock>,
+    pub tenants: TenantCache,
+}
+
+/// Known tenants, cached briefly; unknown ones are always asked again.
+#[derive(Clone, Default)]
+pub struct TenantCache {
+    entries: Arc<Mutex<HashMap<String, (TenantRecord, Instant)>>>,
+}
+
+impl TenantCache {
+    pub async fn get(
+        &self,
+        store: &dyn Store,
+        id: &str,
+    ) -> Result<Option<TenantRecord>, StoreError> {
+        if let Some(hit) = self.cached(id) {
+            return Ok(Some(hit));
+        }
+        let fresh = store.tenant(id).await?;
+        if let Some(record) = &fresh {
+            self.lock()
+                .insert(id.to_string(), (record.clone(), Instant::now()));
+        }
+        Ok(fresh)
+    }
+
+    fn cached(&self, id: &str) -> Option<TenantRecord> {
+        let entries = self.lock();
+        let (record, at) = entries.get(id)?;
+        (at.elapsed() < TENANT_CACHE_TTL).then(|| record.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (TenantRecord, Instant)>> {
+        // A panic while holding this lock cannot leave the map inconsistent: keep going.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

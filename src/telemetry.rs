@@ -1,0 +1,90 @@
+//! Logging and request identity: JSON logs via `tracing`, an `x-request-id` on every
+//! response, and one access-log line per request (never a token or the upstream key).
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage};
+use tracing::Instrument;
+
+use crate::auth::Caller;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being served, if any (error bodies and logs carry it).
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Installs the JSON log subscriber; `RUST_LOG` filters (default `info`).
+pub fn init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests, demo) is harmless: the first subscriber stays.
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A caller-supplied id is kept when it is short and printable; otherwise a new one is made.
+fn request_id_for(req: &ServiceRequest) -> String {
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req_{}", ulid::Ulid::new()))
+}
+
+/// Outermost middleware: request id in scope for the whole request, echoed in the response,
+/// and an access-log line with route template, status, latency and tenant.
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let request_id = request_id_for(&req);
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = tracing::field::Empty, tenant = tracing::field::Empty);
+    let mut response = REQUEST_ID
+        .scope(request_id.clone(), next.call(req).instrument(span.clone()))
+        .await?;
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
+    let tenant = response
+        .request()
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.tenant.clone());
+    span.record("route", route.as_str());
+    if let Some(tenant) = &tenant {
+        span.record("tenant", tenant.as_str());
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            latency_ms = started.elapsed().as_millis() as u64,
+            "request done"
+        );
+    });
+    Ok(response)
+}

@@ -1,0 +1,180 @@
+//! HTTP client for the upstream API: pooled rustls client, timeouts, bounded retries for
+//! reads (never for creates), errors parsed from either `code` shape.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use super::UpstreamError;
+use crate::config::UpstreamConfig;
+
+/// Attempts for an idempotent read that meets 429/502/503 (the first try included).
+const READ_ATTEMPTS: u32 = 3;
+const READ_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Holds the company key; cloning shares the connection pool.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: SecretString,
+    timeout_ms: u64,
+}
+
+impl UpstreamClient {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            base_url: config.base_url.trim_end_matches('/').to_string(),
+            api_key: config.api_key.clone(),
+            timeout_ms: config.timeout_ms,
+        })
+    }
+
+    /// `POST /v1/videos/generations`, sent once: a create that may have reached the upstream
+    /// is never retried (the upstream has no idempotency key).
+    pub async fn create_task(&self, body: &Value) -> Result<Value, UpstreamError> {
+        let request = self
+            .http
+            .post(format!("{}/v1/videos/generations", self.base_url))
+            .header(AUTHORIZATION, self.bearer())
+            .json(body);
+        self.send(request).await
+    }
+
+    /// `GET /v1/tasks/{id}`, retried with backoff on 429/502/503 and unreachable.
+    pub async fn get_task(&self, task_id: &str) -> Result<Value, UpstreamError> {
+        let url = format!("{}/v1/tasks/{}", self.base_url, urlencode(task_id));
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .send(self.http.get(&url).header(AUTHORIZATION, self.bearer()))
+                .await;
+            match result {
+                Err(e) if attempt < READ_ATTEMPTS && retryable(&e) => {
+                    tokio::time::sleep(READ_BACKOFF * 2u32.pow(attempt - 1)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.api_key.expose_secret())
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, UpstreamError> {
+        let response = request.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| UpstreamError::Unparseable(e.to_string()));
+        }
+        Err(status_error(status, &bytes, retry_after))
+    }
+
+    fn transport_error(&self, error: &reqwest::Error) -> UpstreamError {
+        if error.is_timeout() {
+            UpstreamError::Timeout(self.timeout_ms)
+        } else if error.is_connect() {
+            // The error text names the host only; the key is never part of it.
+            UpstreamError::Unreachable(without_url(error))
+        } else {
+            UpstreamError::Unparseable(without_url(error))
+        }
+    }
+}
+
+fn retryable(error: &UpstreamError) -> bool {
+    match error {
+        UpstreamError::Status { status, .. } => matches!(status, 429 | 502 | 503),
+        UpstreamError::Unreachable(_) => true,
+        _ => false,
+    }
+}
+
+/// The upstream's `{"error": {"code", "message"}}`; `code` may be a string or a number.
+fn status_error(status: StatusCode, body: &[u8], retry_after: Option<String>) -> UpstreamError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let code = match error.and_then(|e| e.get("code")) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => status.as_u16().to_string(),
+    };
+    let message = error
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    UpstreamError::Status {
+        status: status.as_u16(),
+        code,
+        message,
+        retry_after,
+    }
+}
+
+fn without_url(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    if let Some(url) = error.url() {
+        text = text.replace(url.as_str(), "");
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn urlencode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_code_may_be_a_string_or_a_number() {
+        let e = status_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            br#"{"error":{"code":429,"message":"retry after 60 seconds"}}"#,
+            Some("60".into()),
+        );
+        assert!(
+            matches!(e, UpstreamError::Status { status: 429, ref code, ref message, .. } if code == "429" && message == "retry after 60 seconds")
+        );
+        let e = status_error(
+            StatusCode::BAD_REQUEST,
+            br#"{"error":{"code":"invalid_task_id","message":"bad id"}}"#,
+            None,
+        );
+        assert!(matches!(e, UpstreamError::Status { ref code, .. } if code == "invalid_task_id"));
+        let e = status_error(StatusCode::BAD_GATEWAY, b"<html>", None);
+        assert!(matches!(e, UpstreamError::Status { status: 502, ref code, .. } if code == "502"));
+    }
+}
