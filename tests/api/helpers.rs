@@ -1,0 +1,177 @@
+//! Test harness: a gateway on port 0 in front of a fresh mock upstream, with a chosen store
+//! backend, a random key prefix, and typed helpers for the calls tests make.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use jsonwebtoken::{EncodingKey, Header};
+use reqwest::{Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use vidgate::app::Application;
+use vidgate::config::{Config, StoreBackend, TenantConfig};
+use vidgate::mock_upstream::{MockOptions, MockServer};
+use vidgate::state::AppState;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+pub const MODEL: &str = "wan2.6-reference-video-flash";
+
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Embedded,
+    Redis,
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub mock: Arc<MockServer>,
+    pub client: reqwest::Client,
+    pub config: Config,
+    pub state: AppState,
+    handle: ServerHandle,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+/// Options for the mock upstream behind a test gateway.
+pub fn quick_mock() -> MockOptions {
+    MockOptions { pending_ms: 50, processing_ms: 150, ..MockOptions::default() }
+}
+
+pub fn test_config(backend: Backend, mock: &MockServer, dir: &tempfile::TempDir) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.upstream.base_url = mock.base_url();
+    config.upstream.files_base_url = mock.base_url();
+    config.upstream.api_key = SecretString::from(MockOptions::default().api_key);
+    config.upstream.timeout_ms = 5000;
+    config.auth.hs256_secret = SecretString::from(SECRET.to_string());
+    config.store.path = dir.path().join("vidgate.redb");
+    config.store.key_prefix = format!("test:{}:", ulid::Ulid::new());
+    if let Backend::Redis = backend {
+        config.store.backend = StoreBackend::Redis;
+        config.store.redis_url = crate::support::redis::shared().url();
+    }
+    config.tenants = vec![
+        TenantConfig { id: "team-a".into(), budget: "100.00".into(), ..TenantConfig::default() },
+        TenantConfig { id: "team-b".into(), budget: "100.00".into(), ..TenantConfig::default() },
+    ];
+    config
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, quick_mock(), |_| {}).await
+}
+
+/// A gateway with a fresh mock upstream; `adjust` edits the config before start.
+pub async fn spawn_app_with(backend: Backend, mock: MockOptions, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let mock = Arc::new(MockServer::start(mock).await.expect("mock upstream starts"));
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut config = test_config(backend, &mock, &dir);
+    adjust(&mut config);
+    start(config, mock, dir).await
+}
+
+async fn start(config: Config, mock: Arc<MockServer>, dir: Arc<tempfile::TempDir>) -> TestApp {
+    let app = Application::build(config.clone()).await.expect("gateway starts");
+    let base = format!("http://{}", app.addr());
+    let handle = app.handle();
+    let state = app.state().clone();
+    tokio::spawn(app.run_until_stopped());
+    TestApp { base, mock, client: reqwest::Client::new(), config, state, handle, _dir: dir }
+}
+
+impl TestApp {
+    /// Stops this gateway and starts a new one on the same config and store (a restart).
+    pub async fn restart(self) -> TestApp {
+        self.handle.stop(true).await;
+        let (config, mock, dir) = (self.config, self.mock, self._dir);
+        // redb allows one open handle per file: wait until the old server dropped its state.
+        for _ in 0..100 {
+            if Arc::strong_count(&self.state.store) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(self.state);
+        start(config, mock, dir).await
+    }
+
+    pub fn token(&self, tenant: &str) -> String {
+        self.token_for(tenant, "alice")
+    }
+
+    pub fn token_for(&self, tenant: &str, user: &str) -> String {
+        sign(&json!({"sub": user, "tenant": tenant, "aud": "vidgate", "exp": now() + 3600}))
+    }
+
+    /// A reference-video URL on the mock's own (loopback) file host.
+    pub fn reference_url(&self) -> String {
+        format!("{}/files/uploads/reference.mp4", self.mock.base_url())
+    }
+
+    pub fn create_body(&self, prompt: &str) -> Value {
+        json!({"model": MODEL, "prompt": prompt, "video_urls": [self.reference_url()], "duration": 5})
+    }
+
+    pub async fn post_create(&self, token: &str, body: &Value) -> Response {
+        self.client
+            .post(format!("{}/v1/videos/generations", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    pub async fn get_task(&self, token: &str, task_id: &str) -> Response {
+        self.client
+            .get(format!("{}/v1/tasks/{task_id}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    /// Creates a task for `tenant` and returns the gateway's answer (asserting 200).
+    pub async fn create_task(&self, tenant: &str, prompt: &str) -> Value {
+        let response = self.post_create(&self.token(tenant), &self.create_body(prompt)).await;
+        assert_eq!(response.status(), StatusCode::OK, "create failed: {:?}", response.text().await);
+        response.json().await.expect("json")
+    }
+
+    /// Polls until the task is final (or panics after ~10 s).
+    pub async fn wait_final(&self, tenant: &str, task_id: &str) -> Value {
+        for _ in 0..500 {
+            let task: Value = self.get_task(&self.token(tenant), task_id).await.json().await.expect("json");
+            if matches!(task["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+                return task;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("task {task_id} never became final");
+    }
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Signs arbitrary claims with the test HS256 secret.
+pub fn sign(claims: &Value) -> String {
+    jsonwebtoken::encode(&Header::default(), claims, &EncodingKey::from_secret(SECRET.as_bytes())).expect("sign")
+}
+
+/// Asserts the error envelope: status, code, and (when given) param.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str, param: Option<&str>) -> Value {
+    assert_eq!(response.status(), status);
+    assert!(response.headers().contains_key("x-request-id"));
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(body["error"]["request_id"].as_str().is_some_and(|s| !s.is_empty()), "body: {body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|s| !s.is_empty()), "body: {body}");
+    if let Some(param) = param {
+        assert_eq!(body["error"]["param"], param, "body: {body}");
+    }
+    body
+}

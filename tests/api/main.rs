@@ -1,0 +1,11 @@
+//! The one integration-test binary: modules by feature, all over real HTTP on loopback.
+
+mod auth;
+mod cli;
+mod helpers;
+mod money;
+mod store_conformance;
+mod support;
+mod tasks;
+mod upstream_faults;
+mod validation;
