@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::routes;
 use crate::state::{AppState, Clock, SystemClock, TenantCache};
 use crate::store::{self, Store, StoreError, TenantSettings};
@@ -25,16 +26,14 @@ pub enum StartError {
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
 }
 
 /// A built gateway, listening but not yet serving.
 pub struct Application {
     addr: SocketAddr,
     server: Server,
+    metrics: Option<(SocketAddr, Server)>,
     state: AppState,
 }
 
@@ -44,16 +43,14 @@ impl Application {
     }
 
     /// As `build`, with an injected clock (tests cross period boundaries with it).
-    pub async fn build_with_clock(
-        config: Config,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, StartError> {
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         config.validate()?;
-        let store = store::open(&config.store).await?;
+        let metrics = Arc::new(Metrics::new());
+        let store = store::Instrumented::wrap(store::open(&config.store).await?, metrics.clone());
         seed_tenants(&config, store.as_ref()).await?;
         let state = AppState {
             auth: Arc::new(Authenticator::from_config(&config.auth).await?),
-            upstream: UpstreamClient::new(&config.upstream).map_err(|reason| {
+            upstream: UpstreamClient::new(&config.upstream, metrics.clone()).map_err(|reason| {
                 ConfigError::Invalid {
                     key: "upstream".into(),
                     reason,
@@ -63,6 +60,7 @@ impl Application {
             store,
             clock,
             tenants: TenantCache::default(),
+            metrics,
         };
         let listen = state.config.server.listen.clone();
         let listener = TcpListener::bind(&listen).map_err(|source| StartError::Listen {
@@ -73,19 +71,38 @@ impl Application {
             addr: listen.clone(),
             source,
         })?;
-        let server = http_server(state.clone(), listener).map_err(|source| StartError::Listen {
-            addr: listen,
-            source,
-        })?;
+        let server =
+            http_server(state.clone(), listener).map_err(|source| StartError::Listen { addr: listen, source })?;
+        let metrics = match state.config.metrics.listen.as_str() {
+            "" => None,
+            listen => {
+                let listen_error = |source| StartError::Listen {
+                    addr: listen.to_string(),
+                    source,
+                };
+                let listener = TcpListener::bind(listen).map_err(listen_error)?;
+                let metrics_addr = listener.local_addr().map_err(listen_error)?;
+                Some((
+                    metrics_addr,
+                    metrics_server(state.clone(), listener).map_err(listen_error)?,
+                ))
+            }
+        };
         Ok(Self {
             addr,
             server,
+            metrics,
             state,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served when it has its own listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     pub fn state(&self) -> &AppState {
@@ -99,21 +116,48 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT: stop accepting, finish in-flight requests, return.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        match self.metrics {
+            None => self.server.await,
+            Some((_, metrics)) => {
+                let metrics_handle = metrics.handle();
+                let metrics_task = tokio::spawn(metrics);
+                let result = self.server.await;
+                metrics_handle.stop(true).await;
+                let _ = metrics_task.await;
+                result
+            }
+        }
     }
 }
 
 fn http_server(state: AppState, listener: TcpListener) -> std::io::Result<Server> {
+    let serve_metrics = state.config.metrics.listen.is_empty();
     let data = web::Data::new(state);
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .wrap(from_fn(routes::guard::authenticate))
             .wrap(from_fn(telemetry::request_context))
-            .configure(routes::configure)
+            .configure(|cfg| routes::configure(cfg, serve_metrics))
             .default_service(web::to(routes::not_found))
     })
     .shutdown_timeout(30)
+    .listen(listener)?
+    .run())
+}
+
+/// `/metrics` on its own listener (`metrics.listen`), e.g. a port only Prometheus reaches.
+fn metrics_server(state: AppState, listener: TcpListener) -> std::io::Result<Server> {
+    let data = web::Data::new(state);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(from_fn(telemetry::request_context))
+            .configure(routes::configure_metrics)
+            .default_service(web::to(routes::not_found))
+    })
+    .workers(1)
+    .shutdown_timeout(5)
     .listen(listener)?
     .run())
 }
@@ -122,16 +166,12 @@ fn http_server(state: AppState, listener: TcpListener) -> std::io::Result<Server
 /// admin changes persist until the config entry itself changes.
 async fn seed_tenants(config: &Config, store: &dyn Store) -> Result<(), StartError> {
     for (i, entry) in config.tenants.iter().enumerate() {
-        let settings =
-            TenantSettings::from_config(entry).map_err(|reason| ConfigError::Invalid {
-                key: format!("tenants[{i}]"),
-                reason,
-            })?;
+        let settings = TenantSettings::from_config(entry).map_err(|reason| ConfigError::Invalid {
+            key: format!("tenants[{i}]"),
+            reason,
+        })?;
         let hash = config_hash(entry);
-        if store
-            .apply_config_tenant(&entry.id, &settings, &hash)
-            .await?
-        {
+        if store.apply_config_tenant(&entry.id, &settings, &hash).await? {
             tracing::info!(tenant = %entry.id, "tenant settings applied from config");
         }
     }
@@ -140,10 +180,7 @@ async fn seed_tenants(config: &Config, store: &dyn Store) -> Result<(), StartErr
 
 fn config_hash(entry: &crate::config::TenantConfig) -> String {
     let canonical = serde_json::to_vec(entry).unwrap_or_default();
-    Sha256::digest(&canonical)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Prints the first stdout line tests and scripts wait for.

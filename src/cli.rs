@@ -18,9 +18,7 @@ pub type CommandResult = Result<(), String>;
 /// `vidgate serve`: run the gateway until SIGTERM.
 pub async fn serve(config_path: &Path) -> CommandResult {
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
-    let app = Application::build(config)
-        .await
-        .map_err(|e| e.to_string())?;
+    let app = Application::build(config).await.map_err(|e| e.to_string())?;
     announce(app.addr());
     tracing::info!(addr = %app.addr(), "vidgate serving");
     app.run_until_stopped().await.map_err(|e| e.to_string())
@@ -35,13 +33,7 @@ pub fn check_config(config_path: &Path) -> CommandResult {
 }
 
 /// `vidgate token`: mint an HS256 token from the configured secret; prints the JWT only.
-pub fn token(
-    config_path: &Path,
-    tenant: Option<&str>,
-    sub: &str,
-    roles: &[String],
-    ttl: &str,
-) -> CommandResult {
+pub fn token(config_path: &Path, tenant: Option<&str>, sub: &str, roles: &[String], ttl: &str) -> CommandResult {
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
     config.validate_auth().map_err(|e| e.to_string())?;
     let ttl = auth::parse_ttl(ttl).map_err(|e| format!("--ttl: {e}"))?;
@@ -73,9 +65,7 @@ pub async fn demo(listen: &str) -> CommandResult {
         Duration::from_secs(86_400),
     )
     .map_err(|e| e.to_string())?;
-    let app = Application::build(config)
-        .await
-        .map_err(|e| e.to_string())?;
+    let app = Application::build(config).await.map_err(|e| e.to_string())?;
     let base = format!("http://{}", app.addr());
     announce(app.addr());
     print_demo_instructions(&base, &jwt, &reference_url);
@@ -96,8 +86,7 @@ fn demo_config(mock: &MockServer, listen: &str) -> Config {
         .map(char::from)
         .collect();
     config.auth.hs256_secret = SecretString::from(secret);
-    config.store.path =
-        std::env::temp_dir().join(format!("vidgate-demo-{}.redb", std::process::id()));
+    config.store.path = std::env::temp_dir().join(format!("vidgate-demo-{}.redb", std::process::id()));
     config.probe.allowed_hosts = vec![mock.addr().ip().to_string()];
     config.probe.allow_private_networks = true;
     config.tenants = vec![TenantConfig {

@@ -361,26 +361,19 @@ impl Config {
                 reason: "no such file".into(),
             });
         }
-        Self::from_figment(
-            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(path)),
-        )
+        Self::from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(path)))
     }
 
     /// Parses a TOML string with the same rules (environment overrides included).
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        Self::from_figment(
-            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
-        )
+        Self::from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let figment = figment.merge(Env::prefixed("VIDGATE_").split("__"));
         let mut config: Config = figment.extract().map_err(|e| {
             let key = e.path.join(".");
-            ConfigError::invalid(
-                if key.is_empty() { "(file)".into() } else { key },
-                e.kind.to_string(),
-            )
+            ConfigError::invalid(if key.is_empty() { "(file)".into() } else { key }, e.kind.to_string())
         })?;
         config.load_secret_files()?;
         Ok(config)
@@ -417,10 +410,7 @@ impl Config {
             .map_err(|e| ConfigError::invalid("server.listen", e.to_string()))?;
         check_url_or_empty("server.public_base_url", &self.server.public_base_url)?;
         if self.server.max_body_bytes < 1024 {
-            return Err(ConfigError::invalid(
-                "server.max_body_bytes",
-                "must be at least 1024",
-            ));
+            return Err(ConfigError::invalid("server.max_body_bytes", "must be at least 1024"));
         }
         check_url("upstream.base_url", &self.upstream.base_url)?;
         check_url("upstream.files_base_url", &self.upstream.files_base_url)?;
@@ -432,28 +422,17 @@ impl Config {
         }
         self.validate_auth()?;
         if self.store.key_prefix.is_empty() {
-            return Err(ConfigError::invalid(
-                "store.key_prefix",
-                "must not be empty",
-            ));
+            return Err(ConfigError::invalid("store.key_prefix", "must not be empty"));
         }
         if self.store.backend == StoreBackend::Redis {
             check_url("store.redis_url", &self.store.redis_url)?;
         }
         for (i, net) in self.callbacks.allowed_networks.iter().enumerate() {
             net.parse::<ipnet::IpNet>().map_err(|e| {
-                ConfigError::invalid(
-                    format!("callbacks.allowed_networks[{i}]"),
-                    format!("{net:?}: {e}"),
-                )
+                ConfigError::invalid(format!("callbacks.allowed_networks[{i}]"), format!("{net:?}: {e}"))
             })?;
         }
-        if self
-            .alerts
-            .thresholds
-            .iter()
-            .any(|t| !(*t > 0.0 && *t <= 1.0))
-        {
+        if self.alerts.thresholds.iter().any(|t| !(*t > 0.0 && *t <= 1.0)) {
             return Err(ConfigError::invalid(
                 "alerts.thresholds",
                 "each threshold must be in (0, 1]",
@@ -496,20 +475,14 @@ impl Config {
         }
         check_url_or_empty("auth.jwks_url", &auth.jwks_url)?;
         if auth.tenant_claim.is_empty() {
-            return Err(ConfigError::invalid(
-                "auth.tenant_claim",
-                "must not be empty",
-            ));
+            return Err(ConfigError::invalid("auth.tenant_claim", "must not be empty"));
         }
         Ok(())
     }
 
     fn validate_pricing(&self) -> Result<(), ConfigError> {
         if self.pricing.currency.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                "pricing.currency",
-                "must not be empty",
-            ));
+            return Err(ConfigError::invalid("pricing.currency", "must not be empty"));
         }
         if self.pricing.models.is_empty() {
             return Err(ConfigError::invalid(
@@ -527,10 +500,7 @@ impl Config {
                 }
                 for (name, value) in [("audio", &price.audio), ("silent", &price.silent)] {
                     billing::parse_money(value).map_err(|reason| {
-                        ConfigError::invalid(
-                            format!("pricing.models.\"{model}\".\"{quality}\".{name}"),
-                            reason,
-                        )
+                        ConfigError::invalid(format!("pricing.models.\"{model}\".\"{quality}\".{name}"), reason)
                     })?;
                 }
             }
@@ -617,11 +587,7 @@ pub fn valid_tenant_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn load_secret(
-    secret: &mut SecretString,
-    file: &Option<PathBuf>,
-    key: &str,
-) -> Result<(), ConfigError> {
+fn load_secret(secret: &mut SecretString, file: &Option<PathBuf>, key: &str) -> Result<(), ConfigError> {
     let Some(path) = file else { return Ok(()) };
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))?;
@@ -630,8 +596,7 @@ fn load_secret(
 }
 
 fn check_url(key: &str, value: &str) -> Result<(), ConfigError> {
-    let url = url::Url::parse(value)
-        .map_err(|e| ConfigError::invalid(key, format!("{value:?} is not a URL: {e}")))?;
+    let url = url::Url::parse(value).map_err(|e| ConfigError::invalid(key, format!("{value:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ConfigError::invalid(key, "must be an http or https URL"));
     }

@@ -11,15 +11,9 @@ use serde::Serialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
-    InvalidRequest {
-        message: String,
-        param: Option<String>,
-    },
+    InvalidRequest { message: String, param: Option<String> },
     #[error("{message}")]
-    InvalidCallbackUrl {
-        message: String,
-        param: Option<String>,
-    },
+    InvalidCallbackUrl { message: String, param: Option<String> },
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -33,10 +27,7 @@ pub enum ApiError {
     #[error("task {0:?} not found")]
     TaskNotFound(String),
     #[error("{message}")]
-    ConcurrencyLimited {
-        message: String,
-        retry_after_secs: u64,
-    },
+    ConcurrencyLimited { message: String, retry_after_secs: u64 },
     #[error("{message}")]
     UpstreamRateLimited {
         message: String,
@@ -82,25 +73,17 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest { .. } | Self::InvalidCallbackUrl { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidRequest { .. } | Self::InvalidCallbackUrl { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
-            Self::Forbidden(_) | Self::UnknownTenant(_) | Self::QualityNotAllowed(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Self::Forbidden(_) | Self::UnknownTenant(_) | Self::QualityNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::TaskNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::ConcurrencyLimited { .. } | Self::UpstreamRateLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::ConcurrencyLimited { .. } | Self::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamError(_) | Self::UpstreamAuthFailed(_) => StatusCode::BAD_GATEWAY,
-            Self::UpstreamAccountExhausted(_) | Self::StoreUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::UpstreamAccountExhausted(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -135,9 +118,7 @@ impl ApiError {
         match self {
             Self::Unauthenticated(_) => "authentication_error",
             Self::BudgetExceeded(_) => "budget_error",
-            Self::Forbidden(_) | Self::UnknownTenant(_) | Self::QualityNotAllowed(_) => {
-                "permission_error"
-            }
+            Self::Forbidden(_) | Self::UnknownTenant(_) | Self::QualityNotAllowed(_) => "permission_error",
             Self::ConcurrencyLimited { .. } => "rate_limit_error",
             Self::UpstreamRateLimited { .. }
             | Self::UpstreamError(_)
@@ -151,9 +132,7 @@ impl ApiError {
 
     fn param(&self) -> Option<&str> {
         match self {
-            Self::InvalidRequest { param, .. } | Self::InvalidCallbackUrl { param, .. } => {
-                param.as_deref()
-            }
+            Self::InvalidRequest { param, .. } | Self::InvalidCallbackUrl { param, .. } => param.as_deref(),
             _ => None,
         }
     }
@@ -183,6 +162,10 @@ struct ErrorBody<'a> {
     request_id: String,
 }
 
+/// The `code` of an error response, left in its extensions for the access log and metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.status()
@@ -207,9 +190,7 @@ impl ResponseError for ApiError {
             Self::Unauthenticated(_) => {
                 response.insert_header((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
-            Self::ConcurrencyLimited {
-                retry_after_secs, ..
-            } => {
+            Self::ConcurrencyLimited { retry_after_secs, .. } => {
                 response.insert_header((RETRY_AFTER, retry_after_secs.to_string()));
             }
             Self::UpstreamRateLimited {
@@ -220,7 +201,9 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(body)
+        let mut response = response.json(body);
+        response.extensions_mut().insert(ErrorCode(self.code()));
+        response
     }
 }
 
@@ -229,9 +212,7 @@ impl From<crate::store::StoreError> for ApiError {
         match error {
             crate::store::StoreError::Unavailable(reason) => {
                 tracing::error!(reason = %reason, "store unavailable");
-                Self::StoreUnavailable(
-                    "the gateway's store is unreachable; nothing was forwarded or charged".into(),
-                )
+                Self::StoreUnavailable("the gateway's store is unreachable; nothing was forwarded or charged".into())
             }
             crate::store::StoreError::Corrupt(reason) => Self::Internal(format!("store: {reason}")),
         }
@@ -242,10 +223,14 @@ impl From<crate::upstream::UpstreamError> for ApiError {
     fn from(error: crate::upstream::UpstreamError) -> Self {
         use crate::upstream::UpstreamError as U;
         match error {
-            U::Status { status: 400, message, .. } => {
-                Self::invalid_body(format!("the upstream refused the request: {message}"))
-            }
-            U::Status { status: 401 | 403, message, .. } => {
+            U::Status {
+                status: 400, message, ..
+            } => Self::invalid_body(format!("the upstream refused the request: {message}")),
+            U::Status {
+                status: 401 | 403,
+                message,
+                ..
+            } => {
                 tracing::error!(upstream_message = %message, "upstream refused the company API key: check upstream.api_key");
                 Self::UpstreamAuthFailed(
                     "the upstream refused the gateway's credentials; the operators have been alerted".into(),
@@ -254,11 +239,21 @@ impl From<crate::upstream::UpstreamError> for ApiError {
             U::Status { status: 402, .. } => Self::UpstreamAccountExhausted(
                 "the company's upstream account balance is exhausted (not your team's budget); try again later".into(),
             ),
-            U::Status { status: 413, message, .. } => Self::PayloadTooLarge(format!("the upstream refused the size: {message}")),
-            U::Status { status: 429, message, retry_after, .. } => {
-                Self::UpstreamRateLimited { message: format!("the upstream is rate limiting: {message}"), retry_after }
+            U::Status {
+                status: 413, message, ..
+            } => Self::PayloadTooLarge(format!("the upstream refused the size: {message}")),
+            U::Status {
+                status: 429,
+                message,
+                retry_after,
+                ..
+            } => Self::UpstreamRateLimited {
+                message: format!("the upstream is rate limiting: {message}"),
+                retry_after,
+            },
+            U::Status { status, message, .. } => {
+                Self::UpstreamError(format!("the upstream answered {status}: {message}"))
             }
-            U::Status { status, message, .. } => Self::UpstreamError(format!("the upstream answered {status}: {message}")),
             U::Timeout(ms) => Self::UpstreamTimeout(format!("the upstream did not answer within {ms} ms")),
             U::Unreachable(reason) => {
                 tracing::warn!(reason = %reason, "upstream unreachable");

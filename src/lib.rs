@@ -9,6 +9,7 @@ pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod mock_upstream;
 pub mod probe;
 pub mod routes;

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError, TenantRecord};
 use crate::upstream::UpstreamClient;
 
@@ -37,6 +38,7 @@ pub struct AppState {
     pub upstream: UpstreamClient,
     pub clock: Arc<dyn Clock>,
     pub tenants: TenantCache,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Known tenants, cached briefly; unknown ones are always asked again.
@@ -46,18 +48,13 @@ pub struct TenantCache {
 }
 
 impl TenantCache {
-    pub async fn get(
-        &self,
-        store: &dyn Store,
-        id: &str,
-    ) -> Result<Option<TenantRecord>, StoreError> {
+    pub async fn get(&self, store: &dyn Store, id: &str) -> Result<Option<TenantRecord>, StoreError> {
         if let Some(hit) = self.cached(id) {
             return Ok(Some(hit));
         }
         let fresh = store.tenant(id).await?;
         if let Some(record) = &fresh {
-            self.lock()
-                .insert(id.to_string(), (record.clone(), Instant::now()));
+            self.lock().insert(id.to_string(), (record.clone(), Instant::now()));
         }
         Ok(fresh)
     }
@@ -70,8 +67,6 @@ impl TenantCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (TenantRecord, Instant)>> {
         // A panic while holding this lock cannot leave the map inconsistent: keep going.
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

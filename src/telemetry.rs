@@ -7,10 +7,12 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage};
+use actix_web::{Error, HttpMessage, web};
 use tracing::Instrument;
 
 use crate::auth::Caller;
+use crate::error::ErrorCode;
+use crate::state::AppState;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -60,10 +62,7 @@ pub async fn request_context(
     let mut response = REQUEST_ID
         .scope(request_id.clone(), next.call(req).instrument(span.clone()))
         .await?;
-    let route = response
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".into());
+    let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".into());
     let tenant = response
         .request()
         .extensions()
@@ -79,9 +78,21 @@ pub async fn request_context(
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
     }
     let status = response.status().as_u16();
+    let code = response.response().extensions().get::<ErrorCode>().map(|c| c.0);
+    if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
+        state.metrics.observe_http(&route, &method, status, started.elapsed());
+        if let Some(code) = code.filter(|_| status < 500) {
+            state
+                .metrics
+                .rejections
+                .with_label_values(&[tenant.as_deref().unwrap_or("unknown"), code])
+                .inc();
+        }
+    }
     span.in_scope(|| {
         tracing::info!(
             status,
+            code,
             latency_ms = started.elapsed().as_millis() as u64,
             "request done"
         );

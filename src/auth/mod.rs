@@ -14,9 +14,7 @@ pub enum AuthError {
 }
 pub struct Authenticator;
 impl Authenticator {
-    pub async fn from_config(
-        _c: &crate::config::AuthConfig,
-    ) -> Result<Self, crate::config::ConfigError> {
+    pub async fn from_config(_c: &crate::config::AuthConfig) -> Result<Self, crate::config::ConfigError> {
         Ok(Self)
     }
     pub async fn verify(&self, _t: &str) -> Result<Caller, AuthError> {

@@ -14,18 +14,13 @@ pub fn parse_money(text: &str) -> Result<Micros, String> {
     let text = text.trim();
     let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(whole)
-        || !(frac.is_empty() || digits(frac))
-        || (text.contains('.') && frac.is_empty())
-    {
+    if !digits(whole) || !(frac.is_empty() || digits(frac)) || (text.contains('.') && frac.is_empty()) {
         return Err(format!("{text:?} is not a decimal amount like \"0.05\""));
     }
     if frac.len() > 6 {
         return Err(format!("{text:?} has more than 6 decimals"));
     }
-    let whole: i64 = whole
-        .parse()
-        .map_err(|_| format!("{text:?} is too large"))?;
+    let whole: i64 = whole.parse().map_err(|_| format!("{text:?} is too large"))?;
     let frac_micros: i64 = format!("{frac:0<6}")
         .parse()
         .map_err(|_| format!("{text:?} is malformed"))?;

@@ -6,36 +6,31 @@ use serde_json::Value;
 use crate::billing;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{ReservationRecord, ReservationState, Settlement};
+use crate::store::{FinalizeOutcome, ReservationRecord, ReservationState, Settlement};
 use crate::upstream::TaskStatus;
 
 /// Settles a completed task or refunds a failed/cancelled one; returns the record as it
 /// stands afterwards. A running task, or one already final, is returned unchanged.
-pub async fn observe(
-    state: &AppState,
-    record: ReservationRecord,
-    task: &Value,
-) -> Result<ReservationRecord, ApiError> {
+pub async fn observe(state: &AppState, record: ReservationRecord, task: &Value) -> Result<ReservationRecord, ApiError> {
     if record.state != ReservationState::Reserved {
         return Ok(record);
     }
     let now_ms = state.clock.now().timestamp_millis();
-    let outcome = match TaskStatus::of(task) {
+    let status = TaskStatus::of(task);
+    let outcome = match status {
         TaskStatus::Running => return Ok(record),
         TaskStatus::Completed => {
             let settlement = settlement_for(&record, now_ms);
             if settlement.anomaly {
                 tracing::warn!(reservation_id = %record.reservation_id, "result length not measured; billing the requested length");
             }
-            state
-                .store
-                .settle(&record.reservation_id, &settlement)
-                .await?
+            state.store.settle(&record.reservation_id, &settlement).await?
         }
-        TaskStatus::Failed | TaskStatus::Cancelled => {
-            state.store.refund(&record.reservation_id, now_ms).await?
-        }
+        TaskStatus::Failed | TaskStatus::Cancelled => state.store.refund(&record.reservation_id, now_ms).await?,
     };
+    if let FinalizeOutcome::Applied(done) = &outcome {
+        record_metrics(state, status, done);
+    }
     Ok(outcome.record().cloned().unwrap_or(record))
 }
 
@@ -43,15 +38,40 @@ pub async fn observe(
 /// requested length is billed and flagged as an anomaly.
 fn settlement_for(record: &ReservationRecord, now_ms: i64) -> Settlement {
     let output_ms = record.requested_output_ms;
-    let charge = billing::charge(
-        &record.reference_durations_ms,
-        output_ms,
-        record.price_per_second,
-    );
+    let charge = billing::charge(&record.reference_durations_ms, output_ms, record.price_per_second);
     Settlement {
         billed_output_ms: charge.billed_output_ms,
         amount: charge.amount,
         anomaly: true,
         now_ms,
+    }
+}
+
+/// Counted on the replica whose store step moved the money, so each task counts once.
+fn record_metrics(state: &AppState, status: TaskStatus, done: &ReservationRecord) {
+    let metrics = &state.metrics;
+    match status {
+        TaskStatus::Completed => {
+            metrics.tasks.with_label_values(&[&done.tenant, "completed"]).inc();
+            metrics.record_settlement(
+                &done.tenant,
+                &done.currency,
+                &done.quality,
+                done.audio,
+                done.charged.unwrap_or(0),
+                done.billed_input_ms,
+                done.billed_output_ms.unwrap_or(0),
+            );
+        }
+        TaskStatus::Failed | TaskStatus::Cancelled => {
+            let outcome = if status == TaskStatus::Failed {
+                "failed"
+            } else {
+                "cancelled"
+            };
+            metrics.tasks.with_label_values(&[&done.tenant, outcome]).inc();
+            metrics.record_refund(&done.tenant, &done.currency, done.reserved);
+        }
+        TaskStatus::Running => {}
     }
 }

@@ -13,11 +13,7 @@ use crate::probe::address::{AddressPolicy, check_url};
 pub fn policy(config: &CallbacksConfig) -> AddressPolicy {
     AddressPolicy {
         allowed_hosts: config.allowed_hosts.clone(),
-        allowed_networks: config
-            .allowed_networks
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect(),
+        allowed_networks: config.allowed_networks.iter().filter_map(|n| n.parse().ok()).collect(),
         allow_private_networks: config.allow_private_networks,
     }
 }

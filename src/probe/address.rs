@@ -53,12 +53,7 @@ fn is_internal_v6(ip: Ipv6Addr) -> bool {
 /// The IPv4 address an IPv6 address stands for: mapped, compatible, NAT64 or 6to4.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let seg = ip.segments();
-    let tail = Ipv4Addr::new(
-        (seg[6] >> 8) as u8,
-        seg[6] as u8,
-        (seg[7] >> 8) as u8,
-        seg[7] as u8,
-    );
+    let tail = Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8);
     if let Some(mapped) = ip.to_ipv4_mapped() {
         return Some(mapped);
     }
@@ -98,9 +93,7 @@ impl AddressPolicy {
             || self.allowed_hosts.iter().any(|pattern| {
                 let pattern = pattern.to_ascii_lowercase();
                 match pattern.strip_prefix("*.") {
-                    Some(suffix) => {
-                        host.len() > suffix.len() && host.ends_with(&format!(".{suffix}"))
-                    }
+                    Some(suffix) => host.len() > suffix.len() && host.ends_with(&format!(".{suffix}")),
                     None => host == pattern,
                 }
             })
@@ -174,8 +167,7 @@ pub fn check_url(raw: &str, policy: &AddressPolicy, https_only: bool) -> Result<
     {
         return Err(UrlRefusal::InternalAddress(ip));
     }
-    let internal_ok =
-        literal.is_some_and(|ip| policy.in_allowed_network(ip)) || policy.allow_private_networks;
+    let internal_ok = literal.is_some_and(|ip| policy.in_allowed_network(ip)) || policy.allow_private_networks;
     if https_only && url.scheme() == "http" && !internal_ok {
         return Err(UrlRefusal::PlainHttp);
     }
@@ -253,10 +245,7 @@ mod tests {
             "https://[::1]/",
         ] {
             assert!(
-                matches!(
-                    check_url(url, &policy, false),
-                    Err(UrlRefusal::InternalAddress(_))
-                ),
+                matches!(check_url(url, &policy, false), Err(UrlRefusal::InternalAddress(_))),
                 "{url}"
             );
         }

@@ -9,18 +9,9 @@ use serde_json::Value;
 use crate::error::ApiError;
 
 /// Reads at most `limit` bytes and parses them as JSON.
-pub async fn read_json(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Value, ApiError> {
-    if let Some(content_type) = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        && !content_type
-            .to_ascii_lowercase()
-            .starts_with("application/json")
+pub async fn read_json(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
+    if let Some(content_type) = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok())
+        && !content_type.to_ascii_lowercase().starts_with("application/json")
     {
         return Err(ApiError::UnsupportedMediaType(format!(
             "Content-Type must be application/json (got {content_type:?})"
@@ -36,8 +27,7 @@ pub async fn read_json(
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::invalid_body(format!("cannot read the body: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::invalid_body(format!("cannot read the body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large(limit));
         }
@@ -46,8 +36,7 @@ pub async fn read_json(
     if body.is_empty() {
         return Err(ApiError::invalid_body("the body must be a JSON object"));
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid_body(format!("malformed JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|e| ApiError::invalid_body(format!("malformed JSON: {e}")))
 }
 
 fn too_large(limit: usize) -> ApiError {

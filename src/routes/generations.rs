@@ -12,7 +12,7 @@ use crate::billing;
 use crate::callbacks;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{PeriodKeys, ReservationRecord, ReserveOutcome, ReserveRefusal, ReserveRequest};
+use crate::store::{FinalizeOutcome, PeriodKeys, ReservationRecord, ReserveOutcome, ReserveRefusal, ReserveRequest};
 use crate::telemetry::current_request_id;
 use crate::upstream;
 
@@ -24,9 +24,7 @@ pub async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_json(&req, payload, state.config.server.max_body_bytes).await?;
-    let request = parse_create(&body, |model| {
-        state.config.pricing.models.contains_key(model)
-    })?;
+    let request = parse_create(&body, |model| state.config.pricing.models.contains_key(model))?;
     if let Some(url) = &request.callback_url {
         callbacks::check_callback_url(url, &state.config.callbacks)?;
     }
@@ -36,6 +34,11 @@ pub async fn create(
         tracing::error!(reservation_id = %reservation.reservation_id, "upstream created a task without an id; hold left for the reconciler");
         ApiError::UpstreamError("the upstream's answer carried no task id".into())
     })?;
+    state
+        .metrics
+        .tasks
+        .with_label_values(&[&caller.tenant, "created"])
+        .inc();
     let record = state.store.bind(&reservation.reservation_id, task_id).await.map_err(|e| {
         tracing::error!(reservation_id = %reservation.reservation_id, task_id, "task created upstream but not bound: {e}");
         ApiError::from(e)
@@ -109,28 +112,18 @@ async fn reserve(
     }
 }
 
-fn refused(
-    refusal: ReserveRefusal,
-    caller: &TenantCaller,
-    request: &CreateRequest,
-    amount: i64,
-) -> ApiError {
+fn refused(refusal: ReserveRefusal, caller: &TenantCaller, request: &CreateRequest, amount: i64) -> ApiError {
     match refusal {
         ReserveRefusal::UnknownTenant => ApiError::UnknownTenant(caller.tenant.clone()),
         ReserveRefusal::QualityNotAllowed => ApiError::QualityNotAllowed(request.quality.clone()),
-        ReserveRefusal::BudgetExceeded {
-            remaining,
-            user_scope,
-        } => ApiError::BudgetExceeded(format!(
+        ReserveRefusal::BudgetExceeded { remaining, user_scope } => ApiError::BudgetExceeded(format!(
             "this task needs {} but the {} budget has {} left this period",
             billing::format_money(amount),
             if user_scope { "user's" } else { "tenant's" },
             billing::format_money(remaining.max(0)),
         )),
         ReserveRefusal::ConcurrencyLimited { max } => ApiError::ConcurrencyLimited {
-            message: format!(
-                "at most {max} tasks of this tenant may run at once; retry when one ends"
-            ),
+            message: format!("at most {max} tasks of this tenant may run at once; retry when one ends"),
             retry_after_secs: 5,
         },
     }
@@ -143,20 +136,19 @@ async fn forward(
     request: &CreateRequest,
     reservation: &ReservationRecord,
 ) -> Result<Value, ApiError> {
-    match state
-        .upstream
-        .create_task(&request.upstream_body(None))
-        .await
-    {
+    match state.upstream.create_task(&request.upstream_body(None)).await {
         Ok(task) => Ok(task),
         Err(error) if error.is_definite() => {
             let now_ms = state.clock.now().timestamp_millis();
-            if let Err(store_error) = state
-                .store
-                .refund(&reservation.reservation_id, now_ms)
-                .await
-            {
-                tracing::error!(reservation_id = %reservation.reservation_id, "refund after upstream refusal failed: {store_error}");
+            match state.store.refund(&reservation.reservation_id, now_ms).await {
+                Ok(FinalizeOutcome::Applied(done)) => {
+                    state.metrics.record_refund(&done.tenant, &done.currency, done.reserved)
+                }
+                Ok(_) => {}
+                Err(store_error) => tracing::error!(
+                    reservation_id = %reservation.reservation_id,
+                    "refund after upstream refusal failed: {store_error}"
+                ),
             }
             Err(error.into())
         }

@@ -43,20 +43,17 @@ async fn identify(state: &AppState, req: &ServiceRequest) -> Result<Caller, ApiE
         .headers()
         .get(AUTHORIZATION)
         .ok_or_else(|| ApiError::Unauthenticated("missing Authorization: Bearer token".into()))?;
-    let token = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
-        ApiError::Unauthenticated("Authorization header is not of the form `Bearer <token>`".into())
-    })?;
+    let token =
+        header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+            ApiError::Unauthenticated("Authorization header is not of the form `Bearer <token>`".into())
+        })?;
     let caller = state
         .auth
         .verify(token)
         .await
         .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
     if let Some(tenant) = &caller.tenant
-        && state
-            .tenants
-            .get(state.store.as_ref(), tenant)
-            .await?
-            .is_none()
+        && state.tenants.get(state.store.as_ref(), tenant).await?.is_none()
     {
         return Err(ApiError::UnknownTenant(tenant.clone()));
     }
@@ -75,9 +72,10 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(
-            req.extensions().get::<Caller>().cloned().ok_or_else(|| {
-                ApiError::Unauthenticated("missing Authorization: Bearer token".into())
-            }),
+            req.extensions()
+                .get::<Caller>()
+                .cloned()
+                .ok_or_else(|| ApiError::Unauthenticated("missing Authorization: Bearer token".into())),
         )
     }
 }

@@ -55,10 +55,7 @@ impl CreateRequest {
 }
 
 /// Parses and validates; `model_priced` says whether the gateway has prices for a model.
-pub fn parse_create(
-    body: &Value,
-    model_priced: impl Fn(&str) -> bool,
-) -> Result<CreateRequest, ApiError> {
+pub fn parse_create(body: &Value, model_priced: impl Fn(&str) -> bool) -> Result<CreateRequest, ApiError> {
     let map = body
         .as_object()
         .ok_or_else(|| ApiError::invalid_body("the body must be a JSON object"))?;
@@ -110,36 +107,24 @@ fn refuse_unknown(map: &Map<String, Value>, known: &[&str], prefix: &str) -> Res
 }
 
 fn required_str(map: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
-    optional_str(map, field)?
-        .ok_or_else(|| ApiError::invalid(format!("{field} is required"), field))
+    optional_str(map, field)?.ok_or_else(|| ApiError::invalid(format!("{field} is required"), field))
 }
 
 fn optional_str(map: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::invalid(
-            format!("{field} must be a string"),
-            field,
-        )),
+        Some(_) => Err(ApiError::invalid(format!("{field} must be a string"), field)),
     }
 }
 
-fn one_of(
-    map: &Map<String, Value>,
-    field: &str,
-    allowed: &[&str],
-    default: &str,
-) -> Result<String, ApiError> {
+fn one_of(map: &Map<String, Value>, field: &str, allowed: &[&str], default: &str) -> Result<String, ApiError> {
     let value = optional_str(map, field)?.unwrap_or_else(|| default.to_string());
     if allowed.contains(&value.as_str()) {
         Ok(value)
     } else {
         Err(ApiError::invalid(
-            format!(
-                "{field} must be one of {}; got {value:?}",
-                allowed.join(", ")
-            ),
+            format!("{field} must be one of {}; got {value:?}", allowed.join(", ")),
             field,
         ))
     }
@@ -171,8 +156,8 @@ fn video_urls(map: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
             let text = v
                 .as_str()
                 .ok_or_else(|| ApiError::invalid("must be a URL string", param.clone()))?;
-            let url = url::Url::parse(text)
-                .map_err(|e| ApiError::invalid(format!("not a valid URL: {e}"), param.clone()))?;
+            let url =
+                url::Url::parse(text).map_err(|e| ApiError::invalid(format!("not a valid URL: {e}"), param.clone()))?;
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
                 return Err(ApiError::invalid("must be an http or https URL", param));
             }
@@ -203,10 +188,7 @@ fn generate_audio(map: &Map<String, Value>) -> Result<bool, ApiError> {
         None | Some(Value::Null) => return Ok(true),
         Some(Value::Object(params)) => params,
         Some(_) => {
-            return Err(ApiError::invalid(
-                "model_params must be an object",
-                "model_params",
-            ));
+            return Err(ApiError::invalid("model_params must be an object", "model_params"));
         }
     };
     refuse_unknown(params, MODEL_PARAMS_FIELDS, "model_params.")?;
@@ -227,9 +209,7 @@ mod tests {
 
     fn param_of(body: Value) -> Option<String> {
         match parse_create(&body, |m| m == "wan2.6-reference-video-flash") {
-            Err(
-                ApiError::InvalidRequest { param, .. } | ApiError::InvalidCallbackUrl { param, .. },
-            ) => param,
+            Err(ApiError::InvalidRequest { param, .. } | ApiError::InvalidCallbackUrl { param, .. }) => param,
             Err(other) => panic!("unexpected error {other:?}"),
             Ok(_) => None,
         }
@@ -249,11 +229,7 @@ mod tests {
     fn defaults_are_made_explicit() {
         let request = parse_create(&base(), |_| true).expect("valid");
         assert_eq!(
-            (
-                request.quality.as_str(),
-                request.duration,
-                request.generate_audio
-            ),
+            (request.quality.as_str(), request.duration, request.generate_audio),
             ("720p", 5, true)
         );
         assert_eq!(request.aspect_ratio, "16:9");
@@ -262,18 +238,12 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_param() {
-        assert_eq!(
-            param_of(with("model", json!("other"))).as_deref(),
-            Some("model")
-        );
+        assert_eq!(param_of(with("model", json!("other"))).as_deref(), Some("model"));
         assert_eq!(
             param_of(with("prompt", json!("x".repeat(1501)))).as_deref(),
             Some("prompt")
         );
-        assert_eq!(
-            param_of(with("video_urls", json!([]))).as_deref(),
-            Some("video_urls")
-        );
+        assert_eq!(param_of(with("video_urls", json!([]))).as_deref(), Some("video_urls"));
         assert_eq!(
             param_of(with("video_urls", json!(["https://a/x", "ftp://b/y"]))).as_deref(),
             Some("video_urls[1]")
@@ -282,18 +252,9 @@ mod tests {
             param_of(with("aspect_ratio", json!("2:1"))).as_deref(),
             Some("aspect_ratio")
         );
-        assert_eq!(
-            param_of(with("quality", json!("4k"))).as_deref(),
-            Some("quality")
-        );
-        assert_eq!(
-            param_of(with("duration", json!(11))).as_deref(),
-            Some("duration")
-        );
-        assert_eq!(
-            param_of(with("duration", json!(5.5))).as_deref(),
-            Some("duration")
-        );
+        assert_eq!(param_of(with("quality", json!("4k"))).as_deref(), Some("quality"));
+        assert_eq!(param_of(with("duration", json!(11))).as_deref(), Some("duration"));
+        assert_eq!(param_of(with("duration", json!(5.5))).as_deref(), Some("duration"));
         assert_eq!(
             param_of(with("model_params", json!({"generate_audio": "yes"}))).as_deref(),
             Some("model_params.generate_audio")

@@ -6,9 +6,7 @@ pub struct EmbeddedStore;
 
 impl EmbeddedStore {
     pub fn open(_path: &std::path::Path, _prefix: &str) -> Result<Self, StoreError> {
-        Err(StoreError::Unavailable(
-            "embedded store not built yet".into(),
-        ))
+        Err(StoreError::Unavailable("embedded store not built yet".into()))
     }
 }
 
@@ -17,12 +15,7 @@ impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         unimplemented!()
     }
-    async fn apply_config_tenant(
-        &self,
-        _: &str,
-        _: &TenantSettings,
-        _: &str,
-    ) -> Result<bool, StoreError> {
+    async fn apply_config_tenant(&self, _: &str, _: &TenantSettings, _: &str) -> Result<bool, StoreError> {
         unimplemented!()
     }
     async fn tenant(&self, _: &str) -> Result<Option<TenantRecord>, StoreError> {

@@ -15,12 +15,7 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         unimplemented!()
     }
-    async fn apply_config_tenant(
-        &self,
-        _: &str,
-        _: &TenantSettings,
-        _: &str,
-    ) -> Result<bool, StoreError> {
+    async fn apply_config_tenant(&self, _: &str, _: &TenantSettings, _: &str) -> Result<bool, StoreError> {
         unimplemented!()
     }
     async fn tenant(&self, _: &str) -> Result<Option<TenantRecord>, StoreError> {

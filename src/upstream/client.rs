@@ -1,7 +1,8 @@
 //! HTTP client for the upstream API: pooled rustls client, timeouts, bounded retries for
 //! reads (never for creates), errors parsed from either `code` shape.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
@@ -10,6 +11,7 @@ use serde_json::Value;
 
 use super::UpstreamError;
 use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
 
 /// Attempts for an idempotent read that meets 429/502/503 (the first try included).
 const READ_ATTEMPTS: u32 = 3;
@@ -22,10 +24,11 @@ pub struct UpstreamClient {
     base_url: String,
     api_key: SecretString,
     timeout_ms: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl UpstreamClient {
-    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+    pub fn new(config: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .timeout(Duration::from_millis(config.timeout_ms))
@@ -39,6 +42,7 @@ impl UpstreamClient {
             base_url: config.base_url.trim_end_matches('/').to_string(),
             api_key: config.api_key.clone(),
             timeout_ms: config.timeout_ms,
+            metrics,
         })
     }
 
@@ -50,7 +54,7 @@ impl UpstreamClient {
             .post(format!("{}/v1/videos/generations", self.base_url))
             .header(AUTHORIZATION, self.bearer())
             .json(body);
-        self.send(request).await
+        self.send("create_task", request).await
     }
 
     /// `GET /v1/tasks/{id}`, retried with backoff on 429/502/503 and unreachable.
@@ -59,7 +63,7 @@ impl UpstreamClient {
         let mut attempt = 1;
         loop {
             let result = self
-                .send(self.http.get(&url).header(AUTHORIZATION, self.bearer()))
+                .send("get_task", self.http.get(&url).header(AUTHORIZATION, self.bearer()))
                 .await;
             match result {
                 Err(e) if attempt < READ_ATTEMPTS && retryable(&e) => {
@@ -75,7 +79,21 @@ impl UpstreamClient {
         format!("Bearer {}", self.api_key.expose_secret())
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, UpstreamError> {
+    async fn send(&self, operation: &str, request: reqwest::RequestBuilder) -> Result<Value, UpstreamError> {
+        let started = Instant::now();
+        let result = self.exchange(request).await;
+        let status = match &result {
+            Ok(_) => "200".to_string(),
+            Err(UpstreamError::Status { status, .. }) => status.to_string(),
+            Err(UpstreamError::Timeout(_)) => "timeout".into(),
+            Err(UpstreamError::Unreachable(_)) => "unreachable".into(),
+            Err(UpstreamError::Unparseable(_)) => "unparseable".into(),
+        };
+        self.metrics.observe_upstream(operation, &status, started.elapsed());
+        result
+    }
+
+    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<Value, UpstreamError> {
         let response = request.send().await.map_err(|e| self.transport_error(&e))?;
         let status = response.status();
         let retry_after = response
@@ -83,13 +101,9 @@ impl UpstreamClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| UpstreamError::Unparseable(e.to_string()));
+            return serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Unparseable(e.to_string()));
         }
         Err(status_error(status, &bytes, retry_after))
     }

@@ -62,9 +62,7 @@ impl TaskStatus {
 
 /// The task id of an upstream task object.
 pub fn task_id(task: &Value) -> Option<&str> {
-    task.get("id")
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty())
+    task.get("id").and_then(Value::as_str).filter(|id| !id.is_empty())
 }
 
 /// The first result URL of a completed task.

@@ -1,0 +1,81 @@
+//! A `Store` wrapper that times every operation and counts failures, so both backends are
+//! measured the same way without knowing about metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::metrics::Metrics;
+
+pub struct Instrumented {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Instrumented {
+    pub fn wrap(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<dyn Store> {
+        Arc::new(Self { inner, metrics })
+    }
+
+    async fn timed<T>(
+        &self,
+        operation: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics.observe_store(operation, result.is_ok(), started.elapsed());
+        result
+    }
+}
+
+#[async_trait]
+impl Store for Instrumented {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("ping", self.inner.ping()).await
+    }
+
+    async fn apply_config_tenant(&self, id: &str, settings: &TenantSettings, hash: &str) -> Result<bool, StoreError> {
+        self.timed(
+            "apply_config_tenant",
+            self.inner.apply_config_tenant(id, settings, hash),
+        )
+        .await
+    }
+
+    async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
+        self.timed("tenant", self.inner.tenant(id)).await
+    }
+
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        self.timed("reserve", self.inner.reserve(request)).await
+    }
+
+    async fn bind(&self, reservation_id: &str, task_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+        self.timed("bind", self.inner.bind(reservation_id, task_id)).await
+    }
+
+    async fn reservation(&self, reservation_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+        self.timed("reservation", self.inner.reservation(reservation_id)).await
+    }
+
+    async fn task(&self, task_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+        self.timed("task", self.inner.task(task_id)).await
+    }
+
+    async fn settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError> {
+        self.timed("settle", self.inner.settle(reservation_id, settlement))
+            .await
+    }
+
+    async fn refund(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
+        self.timed("refund", self.inner.refund(reservation_id, now_ms)).await
+    }
+
+    async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError> {
+        self.timed("period_usage", self.inner.period_usage(tenant, period))
+            .await
+    }
+}
