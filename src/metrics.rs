@@ -11,6 +11,7 @@ use prometheus::{
 };
 
 use crate::billing::{MICROS_PER_UNIT, Micros};
+use crate::store::ReservationRecord;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -224,26 +225,15 @@ impl Metrics {
     }
 
     /// A settlement that moved money: spend and billed seconds, once, on this replica.
-    pub fn record_settlement(
-        &self,
-        tenant: &str,
-        currency: &str,
-        quality: &str,
-        audio: bool,
-        amount: Micros,
-        input_ms: u64,
-        output_ms: u64,
-    ) {
-        let audio = if audio { "true" } else { "false" };
-        self.spend
-            .with_label_values(&[tenant, currency, quality, audio])
-            .inc_by(units(amount));
-        self.billed_seconds
-            .with_label_values(&[tenant, "input"])
-            .inc_by(input_ms as f64 / 1000.0);
-        self.billed_seconds
-            .with_label_values(&[tenant, "output"])
-            .inc_by(output_ms as f64 / 1000.0);
+    pub fn record_settlement(&self, done: &ReservationRecord) {
+        let tenant = done.tenant.as_str();
+        let audio = if done.audio { "true" } else { "false" };
+        let spend = self.spend.with_label_values(&[tenant, &done.currency, &done.quality, audio]);
+        spend.inc_by(units(done.charged.unwrap_or(0)));
+        let seconds = |ms: u64| ms as f64 / 1000.0;
+        self.billed_seconds.with_label_values(&[tenant, "input"]).inc_by(seconds(done.billed_input_ms));
+        let output = done.billed_output_ms.unwrap_or(0);
+        self.billed_seconds.with_label_values(&[tenant, "output"]).inc_by(seconds(output));
     }
 
     pub fn record_refund(&self, tenant: &str, currency: &str, released: Micros) {

@@ -53,15 +53,7 @@ fn record_metrics(state: &AppState, status: TaskStatus, done: &ReservationRecord
     match status {
         TaskStatus::Completed => {
             metrics.tasks.with_label_values(&[&done.tenant, "completed"]).inc();
-            metrics.record_settlement(
-                &done.tenant,
-                &done.currency,
-                &done.quality,
-                done.audio,
-                done.charged.unwrap_or(0),
-                done.billed_input_ms,
-                done.billed_output_ms.unwrap_or(0),
-            );
+            metrics.record_settlement(done);
         }
         TaskStatus::Failed | TaskStatus::Cancelled => {
             let outcome = if status == TaskStatus::Failed {
