@@ -1,0 +1,4 @@
+//! The one integration-test binary: modules by feature.
+
+mod store_conformance;
+mod support;
