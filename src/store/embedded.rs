@@ -1,45 +1,364 @@
-//! Embedded store (redb): durable on disk, for one node.
-// SKELETON: replaced by the store implementation.
+//! Embedded store (redb): durable on disk, for one node; every write is one transaction.
+
+use std::path::Path;
+
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use super::*;
 
-pub struct EmbeddedStore;
+/// Tenant id → `TenantRecord` as JSON.
+const TENANTS: TableDefinition<&str, &str> = TableDefinition::new("tenants");
+/// Reservation id → `ReservationRecord` as JSON.
+const RESERVATIONS: TableDefinition<&str, &str> = TableDefinition::new("reservations");
+/// Upstream task id → reservation id.
+const TASKS: TableDefinition<&str, &str> = TableDefinition::new("tasks");
+/// Money and in-flight counters, named as in the Redis layout (see `CounterKeys`).
+const COUNTERS: TableDefinition<&str, i64> = TableDefinition::new("counters");
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
 
 impl EmbeddedStore {
-    pub fn open(_path: &std::path::Path, _prefix: &str) -> Result<Self, StoreError> {
-        Err(StoreError::Unavailable("embedded store not built yet".into()))
+    /// Opens or creates the database file and its parent directories. The key prefix is
+    /// not used: one file serves one deployment.
+    pub fn open(path: &Path, _prefix: &str) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        // Create every table now, so read transactions never meet a missing one.
+        let tx = db.begin_write().map_err(db_error)?;
+        tx.open_table(TENANTS).map_err(db_error)?;
+        tx.open_table(RESERVATIONS).map_err(db_error)?;
+        tx.open_table(TASKS).map_err(db_error)?;
+        tx.open_table(COUNTERS).map_err(db_error)?;
+        tx.commit().map_err(db_error)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs `op` in one write transaction on the blocking pool; commits when it returns Ok.
+    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let tx = db.begin_write().map_err(db_error)?;
+            let out = op(&tx)?;
+            tx.commit().map_err(db_error)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        blocking(move || op(&db.begin_read().map_err(db_error)?)).await
     }
 }
 
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        unimplemented!()
+        self.read(|tx| tx.open_table(TENANTS).map(drop).map_err(db_error))
+            .await
     }
-    async fn apply_config_tenant(&self, _: &str, _: &TenantSettings, _: &str) -> Result<bool, StoreError> {
-        unimplemented!()
+
+    async fn apply_config_tenant(
+        &self,
+        id: &str,
+        settings: &TenantSettings,
+        config_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let record = TenantRecord {
+            id: id.to_string(),
+            settings: settings.clone(),
+            config_hash: config_hash.to_string(),
+        };
+        self.write(move |tx| {
+            let mut tenants = tx.open_table(TENANTS).map_err(db_error)?;
+            let stored: Option<TenantRecord> = get_json(&tenants, &record.id)?;
+            if stored.is_some_and(|stored| stored.config_hash == record.config_hash) {
+                return Ok(false);
+            }
+            put_json(&mut tenants, &record.id, &record)?;
+            Ok(true)
+        })
+        .await
     }
-    async fn tenant(&self, _: &str) -> Result<Option<TenantRecord>, StoreError> {
-        unimplemented!()
+
+    async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
+        let id = id.to_string();
+        self.read(move |tx| get_json(&tx.open_table(TENANTS).map_err(db_error)?, &id))
+            .await
     }
-    async fn reserve(&self, _: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
-        unimplemented!()
+
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        let request = request.clone();
+        self.write(move |tx| reserve_in(tx, &request)).await
     }
-    async fn bind(&self, _: &str, _: &str) -> Result<Option<ReservationRecord>, StoreError> {
-        unimplemented!()
+
+    async fn bind(
+        &self,
+        reservation_id: &str,
+        task_id: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError> {
+        let (reservation_id, task_id) = (reservation_id.to_string(), task_id.to_string());
+        self.write(move |tx| {
+            let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
+            let Some(mut record) = get_json::<ReservationRecord>(&reservations, &reservation_id)?
+            else {
+                return Ok(None);
+            };
+            // A reservation pays for one upstream task: the first bind wins.
+            if record.task_id.is_none() {
+                record.task_id = Some(task_id.clone());
+                put_json(&mut reservations, &reservation_id, &record)?;
+                tx.open_table(TASKS)
+                    .map_err(db_error)?
+                    .insert(task_id.as_str(), reservation_id.as_str())
+                    .map_err(db_error)?;
+            }
+            Ok(Some(record))
+        })
+        .await
     }
-    async fn reservation(&self, _: &str) -> Result<Option<ReservationRecord>, StoreError> {
-        unimplemented!()
+
+    async fn reservation(
+        &self,
+        reservation_id: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError> {
+        let reservation_id = reservation_id.to_string();
+        self.read(move |tx| {
+            get_json(
+                &tx.open_table(RESERVATIONS).map_err(db_error)?,
+                &reservation_id,
+            )
+        })
+        .await
     }
-    async fn task(&self, _: &str) -> Result<Option<ReservationRecord>, StoreError> {
-        unimplemented!()
+
+    async fn task(&self, task_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+        let task_id = task_id.to_string();
+        self.read(move |tx| {
+            let tasks = tx.open_table(TASKS).map_err(db_error)?;
+            let Some(reservation_id) = tasks.get(task_id.as_str()).map_err(db_error)? else {
+                return Ok(None);
+            };
+            get_json(
+                &tx.open_table(RESERVATIONS).map_err(db_error)?,
+                reservation_id.value(),
+            )
+        })
+        .await
     }
-    async fn settle(&self, _: &str, _: &Settlement) -> Result<FinalizeOutcome, StoreError> {
-        unimplemented!()
+
+    async fn settle(
+        &self,
+        reservation_id: &str,
+        settlement: &Settlement,
+    ) -> Result<FinalizeOutcome, StoreError> {
+        let (reservation_id, finish) = (reservation_id.to_string(), Finish::settle(settlement));
+        self.write(move |tx| finish_in(tx, &reservation_id, &finish))
+            .await
     }
-    async fn refund(&self, _: &str, _: i64) -> Result<FinalizeOutcome, StoreError> {
-        unimplemented!()
+
+    async fn refund(
+        &self,
+        reservation_id: &str,
+        now_ms: i64,
+    ) -> Result<FinalizeOutcome, StoreError> {
+        let (reservation_id, finish) = (reservation_id.to_string(), Finish::refund(now_ms));
+        self.write(move |tx| finish_in(tx, &reservation_id, &finish))
+            .await
     }
-    async fn period_usage(&self, _: &str, _: &str) -> Result<PeriodUsage, StoreError> {
-        unimplemented!()
+
+    async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError> {
+        let keys = CounterKeys::new(tenant, "", period);
+        self.read(move |tx| {
+            let counters = tx.open_table(COUNTERS).map_err(db_error)?;
+            Ok(PeriodUsage {
+                spent: counter(&counters, &keys.spent)?,
+                reserved: counter(&counters, &keys.reserved)?,
+                in_flight: u32::try_from(counter(&counters, &keys.in_flight)?).unwrap_or(0),
+            })
+        })
+        .await
     }
+}
+
+/// The reserve step inside its write transaction.
+fn reserve_in(
+    tx: &WriteTransaction,
+    request: &ReserveRequest,
+) -> Result<ReserveOutcome, StoreError> {
+    let tenant: Option<TenantRecord> =
+        get_json(&tx.open_table(TENANTS).map_err(db_error)?, &request.tenant)?;
+    let Some(tenant) = tenant else {
+        return Ok(ReserveOutcome::Refused(ReserveRefusal::UnknownTenant));
+    };
+    let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
+    if let Some(existing) = get_json(&reservations, &request.reservation_id)? {
+        return Ok(ReserveOutcome::Reserved(existing));
+    }
+    let period = request.periods.for_kind(tenant.settings.period);
+    let keys = CounterKeys::new(&request.tenant, &request.user, period);
+    let mut counters = tx.open_table(COUNTERS).map_err(db_error)?;
+    if let Some(refusal) = refusal(&tenant.settings, request, &keys, &counters)? {
+        return Ok(ReserveOutcome::Refused(refusal));
+    }
+    let record = ReservationRecord::hold(request, period);
+    put_json(&mut reservations, &record.reservation_id, &record)?;
+    add(&mut counters, &keys.reserved, request.amount)?;
+    add(&mut counters, &keys.user_reserved, request.amount)?;
+    add(&mut counters, &keys.in_flight, 1)?;
+    Ok(ReserveOutcome::Reserved(record))
+}
+
+/// Why `request` may not be held now, checked in the contract's order.
+fn refusal(
+    settings: &TenantSettings,
+    request: &ReserveRequest,
+    keys: &CounterKeys,
+    counters: &Table<&str, i64>,
+) -> Result<Option<ReserveRefusal>, StoreError> {
+    if !settings.allowed_qualities.contains(&request.quality) {
+        return Ok(Some(ReserveRefusal::QualityNotAllowed));
+    }
+    if counter(counters, &keys.in_flight)? >= i64::from(settings.max_concurrent_tasks) {
+        return Ok(Some(ReserveRefusal::ConcurrencyLimited {
+            max: settings.max_concurrent_tasks,
+        }));
+    }
+    let budgets = [
+        (settings.budget, &keys.spent, &keys.reserved, false),
+        (
+            settings.user_budget,
+            &keys.user_spent,
+            &keys.user_reserved,
+            true,
+        ),
+    ];
+    for (budget, spent, reserved, user_scope) in budgets {
+        let Some(budget) = budget else { continue };
+        let used = counter(counters, spent)?.saturating_add(counter(counters, reserved)?);
+        if used.saturating_add(request.amount) > budget {
+            let remaining = budget.saturating_sub(used).max(0);
+            return Ok(Some(ReserveRefusal::BudgetExceeded {
+                remaining,
+                user_scope,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Settle or refund inside its write transaction: moves money once, in the record's period.
+fn finish_in(
+    tx: &WriteTransaction,
+    reservation_id: &str,
+    finish: &Finish,
+) -> Result<FinalizeOutcome, StoreError> {
+    let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
+    let Some(mut record) = get_json::<ReservationRecord>(&reservations, reservation_id)? else {
+        return Ok(FinalizeOutcome::NotFound);
+    };
+    if record.state != ReservationState::Reserved {
+        return Ok(FinalizeOutcome::AlreadyFinal(record));
+    }
+    finish.apply(&mut record);
+    put_json(&mut reservations, reservation_id, &record)?;
+    let keys = CounterKeys::new(&record.tenant, &record.user, &record.period);
+    let mut counters = tx.open_table(COUNTERS).map_err(db_error)?;
+    add(&mut counters, &keys.reserved, -record.reserved)?;
+    add(&mut counters, &keys.user_reserved, -record.reserved)?;
+    add(&mut counters, &keys.spent, finish.charged)?;
+    add(&mut counters, &keys.user_spent, finish.charged)?;
+    add(&mut counters, &keys.in_flight, -1)?;
+    Ok(FinalizeOutcome::Applied(record))
+}
+
+/// Counter names of one tenant, user and period; the same names as the Redis keys.
+struct CounterKeys {
+    spent: String,
+    reserved: String,
+    user_spent: String,
+    user_reserved: String,
+    in_flight: String,
+}
+
+impl CounterKeys {
+    fn new(tenant: &str, user: &str, period: &str) -> Self {
+        Self {
+            spent: format!("spent:{tenant}:{period}"),
+            reserved: format!("reserved:{tenant}:{period}"),
+            user_spent: format!("uspent:{tenant}:{period}:{user}"),
+            user_reserved: format!("ureserved:{tenant}:{period}:{user}"),
+            in_flight: format!("inflight:{tenant}"),
+        }
+    }
+}
+
+async fn blocking<T, F>(op: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
+}
+
+fn db_error(error: impl Into<redb::Error>) -> StoreError {
+    StoreError::Unavailable(format!("embedded store: {}", error.into()))
+}
+
+fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let Some(value) = table.get(key).map_err(db_error)? else {
+        return Ok(None);
+    };
+    serde_json::from_str(value.value())
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("record {key}: {e}")))
+}
+
+fn put_json<T: Serialize>(
+    table: &mut Table<&str, &str>,
+    key: &str,
+    value: &T,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(value)
+        .map_err(|e| StoreError::Corrupt(format!("record {key}: {e}")))?;
+    table.insert(key, json.as_str()).map_err(db_error)?;
+    Ok(())
+}
+
+fn counter(table: &impl ReadableTable<&'static str, i64>, key: &str) -> Result<i64, StoreError> {
+    Ok(table
+        .get(key)
+        .map_err(db_error)?
+        .map_or(0, |value| value.value()))
+}
+
+fn add(table: &mut Table<&str, i64>, key: &str, delta: i64) -> Result<(), StoreError> {
+    let value = counter(table, key)?.saturating_add(delta);
+    table.insert(key, value).map_err(db_error)?;
+    Ok(())
 }

@@ -172,6 +172,83 @@ pub struct ReservationRecord {
     pub result_expires_ms: Option<i64>,
 }
 
+impl ReservationRecord {
+    /// A fresh hold for `request`, booked to `period`.
+    fn hold(request: &ReserveRequest, period: &str) -> Self {
+        Self {
+            reservation_id: request.reservation_id.clone(),
+            tenant: request.tenant.clone(),
+            user: request.user.clone(),
+            request_id: request.request_id.clone(),
+            task_id: None,
+            state: ReservationState::Reserved,
+            period: period.to_string(),
+            model: request.model.clone(),
+            quality: request.quality.clone(),
+            audio: request.audio,
+            currency: request.currency.clone(),
+            price_per_second: request.price_per_second,
+            reference_durations_ms: request.reference_durations_ms.clone(),
+            billed_input_ms: request.billed_input_ms,
+            requested_output_ms: request.requested_output_ms,
+            reserved: request.amount,
+            charged: None,
+            billed_output_ms: None,
+            callback_url: request.callback_url.clone(),
+            created_ms: request.now_ms,
+            finished_ms: None,
+            result_expires_ms: None,
+        }
+    }
+}
+
+/// How long a settled result stays available: 24 h after completion.
+const RESULT_TTL_MS: i64 = 86_400_000;
+
+/// What a final step writes onto a `reserved` record. Field names match
+/// `ReservationRecord`, so the Redis backend writes it as hash fields unchanged.
+#[derive(Debug, Clone, Serialize)]
+struct Finish {
+    state: ReservationState,
+    /// Also what the step adds to spent.
+    charged: Micros,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    billed_output_ms: Option<u64>,
+    finished_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result_expires_ms: Option<i64>,
+}
+
+impl Finish {
+    fn settle(settlement: &Settlement) -> Self {
+        Self {
+            state: ReservationState::Settled,
+            charged: settlement.amount,
+            billed_output_ms: Some(settlement.billed_output_ms),
+            finished_ms: settlement.now_ms,
+            result_expires_ms: Some(settlement.now_ms.saturating_add(RESULT_TTL_MS)),
+        }
+    }
+
+    fn refund(now_ms: i64) -> Self {
+        Self {
+            state: ReservationState::Refunded,
+            charged: 0,
+            billed_output_ms: None,
+            finished_ms: now_ms,
+            result_expires_ms: None,
+        }
+    }
+
+    fn apply(&self, record: &mut ReservationRecord) {
+        record.state = self.state;
+        record.charged = Some(self.charged);
+        record.billed_output_ms = self.billed_output_ms.or(record.billed_output_ms);
+        record.finished_ms = Some(self.finished_ms);
+        record.result_expires_ms = self.result_expires_ms.or(record.result_expires_ms);
+    }
+}
+
 /// Why a reservation was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveRefusal {
@@ -187,7 +264,7 @@ pub enum ReserveRefusal {
     },
 }
 
-// Built once per create and matched at once: boxing the record would buy nothing.
+// Returned once per create and never kept in bulk, so the large variant costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveOutcome {
@@ -255,18 +332,33 @@ pub trait Store: Send + Sync + 'static {
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError>;
 
     /// Attaches the upstream task id. Idempotent; `None` if the reservation is unknown.
-    async fn bind(&self, reservation_id: &str, task_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
+    async fn bind(
+        &self,
+        reservation_id: &str,
+        task_id: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError>;
 
-    async fn reservation(&self, reservation_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
+    async fn reservation(
+        &self,
+        reservation_id: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError>;
 
     /// The reservation bound to an upstream task id.
     async fn task(&self, task_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
 
     /// Charges the settlement and releases the hold and the concurrency slot, once.
-    async fn settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError>;
+    async fn settle(
+        &self,
+        reservation_id: &str,
+        settlement: &Settlement,
+    ) -> Result<FinalizeOutcome, StoreError>;
 
     /// Releases the hold and the concurrency slot, charging nothing, once.
-    async fn refund(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError>;
+    async fn refund(
+        &self,
+        reservation_id: &str,
+        now_ms: i64,
+    ) -> Result<FinalizeOutcome, StoreError>;
 
     /// Spent and reserved of a tenant in a period key (as `PeriodKeys::for_kind` gives).
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError>;
@@ -275,7 +367,12 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the configured backend.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match config.backend {
-        StoreBackend::Embedded => Arc::new(embedded::EmbeddedStore::open(&config.path, &config.key_prefix)?),
-        StoreBackend::Redis => Arc::new(redis::RedisStore::connect(&config.redis_url, &config.key_prefix).await?),
+        StoreBackend::Embedded => Arc::new(embedded::EmbeddedStore::open(
+            &config.path,
+            &config.key_prefix,
+        )?),
+        StoreBackend::Redis => {
+            Arc::new(redis::RedisStore::connect(&config.redis_url, &config.key_prefix).await?)
+        }
     })
 }

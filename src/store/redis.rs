@@ -1,45 +1,375 @@
 //! Redis store: shared by all replicas; one Lua script per money step.
-// SKELETON: replaced by the store implementation.
+//!
+//! Keys (all under the configured prefix `P`):
+//! - `P tenant:{id}`: `TenantRecord` as JSON;
+//! - `P res:{reservation_id}`: hash of `ReservationRecord` fields, each value JSON-encoded,
+//!   so scripts read and write single fields without re-encoding the record;
+//! - `P task:{task_id}`: reservation id;
+//! - `P spent:{tenant}:{period}`, `P reserved:{tenant}:{period}`,
+//!   `P uspent:{tenant}:{period}:{user}`, `P ureserved:{tenant}:{period}:{user}`: micro-units;
+//! - `P inflight:{tenant}`: reservations not yet final.
+//!
+//! The money scripts derive counter keys from stored data, so this layout is for a single
+//! Redis (or a primary with replicas), not Redis Cluster.
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{
+    Client, Cmd, FromRedisValue, RedisError, Script, ScriptInvocation, Value, cmd, from_redis_value,
+};
+use serde::Serialize;
+
 use super::*;
 
-pub struct RedisStore;
+/// How long `connect` waits for a first answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Per connection attempt, so a call fails instead of hanging while Redis is unreachable.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Per command; the scripts are short, a slow answer means Redis is in trouble.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    apply_tenant: Script,
+    reserve: Script,
+    bind: Script,
+    finish: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        Self {
+            apply_tenant: Script::new(include_str!("lua/apply_tenant.lua")),
+            reserve: Script::new(concat!(
+                include_str!("lua/keys.lua"),
+                include_str!("lua/reserve.lua")
+            )),
+            bind: Script::new(include_str!("lua/bind.lua")),
+            finish: Script::new(concat!(
+                include_str!("lua/keys.lua"),
+                include_str!("lua/finish.lua")
+            )),
+        }
+    }
+}
 
 impl RedisStore {
-    pub async fn connect(_url: &str, _prefix: &str) -> Result<Self, StoreError> {
-        Err(StoreError::Unavailable("redis store not built yet".into()))
+    /// Connects and checks Redis answers, within `CONNECT_TIMEOUT`. Later the connection
+    /// manager reconnects by itself; calls fail with `Unavailable` while Redis is away.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let client = Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(ATTEMPT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            // Few, short retries: a caller waits for them when Redis is down.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let conn = ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(unavailable)?;
+            let store = Self {
+                conn,
+                prefix: prefix.to_string(),
+                scripts: Scripts::load(),
+            };
+            store.ping().await?;
+            Ok(store)
+        })
+        .await
+        .map_err(|_| {
+            StoreError::Unavailable(format!(
+                "redis did not answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.prefix)
+    }
+
+    async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
+        command
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Settle or refund: one `finish.lua` call.
+    async fn finish(
+        &self,
+        reservation_id: &str,
+        finish: &Finish,
+    ) -> Result<FinalizeOutcome, StoreError> {
+        let mut invocation = self.scripts.finish.key(self.key("res", reservation_id));
+        invocation
+            .arg(&self.prefix)
+            .arg(finish.charged)
+            .arg(json_fields(finish)?);
+        match status(self.invoke(&invocation).await?)? {
+            (status, None) if status == "not_found" => Ok(FinalizeOutcome::NotFound),
+            (status, Some(fields)) if status == "already_final" => {
+                Ok(FinalizeOutcome::AlreadyFinal(record(fields)?))
+            }
+            (status, Some(fields)) if status == "applied" => {
+                Ok(FinalizeOutcome::Applied(record(fields)?))
+            }
+            (status, _) => Err(unexpected("finish", &status)),
+        }
     }
 }
 
 #[async_trait]
 impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        unimplemented!()
+        self.query::<String>(&cmd("PING")).await.map(drop)
     }
-    async fn apply_config_tenant(&self, _: &str, _: &TenantSettings, _: &str) -> Result<bool, StoreError> {
-        unimplemented!()
+
+    async fn apply_config_tenant(
+        &self,
+        id: &str,
+        settings: &TenantSettings,
+        config_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let record = TenantRecord {
+            id: id.to_string(),
+            settings: settings.clone(),
+            config_hash: config_hash.to_string(),
+        };
+        let json = serde_json::to_string(&record)
+            .map_err(|e| StoreError::Corrupt(format!("tenant {id}: {e}")))?;
+        let mut invocation = self.scripts.apply_tenant.key(self.key("tenant", id));
+        invocation.arg(json).arg(config_hash);
+        self.invoke(&invocation).await
     }
-    async fn tenant(&self, _: &str) -> Result<Option<TenantRecord>, StoreError> {
-        unimplemented!()
+
+    async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
+        let json: Option<String> = self.query(cmd("GET").arg(self.key("tenant", id))).await?;
+        json.map(|json| {
+            serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("tenant {id}: {e}")))
+        })
+        .transpose()
     }
-    async fn reserve(&self, _: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
-        unimplemented!()
+
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        // The script books the record to the tenant's period, which only it can read.
+        let fields = json_fields(&ReservationRecord::hold(request, ""))?;
+        let periods = &request.periods;
+        let mut invocation = self
+            .scripts
+            .reserve
+            .key(self.key("tenant", &request.tenant));
+        invocation
+            .key(self.key("res", &request.reservation_id))
+            .arg(&self.prefix)
+            .arg(&request.tenant)
+            .arg(&request.user)
+            .arg(&request.quality)
+            .arg(request.amount)
+            .arg(&periods.month)
+            .arg(&periods.week)
+            .arg(&periods.day)
+            .arg(fields);
+        let mut reply = self.invoke::<Vec<Value>>(&invocation).await?.into_iter();
+        let status: String = parse(reply.next())?;
+        let refusal = match status.as_str() {
+            "reserved" => return Ok(ReserveOutcome::Reserved(record(parse(reply.next())?)?)),
+            "unknown_tenant" => ReserveRefusal::UnknownTenant,
+            "quality_not_allowed" => ReserveRefusal::QualityNotAllowed,
+            "concurrency_limited" => ReserveRefusal::ConcurrencyLimited {
+                max: parse(reply.next())?,
+            },
+            "budget_exceeded" => ReserveRefusal::BudgetExceeded {
+                remaining: parse(reply.next())?,
+                user_scope: parse(reply.next())?,
+            },
+            other => return Err(unexpected("reserve", other)),
+        };
+        Ok(ReserveOutcome::Refused(refusal))
     }
-    async fn bind(&self, _: &str, _: &str) -> Result<Option<ReservationRecord>, StoreError> {
-        unimplemented!()
+
+    async fn bind(
+        &self,
+        reservation_id: &str,
+        task_id: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError> {
+        let task_json = serde_json::Value::from(task_id).to_string();
+        let mut invocation = self.scripts.bind.key(self.key("res", reservation_id));
+        invocation
+            .key(self.key("task", task_id))
+            .arg(task_json)
+            .arg(reservation_id);
+        match status(self.invoke(&invocation).await?)? {
+            (status, None) if status == "not_found" => Ok(None),
+            (status, Some(fields)) if status == "bound" => record(fields).map(Some),
+            (status, _) => Err(unexpected("bind", &status)),
+        }
     }
-    async fn reservation(&self, _: &str) -> Result<Option<ReservationRecord>, StoreError> {
-        unimplemented!()
+
+    async fn reservation(
+        &self,
+        reservation_id: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError> {
+        let fields: Fields = self
+            .query(cmd("HGETALL").arg(self.key("res", reservation_id)))
+            .await?;
+        if fields.is_empty() {
+            Ok(None)
+        } else {
+            record(fields).map(Some)
+        }
     }
-    async fn task(&self, _: &str) -> Result<Option<ReservationRecord>, StoreError> {
-        unimplemented!()
+
+    async fn task(&self, task_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+        // The index never changes once written (the first bind wins), so two reads are safe.
+        let reservation_id: Option<String> = self
+            .query(cmd("GET").arg(self.key("task", task_id)))
+            .await?;
+        match reservation_id {
+            Some(reservation_id) => self.reservation(&reservation_id).await,
+            None => Ok(None),
+        }
     }
-    async fn settle(&self, _: &str, _: &Settlement) -> Result<FinalizeOutcome, StoreError> {
-        unimplemented!()
+
+    async fn settle(
+        &self,
+        reservation_id: &str,
+        settlement: &Settlement,
+    ) -> Result<FinalizeOutcome, StoreError> {
+        self.finish(reservation_id, &Finish::settle(settlement))
+            .await
     }
-    async fn refund(&self, _: &str, _: i64) -> Result<FinalizeOutcome, StoreError> {
-        unimplemented!()
+
+    async fn refund(
+        &self,
+        reservation_id: &str,
+        now_ms: i64,
+    ) -> Result<FinalizeOutcome, StoreError> {
+        self.finish(reservation_id, &Finish::refund(now_ms)).await
     }
-    async fn period_usage(&self, _: &str, _: &str) -> Result<PeriodUsage, StoreError> {
-        unimplemented!()
+
+    async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError> {
+        // Same names as `counter_keys` in lua/keys.lua.
+        let prefix = &self.prefix;
+        let mut mget = cmd("MGET");
+        mget.arg(format!("{prefix}spent:{tenant}:{period}"))
+            .arg(format!("{prefix}reserved:{tenant}:{period}"))
+            .arg(format!("{prefix}inflight:{tenant}"));
+        let (spent, reserved, in_flight): (Option<i64>, Option<i64>, Option<u32>) =
+            self.query(&mget).await?;
+        Ok(PeriodUsage {
+            spent: spent.unwrap_or(0),
+            reserved: reserved.unwrap_or(0),
+            in_flight: in_flight.unwrap_or(0),
+        })
+    }
+}
+
+fn unavailable(error: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {error}"))
+}
+
+fn unexpected(script: &str, status: &str) -> StoreError {
+    StoreError::Corrupt(format!("{script} script replied {status:?}"))
+}
+
+/// One element of a script reply.
+fn parse<T: FromRedisValue>(value: Option<Value>) -> Result<T, StoreError> {
+    let value = value.ok_or_else(|| StoreError::Corrupt("script reply too short".into()))?;
+    from_redis_value(value).map_err(|e| StoreError::Corrupt(format!("script reply: {e}")))
+}
+
+/// A hash as HGETALL gives it: (field, value) pairs.
+type Fields = Vec<(String, String)>;
+
+/// A reply `{status}` or `{status, HGETALL of a record}`.
+fn status(reply: Vec<Value>) -> Result<(String, Option<Fields>), StoreError> {
+    let mut reply = reply.into_iter();
+    let status = parse(reply.next())?;
+    let fields = reply.next().map(|fields| parse(Some(fields))).transpose()?;
+    Ok((status, fields))
+}
+
+/// A struct as hash fields: its JSON object, one JSON-encoded value per field.
+fn json_fields<T: Serialize>(value: &T) -> Result<Fields, StoreError> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => Ok(map
+            .into_iter()
+            .map(|(name, value)| (name, value.to_string()))
+            .collect()),
+        Ok(other) => Err(StoreError::Corrupt(format!(
+            "expected an object, got {other}"
+        ))),
+        Err(e) => Err(StoreError::Corrupt(e.to_string())),
+    }
+}
+
+/// The inverse of `json_fields` for a reservation hash.
+fn record(fields: Fields) -> Result<ReservationRecord, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("reservation hash: {e}"));
+    let map = fields
+        .into_iter()
+        .map(|(name, json)| Ok((name, serde_json::from_str(&json).map_err(corrupt)?)))
+        .collect::<Result<serde_json::Map<_, _>, StoreError>>()?;
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(corrupt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_survives_the_trip_through_hash_fields() {
+        let request = ReserveRequest {
+            reservation_id: "r1".into(),
+            tenant: "acme".into(),
+            user: "ann".into(),
+            request_id: "q1".into(),
+            periods: PeriodKeys {
+                month: "2026-11".into(),
+                week: "2026-W48".into(),
+                day: "2026-11-25".into(),
+            },
+            model: "m".into(),
+            quality: "720p".into(),
+            audio: true,
+            currency: "USD".into(),
+            price_per_second: 50_000,
+            reference_durations_ms: Vec::new(),
+            billed_input_ms: 0,
+            requested_output_ms: 5000,
+            amount: 250_000,
+            callback_url: Some("https://example.com/hook?a=\"b\"".into()),
+            now_ms: 1_795_000_000_000,
+        };
+        let mut held = ReservationRecord::hold(&request, "2026-11");
+        Finish::settle(&Settlement {
+            billed_output_ms: 4800,
+            amount: 240_000,
+            anomaly: false,
+            now_ms: 1,
+        })
+        .apply(&mut held);
+        let fields = json_fields(&held).expect("a record is a JSON object");
+        assert_eq!(record(fields).expect("fields parse back"), held);
     }
 }

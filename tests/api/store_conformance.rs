@@ -1,0 +1,708 @@
+//! The `Store` contract, written once and run against both backends (embedded and Redis).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeZone;
+use vidgate::config::PeriodKind;
+use vidgate::store::embedded::EmbeddedStore;
+use vidgate::store::redis::RedisStore;
+use vidgate::store::{
+    FinalizeOutcome, PeriodKeys, ReservationRecord, ReservationState, ReserveOutcome,
+    ReserveRefusal, ReserveRequest, Settlement, Store, StoreError, TenantSettings,
+};
+
+use crate::support;
+use crate::support::redis::RedisServer;
+
+/// A store under test and what must live as long as it.
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn embedded() -> Backend {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store =
+        EmbeddedStore::open(&dir.path().join("store.redb"), "test:").expect("open embedded store");
+    Backend {
+        store: Arc::new(store),
+        _dir: Some(dir),
+    }
+}
+
+async fn redis() -> Backend {
+    let url = support::redis::shared().url();
+    let store = RedisStore::connect(&url, &support::random_prefix())
+        .await
+        .expect("connect to the shared redis");
+    Backend {
+        store: Arc::new(store),
+        _dir: None,
+    }
+}
+
+/// Runs each case against both backends, as `embedded::<case>` and `redis::<case>`.
+macro_rules! for_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let backend = super::embedded().await;
+                    super::$case(std::sync::Arc::clone(&backend.store)).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let backend = super::redis().await;
+                    super::$case(std::sync::Arc::clone(&backend.store)).await;
+                }
+            )*
+        }
+    };
+}
+
+for_both_backends!(
+    a_second_reserve_with_the_same_id_returns_the_first_hold,
+    a_reserve_for_an_unknown_tenant_is_refused,
+    a_quality_the_tenant_does_not_allow_is_refused,
+    a_hold_exactly_at_the_budget_is_allowed,
+    a_hold_one_micro_over_the_budget_is_refused,
+    a_user_budget_caps_one_user_inside_the_tenant_budget,
+    the_concurrency_cap_refuses_once_reached_and_a_settle_frees_a_slot,
+    a_concurrency_cap_of_zero_allows_no_task,
+    a_settle_charges_the_amount_and_releases_the_hold,
+    a_refund_releases_the_hold_and_charges_nothing,
+    a_second_settle_moves_no_money,
+    a_refund_after_a_settle_moves_no_money,
+    a_settle_after_a_refund_moves_no_money,
+    settling_or_refunding_an_unknown_reservation_finds_nothing,
+    a_settle_is_booked_to_the_period_of_its_reservation,
+    a_settlement_above_its_hold_is_charged_in_full,
+    a_bound_task_finds_its_reservation,
+    config_is_reapplied_only_when_its_hash_changes,
+    concurrent_reservers_never_exceed_the_budget,
+    concurrent_reservers_never_exceed_the_concurrency_cap,
+);
+
+const TENANT: &str = "acme";
+const NOW_MS: i64 = 1_795_600_000_000;
+
+fn settings() -> TenantSettings {
+    TenantSettings {
+        budget: None,
+        period: PeriodKind::Month,
+        creates_per_minute: 60,
+        creates_burst: 10,
+        reads_per_minute: 600,
+        reads_burst: 100,
+        max_concurrent_tasks: 100,
+        user_budget: None,
+        user_creates_per_minute: 0,
+        allowed_qualities: vec!["720p".into(), "1080p".into()],
+    }
+}
+
+fn november() -> PeriodKeys {
+    PeriodKeys::at(
+        chrono::Utc
+            .with_ymd_and_hms(2026, 11, 25, 12, 0, 0)
+            .unwrap(),
+    )
+}
+
+fn request(reservation_id: &str, user: &str, amount: i64) -> ReserveRequest {
+    ReserveRequest {
+        reservation_id: reservation_id.into(),
+        tenant: TENANT.into(),
+        user: user.into(),
+        request_id: format!("req-{reservation_id}"),
+        periods: november(),
+        model: "wan2.6-reference-video-flash".into(),
+        quality: "720p".into(),
+        audio: true,
+        currency: "USD".into(),
+        price_per_second: 50_000,
+        reference_durations_ms: vec![3300],
+        billed_input_ms: 3300,
+        requested_output_ms: 5000,
+        amount,
+        callback_url: Some("https://hooks.example.com/done".into()),
+        now_ms: NOW_MS,
+    }
+}
+
+fn settlement(amount: i64) -> Settlement {
+    Settlement {
+        billed_output_ms: 4800,
+        amount,
+        anomaly: false,
+        now_ms: NOW_MS + 60_000,
+    }
+}
+
+async fn with_tenant(store: &dyn Store, settings: TenantSettings) {
+    assert!(
+        store
+            .apply_config_tenant(TENANT, &settings, "hash-1")
+            .await
+            .unwrap()
+    );
+}
+
+async fn reserved(store: &dyn Store, request: &ReserveRequest) -> ReservationRecord {
+    match store.reserve(request).await.unwrap() {
+        ReserveOutcome::Reserved(record) => record,
+        refused => panic!(
+            "expected a hold for {}, got {refused:?}",
+            request.reservation_id
+        ),
+    }
+}
+
+async fn refusal(store: &dyn Store, request: &ReserveRequest) -> ReserveRefusal {
+    match store.reserve(request).await.unwrap() {
+        ReserveOutcome::Refused(refusal) => refusal,
+        held => panic!(
+            "expected a refusal for {}, got {held:?}",
+            request.reservation_id
+        ),
+    }
+}
+
+/// (spent, reserved, in flight) of the tenant in November.
+async fn usage(store: &dyn Store) -> (i64, i64, u32) {
+    let usage = store.period_usage(TENANT, "2026-11").await.unwrap();
+    (usage.spent, usage.reserved, usage.in_flight)
+}
+
+async fn a_second_reserve_with_the_same_id_returns_the_first_hold(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    let first = reserved(&*store, &request("r1", "ann", 415_000)).await;
+    assert_eq!(first.state, ReservationState::Reserved);
+    assert_eq!(
+        (first.period.as_str(), first.reserved, first.charged),
+        ("2026-11", 415_000, None)
+    );
+    assert_eq!(first.created_ms, NOW_MS);
+
+    // A retry with another amount still gets the first hold, and nothing is held twice.
+    let again = reserved(&*store, &request("r1", "ann", 999_000)).await;
+    assert_eq!(again, first);
+    assert_eq!(store.reservation("r1").await.unwrap(), Some(first));
+    assert_eq!(usage(&*store).await, (0, 415_000, 1));
+}
+
+async fn a_reserve_for_an_unknown_tenant_is_refused(store: Arc<dyn Store>) {
+    assert_eq!(
+        refusal(&*store, &request("r1", "ann", 1)).await,
+        ReserveRefusal::UnknownTenant
+    );
+    assert_eq!(store.reservation("r1").await.unwrap(), None);
+    assert_eq!(store.tenant(TENANT).await.unwrap(), None);
+}
+
+async fn a_quality_the_tenant_does_not_allow_is_refused(store: Arc<dyn Store>) {
+    with_tenant(
+        &*store,
+        TenantSettings {
+            allowed_qualities: vec!["720p".into()],
+            ..settings()
+        },
+    )
+    .await;
+    let request = ReserveRequest {
+        quality: "1080p".into(),
+        ..request("r1", "ann", 1)
+    };
+    assert_eq!(
+        refusal(&*store, &request).await,
+        ReserveRefusal::QualityNotAllowed
+    );
+    assert_eq!(usage(&*store).await, (0, 0, 0));
+}
+
+async fn a_hold_exactly_at_the_budget_is_allowed(store: Arc<dyn Store>) {
+    with_tenant(
+        &*store,
+        TenantSettings {
+            budget: Some(1_000_000),
+            ..settings()
+        },
+    )
+    .await;
+    reserved(&*store, &request("r1", "ann", 600_000)).await;
+    reserved(&*store, &request("r2", "bob", 400_000)).await;
+    assert_eq!(usage(&*store).await, (0, 1_000_000, 2));
+}
+
+async fn a_hold_one_micro_over_the_budget_is_refused(store: Arc<dyn Store>) {
+    with_tenant(
+        &*store,
+        TenantSettings {
+            budget: Some(1_000_000),
+            ..settings()
+        },
+    )
+    .await;
+    let first = reserved(&*store, &request("r1", "ann", 600_000)).await;
+    store
+        .settle(&first.reservation_id, &settlement(300_000))
+        .await
+        .unwrap();
+    reserved(&*store, &request("r2", "ann", 200_000)).await;
+
+    // Spent 300 000 + held 200 000 leaves 500 000.
+    assert_eq!(
+        refusal(&*store, &request("r3", "bob", 500_001)).await,
+        ReserveRefusal::BudgetExceeded {
+            remaining: 500_000,
+            user_scope: false
+        }
+    );
+    assert_eq!(usage(&*store).await, (300_000, 200_000, 1));
+    reserved(&*store, &request("r3", "bob", 500_000)).await;
+}
+
+async fn a_user_budget_caps_one_user_inside_the_tenant_budget(store: Arc<dyn Store>) {
+    with_tenant(
+        &*store,
+        TenantSettings {
+            budget: Some(1_000_000),
+            user_budget: Some(300_000),
+            ..settings()
+        },
+    )
+    .await;
+    reserved(&*store, &request("r1", "ann", 200_000)).await;
+    assert_eq!(
+        refusal(&*store, &request("r2", "ann", 100_001)).await,
+        ReserveRefusal::BudgetExceeded {
+            remaining: 100_000,
+            user_scope: true
+        }
+    );
+    reserved(&*store, &request("r2", "ann", 100_000)).await;
+    // Another user has a budget of their own, and the tenant's still applies to both.
+    reserved(&*store, &request("r3", "bob", 300_000)).await;
+    reserved(&*store, &request("r4", "cat", 300_000)).await;
+    assert_eq!(
+        refusal(&*store, &request("r5", "dan", 100_001)).await,
+        ReserveRefusal::BudgetExceeded {
+            remaining: 100_000,
+            user_scope: false
+        }
+    );
+}
+
+async fn the_concurrency_cap_refuses_once_reached_and_a_settle_frees_a_slot(store: Arc<dyn Store>) {
+    with_tenant(
+        &*store,
+        TenantSettings {
+            max_concurrent_tasks: 2,
+            ..settings()
+        },
+    )
+    .await;
+    reserved(&*store, &request("r1", "ann", 1)).await;
+    reserved(&*store, &request("r2", "bob", 1)).await;
+    assert_eq!(
+        refusal(&*store, &request("r3", "ann", 1)).await,
+        ReserveRefusal::ConcurrencyLimited { max: 2 }
+    );
+
+    store.settle("r1", &settlement(1)).await.unwrap();
+    reserved(&*store, &request("r3", "ann", 1)).await;
+    assert_eq!(usage(&*store).await.2, 2);
+}
+
+async fn a_concurrency_cap_of_zero_allows_no_task(store: Arc<dyn Store>) {
+    with_tenant(
+        &*store,
+        TenantSettings {
+            max_concurrent_tasks: 0,
+            ..settings()
+        },
+    )
+    .await;
+    assert_eq!(
+        refusal(&*store, &request("r1", "ann", 1)).await,
+        ReserveRefusal::ConcurrencyLimited { max: 0 }
+    );
+}
+
+async fn a_settle_charges_the_amount_and_releases_the_hold(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    let FinalizeOutcome::Applied(record) = store.settle("r1", &settlement(405_000)).await.unwrap()
+    else {
+        panic!("the first settle applies");
+    };
+    assert_eq!(record.state, ReservationState::Settled);
+    assert_eq!(
+        (record.reserved, record.charged, record.billed_output_ms),
+        (415_000, Some(405_000), Some(4800))
+    );
+    assert_eq!(record.finished_ms, Some(NOW_MS + 60_000));
+    assert_eq!(record.result_expires_ms, Some(NOW_MS + 60_000 + 86_400_000));
+    assert_eq!(store.reservation("r1").await.unwrap(), Some(record));
+    assert_eq!(usage(&*store).await, (405_000, 0, 0));
+}
+
+async fn a_refund_releases_the_hold_and_charges_nothing(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    let FinalizeOutcome::Applied(record) = store.refund("r1", NOW_MS + 5000).await.unwrap() else {
+        panic!("the first refund applies");
+    };
+    assert_eq!(record.state, ReservationState::Refunded);
+    assert_eq!(
+        (record.charged, record.finished_ms, record.result_expires_ms),
+        (Some(0), Some(NOW_MS + 5000), None)
+    );
+    assert_eq!(usage(&*store).await, (0, 0, 0));
+}
+
+async fn a_second_settle_moves_no_money(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    let first = store.settle("r1", &settlement(405_000)).await.unwrap();
+    let second = store.settle("r1", &settlement(999_000)).await.unwrap();
+    assert_eq!(
+        second,
+        FinalizeOutcome::AlreadyFinal(first.record().unwrap().clone())
+    );
+    assert_eq!(usage(&*store).await, (405_000, 0, 0));
+}
+
+async fn a_refund_after_a_settle_moves_no_money(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    store.settle("r1", &settlement(405_000)).await.unwrap();
+    let refund = store.refund("r1", NOW_MS + 120_000).await.unwrap();
+    assert!(
+        matches!(&refund, FinalizeOutcome::AlreadyFinal(r) if r.state == ReservationState::Settled),
+        "{refund:?}"
+    );
+    assert_eq!(usage(&*store).await, (405_000, 0, 0));
+}
+
+async fn a_settle_after_a_refund_moves_no_money(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    store.refund("r1", NOW_MS + 5000).await.unwrap();
+    let settle = store.settle("r1", &settlement(405_000)).await.unwrap();
+    assert!(
+        matches!(&settle, FinalizeOutcome::AlreadyFinal(r) if r.charged == Some(0)),
+        "{settle:?}"
+    );
+    assert_eq!(usage(&*store).await, (0, 0, 0));
+}
+
+async fn settling_or_refunding_an_unknown_reservation_finds_nothing(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    assert_eq!(
+        store.settle("nope", &settlement(1)).await.unwrap(),
+        FinalizeOutcome::NotFound
+    );
+    assert_eq!(
+        store.refund("nope", NOW_MS).await.unwrap(),
+        FinalizeOutcome::NotFound
+    );
+    assert_eq!(usage(&*store).await, (0, 0, 0));
+}
+
+async fn a_settle_is_booked_to_the_period_of_its_reservation(store: Arc<dyn Store>) {
+    with_tenant(
+        &*store,
+        TenantSettings {
+            budget: Some(1_000_000),
+            ..settings()
+        },
+    )
+    .await;
+    reserved(&*store, &request("r1", "ann", 400_000)).await;
+    // December is current when the task completes: the charge still lands in November.
+    let december = PeriodKeys::at(chrono::Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 1).unwrap());
+    let in_december = ReserveRequest {
+        periods: december,
+        ..request("r2", "ann", 1_000_000)
+    };
+    reserved(&*store, &in_december).await;
+    store.settle("r1", &settlement(350_000)).await.unwrap();
+
+    assert_eq!(usage(&*store).await, (350_000, 0, 1));
+    let december = store.period_usage(TENANT, "2026-12").await.unwrap();
+    assert_eq!((december.spent, december.reserved), (0, 1_000_000));
+}
+
+async fn a_settlement_above_its_hold_is_charged_in_full(store: Arc<dyn Store>) {
+    with_tenant(
+        &*store,
+        TenantSettings {
+            budget: Some(500_000),
+            ..settings()
+        },
+    )
+    .await;
+    reserved(&*store, &request("r1", "ann", 400_000)).await;
+    store.settle("r1", &settlement(450_000)).await.unwrap();
+    assert_eq!(usage(&*store).await, (450_000, 0, 0));
+    assert_eq!(
+        refusal(&*store, &request("r2", "ann", 50_001)).await,
+        ReserveRefusal::BudgetExceeded {
+            remaining: 50_000,
+            user_scope: false
+        }
+    );
+}
+
+async fn a_bound_task_finds_its_reservation(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    assert_eq!(store.task("task-1").await.unwrap(), None);
+    assert_eq!(store.bind("unknown", "task-1").await.unwrap(), None);
+
+    let bound = store
+        .bind("r1", "task-1")
+        .await
+        .unwrap()
+        .expect("r1 exists");
+    assert_eq!(bound.task_id.as_deref(), Some("task-1"));
+    assert_eq!(
+        store.bind("r1", "task-1").await.unwrap(),
+        Some(bound.clone())
+    );
+    assert_eq!(store.task("task-1").await.unwrap(), Some(bound.clone()));
+    assert_eq!(store.reservation("r1").await.unwrap(), Some(bound));
+}
+
+async fn config_is_reapplied_only_when_its_hash_changes(store: Arc<dyn Store>) {
+    let first = settings();
+    assert!(
+        store
+            .apply_config_tenant(TENANT, &first, "hash-1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .apply_config_tenant(TENANT, &first, "hash-1")
+            .await
+            .unwrap()
+    );
+
+    // Same hash, other settings (as if an admin had changed them): the stored ones stay.
+    let other = TenantSettings {
+        budget: Some(5),
+        ..settings()
+    };
+    assert!(
+        !store
+            .apply_config_tenant(TENANT, &other, "hash-1")
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.tenant(TENANT).await.unwrap().unwrap().settings, first);
+
+    assert!(
+        store
+            .apply_config_tenant(TENANT, &other, "hash-2")
+            .await
+            .unwrap()
+    );
+    let tenant = store.tenant(TENANT).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            tenant.id.as_str(),
+            &tenant.settings,
+            tenant.config_hash.as_str()
+        ),
+        (TENANT, &other, "hash-2")
+    );
+}
+
+/// 50 reserves at once; returns how many were held.
+async fn reserve_in_parallel(store: &Arc<dyn Store>, amount: i64) -> usize {
+    let calls = (0..50).map(|i| {
+        let store = Arc::clone(store);
+        tokio::spawn(async move {
+            store
+                .reserve(&request(
+                    &format!("r{i}"),
+                    &format!("user{}", i % 5),
+                    amount,
+                ))
+                .await
+        })
+    });
+    let mut held = 0;
+    for call in calls.collect::<Vec<_>>() {
+        if let ReserveOutcome::Reserved(_) = call.await.unwrap().unwrap() {
+            held += 1;
+        }
+    }
+    held
+}
+
+async fn concurrent_reservers_never_exceed_the_budget(store: Arc<dyn Store>) {
+    with_tenant(
+        &*store,
+        TenantSettings {
+            budget: Some(700_000),
+            ..settings()
+        },
+    )
+    .await;
+    assert_eq!(reserve_in_parallel(&store, 100_000).await, 7);
+    assert_eq!(usage(&*store).await, (0, 700_000, 7));
+}
+
+async fn concurrent_reservers_never_exceed_the_concurrency_cap(store: Arc<dyn Store>) {
+    with_tenant(
+        &*store,
+        TenantSettings {
+            max_concurrent_tasks: 7,
+            ..settings()
+        },
+    )
+    .await;
+    assert_eq!(reserve_in_parallel(&store, 100_000).await, 7);
+    assert_eq!(usage(&*store).await, (0, 700_000, 7));
+}
+
+#[tokio::test]
+async fn an_embedded_store_keeps_everything_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dirs/store.redb");
+    let store = EmbeddedStore::open(&path, "test:").unwrap();
+    with_tenant(&store, settings()).await;
+    reserved(&store, &request("r1", "ann", 415_000)).await;
+    store.bind("r1", "task-1").await.unwrap();
+    reserved(&store, &request("r2", "ann", 100_000)).await;
+    store.settle("r2", &settlement(90_000)).await.unwrap();
+    let before = (
+        store.tenant(TENANT).await.unwrap(),
+        store.task("task-1").await.unwrap(),
+        usage(&store).await,
+    );
+    drop(store);
+
+    let store = EmbeddedStore::open(&path, "test:").unwrap();
+    let after = (
+        store.tenant(TENANT).await.unwrap(),
+        store.task("task-1").await.unwrap(),
+        usage(&store).await,
+    );
+    assert_eq!(after, before);
+    assert_eq!(after.2, (90_000, 415_000, 1));
+    assert!(matches!(
+        store.settle("r2", &settlement(1)).await.unwrap(),
+        FinalizeOutcome::AlreadyFinal(_)
+    ));
+}
+
+#[tokio::test]
+async fn connecting_to_a_redis_that_is_not_there_fails_fast() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let result = RedisStore::connect(&format!("redis://127.0.0.1:{port}"), "test:").await;
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        result.err()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_makes_calls_fail_promptly_and_a_restarted_one_serves_again() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), &support::random_prefix())
+        .await
+        .unwrap();
+    with_tenant(&store, settings()).await;
+    server.kill();
+
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.reserve(&request("r1", "ann", 1)),
+        )
+        .await
+        .expect("a call to a dead redis returns instead of hanging");
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    // The restarted server is empty (no persistence); the same store object works again.
+    let _server = RedisServer::start_on(server.port());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.ping().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not reconnect within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    with_tenant(&store, settings()).await;
+    reserved(&store, &request("r1", "ann", 1)).await;
+}
+
+#[tokio::test]
+async fn every_redis_key_starts_with_the_prefix() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), "vg-test:")
+        .await
+        .unwrap();
+    with_tenant(
+        &store,
+        TenantSettings {
+            budget: Some(1_000_000),
+            user_budget: Some(500_000),
+            ..settings()
+        },
+    )
+    .await;
+    reserved(&store, &request("r1", "ann", 100_000)).await;
+    store.bind("r1", "task-1").await.unwrap();
+    reserved(&store, &request("r2", "bob", 100_000)).await;
+    store.settle("r1", &settlement(90_000)).await.unwrap();
+    store.refund("r2", NOW_MS).await.unwrap();
+
+    let mut conn = ::redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.len() >= 8, "{keys:?}");
+    assert!(
+        keys.iter().all(|key| key.starts_with("vg-test:")),
+        "{keys:?}"
+    );
+}

@@ -1,0 +1,132 @@
+//! A real `redis-server` for tests: one shared by the whole test binary, or a private one
+//! that a test may kill and restart.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+/// The server shared by every test of this binary; it is never dropped, so a watchdog
+/// (see `start_on`) stops it when the test process exits.
+pub fn shared() -> &'static RedisServer {
+    static SHARED: OnceLock<RedisServer> = OnceLock::new();
+    SHARED.get_or_init(RedisServer::start)
+}
+
+impl RedisServer {
+    /// A private server on a free loopback port.
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        Self::start_on(port)
+    }
+
+    /// A server on `port`, answering PING before this returns.
+    pub fn start_on(port: u16) -> Self {
+        let binary = redis_server_binary();
+        // `exec` keeps the shell's pid for redis-server, so `kill` below and `Drop` reach it;
+        // the background loop kills it once the test process is gone (statics never drop).
+        let script = r#"
+            test_pid=$1; shift
+            (while kill -0 $$ 2>/dev/null; do
+                kill -0 "$test_pid" 2>/dev/null || { kill -9 $$; exit; }
+                sleep 1
+            done) &
+            exec "$@"
+        "#;
+        let child = Command::new("sh")
+            .args(["-c", script, "sh", &std::process::id().to_string()])
+            .arg(binary)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sh to start redis-server");
+        let mut server = Self { child, port };
+        server.wait_until_ready();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_until_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "redis-server on port {} exited at start ({status}): is the port taken?",
+                    self.port
+                );
+            }
+            if answers_ping(self.port) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        panic!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn answers_ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+/// `redis-server` from PATH; the Redis tests fail (never skip) without it.
+fn redis_server_binary() -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("redis-server"))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!("redis-server is not installed: the Redis store tests need a real one; run them with scripts/test")
+        })
+}
