@@ -228,12 +228,18 @@ impl Metrics {
     pub fn record_settlement(&self, done: &ReservationRecord) {
         let tenant = done.tenant.as_str();
         let audio = if done.audio { "true" } else { "false" };
-        let spend = self.spend.with_label_values(&[tenant, &done.currency, &done.quality, audio]);
+        let spend = self
+            .spend
+            .with_label_values(&[tenant, &done.currency, &done.quality, audio]);
         spend.inc_by(units(done.charged.unwrap_or(0)));
         let seconds = |ms: u64| ms as f64 / 1000.0;
-        self.billed_seconds.with_label_values(&[tenant, "input"]).inc_by(seconds(done.billed_input_ms));
+        self.billed_seconds
+            .with_label_values(&[tenant, "input"])
+            .inc_by(seconds(done.billed_input_ms));
         let output = done.billed_output_ms.unwrap_or(0);
-        self.billed_seconds.with_label_values(&[tenant, "output"]).inc_by(seconds(output));
+        self.billed_seconds
+            .with_label_values(&[tenant, "output"])
+            .inc_by(seconds(output));
     }
 
     pub fn record_refund(&self, tenant: &str, currency: &str, released: Micros) {

@@ -33,11 +33,7 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let algorithms: Vec<&str> = self
-            .validations
-            .iter()
-            .map(|(alg, _)| alg_name(*alg))
-            .collect();
+        let algorithms: Vec<&str> = self.validations.iter().map(|(alg, _)| alg_name(*alg)).collect();
         f.debug_struct("Authenticator")
             .field("algorithms", &algorithms)
             .field("hs256_secret", &self.hs256.as_ref().map(|_| "[redacted]"))
@@ -81,10 +77,7 @@ impl Authenticator {
                 "RS256/ES256 need public_key_pem_files or jwks_url",
             ));
         }
-        let validations = algorithms
-            .iter()
-            .map(|alg| (*alg, validation(config, *alg)))
-            .collect();
+        let validations = algorithms.iter().map(|alg| (*alg, validation(config, *alg))).collect();
         Ok(Self {
             validations,
             hs256,
@@ -97,9 +90,7 @@ impl Authenticator {
 
     /// For `/readyz`: at least one key can verify a token.
     pub fn keys_loaded(&self) -> bool {
-        self.hs256.is_some()
-            || !self.pem_keys.is_empty()
-            || self.jwks.as_ref().is_some_and(JwksCache::has_keys)
+        self.hs256.is_some() || !self.pem_keys.is_empty() || self.jwks.as_ref().is_some_and(JwksCache::has_keys)
     }
 
     /// Verifies signature, time, issuer and audience, then reads the caller from the claims.
@@ -150,15 +141,8 @@ impl Authenticator {
         verify_with_keys(token, alg, validation, keys.into_iter())
     }
 
-    fn candidates<'a>(
-        &'a self,
-        jwks: Option<&'a Snapshot>,
-        alg: Algorithm,
-        kid: Option<&str>,
-    ) -> Vec<&'a DecodingKey> {
-        let jwks_keys = jwks
-            .map(|snapshot| snapshot.keys.as_slice())
-            .unwrap_or_default();
+    fn candidates<'a>(&'a self, jwks: Option<&'a Snapshot>, alg: Algorithm, kid: Option<&str>) -> Vec<&'a DecodingKey> {
+        let jwks_keys = jwks.map(|snapshot| snapshot.keys.as_slice()).unwrap_or_default();
         self.pem_keys
             .iter()
             .chain(jwks_keys)
@@ -168,10 +152,7 @@ impl Authenticator {
     }
 }
 
-fn hs256_key(
-    config: &AuthConfig,
-    algorithms: &[Algorithm],
-) -> Result<Option<DecodingKey>, ConfigError> {
+fn hs256_key(config: &AuthConfig, algorithms: &[Algorithm]) -> Result<Option<DecodingKey>, ConfigError> {
     if !algorithms.contains(&Algorithm::HS256) {
         return Ok(None);
     }
@@ -185,10 +166,7 @@ fn hs256_key(
     Ok(Some(DecodingKey::from_secret(secret.as_bytes())))
 }
 
-fn jwks_cache(
-    config: &AuthConfig,
-    asymmetric: &[Algorithm],
-) -> Result<Option<JwksCache>, ConfigError> {
+fn jwks_cache(config: &AuthConfig, asymmetric: &[Algorithm]) -> Result<Option<JwksCache>, ConfigError> {
     if config.jwks_url.is_empty() {
         return Ok(None);
     }
@@ -269,11 +247,9 @@ fn classify(kind: &ErrorKind) -> KeyOutcome {
             claim: sanitize(claim),
             reason: "wrong type",
         }),
-        ErrorKind::InvalidAlgorithm
-        | ErrorKind::MissingAlgorithm
-        | ErrorKind::UnsupportedAlgorithm => Fail(AuthError::AlgorithmNotAllowed(
-            "header and key disagree".into(),
-        )),
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm | ErrorKind::UnsupportedAlgorithm => {
+            Fail(AuthError::AlgorithmNotAllowed("header and key disagree".into()))
+        }
         ErrorKind::Base64(_) => Fail(AuthError::Malformed("a part is not base64url")),
         ErrorKind::Json(_) => Fail(AuthError::Malformed("claims are not a JSON object")),
         ErrorKind::Utf8(_) => Fail(AuthError::Malformed("a part is not UTF-8")),
@@ -311,19 +287,14 @@ fn parse_header(token: &str) -> Result<TokenHeader, AuthError> {
         return Err(AuthError::AlgorithmNotAllowed("none".into()));
     }
     if fields.contains_key("crit") {
-        return Err(AuthError::Malformed(
-            "header extensions (`crit`) are not supported",
-        ));
+        return Err(AuthError::Malformed("header extensions (`crit`) are not supported"));
     }
     let kid = match fields.get("kid") {
         None | Some(Value::Null) => None,
         Some(Value::String(kid)) => Some(kid.clone()),
         Some(_) => return Err(AuthError::Malformed("header `kid` is not a string")),
     };
-    Ok(TokenHeader {
-        alg: alg.clone(),
-        kid,
-    })
+    Ok(TokenHeader { alg: alg.clone(), kid })
 }
 
 #[cfg(test)]
@@ -336,11 +307,7 @@ mod tests {
 
     #[test]
     fn header_alg_and_kid_are_read() {
-        let token = format!(
-            "{}.{}.sig",
-            b64(r#"{"alg":"RS256","kid":"rsa1"}"#),
-            b64("{}")
-        );
+        let token = format!("{}.{}.sig", b64(r#"{"alg":"RS256","kid":"rsa1"}"#), b64("{}"));
         let header = parse_header(&token).unwrap();
         assert_eq!(header.alg, "RS256");
         assert_eq!(header.kid.as_deref(), Some("rsa1"));
@@ -368,11 +335,7 @@ mod tests {
             format!("{}.{}.sig", b64("[1]"), b64("{}")),
             format!("{}.{}.sig", b64(r#"{"typ":"JWT"}"#), b64("{}")),
             format!("{}.{}.sig", b64(r#"{"alg":"HS256","kid":5}"#), b64("{}")),
-            format!(
-                "{}.{}.sig",
-                b64(r#"{"alg":"HS256","crit":["b64"]}"#),
-                b64("{}")
-            ),
+            format!("{}.{}.sig", b64(r#"{"alg":"HS256","crit":["b64"]}"#), b64("{}")),
             "a".repeat(MAX_TOKEN_BYTES + 1),
         ];
         for token in cases {

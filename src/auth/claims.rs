@@ -50,11 +50,7 @@ pub(super) fn caller_from_claims(
     };
     let roles = roles(claims, roles_claim)?;
     let tenant = tenant(claims, tenant_claim)?;
-    let caller = Caller {
-        tenant,
-        user,
-        roles,
-    };
+    let caller = Caller { tenant, user, roles };
     if caller.tenant.is_none() && !caller.can_read_all_usage() {
         return Err(AuthError::MissingClaim(tenant_claim.to_string()));
     }
@@ -73,10 +69,7 @@ fn tenant(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, Aut
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(t)) if t.is_empty() => Ok(None),
         Some(Value::String(t)) if valid_tenant_id(t) => Ok(Some(t.clone())),
-        Some(Value::String(_)) => Err(invalid(
-            name,
-            "not a tenant id (1-64 of a-z, A-Z, 0-9, '-', '_', '.')",
-        )),
+        Some(Value::String(_)) => Err(invalid(name, "not a tenant id (1-64 of a-z, A-Z, 0-9, '-', '_', '.')")),
         Some(_) => Err(invalid(name, "must be a string")),
     }
 }
@@ -94,16 +87,10 @@ fn roles(claims: &Map<String, Value>, name: &str) -> Result<Vec<String>, AuthErr
             .filter(|item| !matches!(item, Value::String(s) if s.is_empty()))
             .map(|item| match item {
                 Value::String(role) => Ok(role.clone()),
-                _ => Err(invalid(
-                    name,
-                    "must be an array of strings or a space-separated string",
-                )),
+                _ => Err(invalid(name, "must be an array of strings or a space-separated string")),
             })
             .collect(),
-        Some(_) => Err(invalid(
-            name,
-            "must be an array of strings or a space-separated string",
-        )),
+        Some(_) => Err(invalid(name, "must be an array of strings or a space-separated string")),
     }
 }
 
@@ -159,12 +146,7 @@ mod tests {
 
     #[test]
     fn finance_and_admin_may_carry_no_tenant() {
-        assert_eq!(
-            read(json!({"sub": "f", "roles": ["finance"]}))
-                .unwrap()
-                .tenant,
-            None
-        );
+        assert_eq!(read(json!({"sub": "f", "roles": ["finance"]})).unwrap().tenant, None);
         assert_eq!(
             read(json!({"sub": "a", "roles": "admin", "tenant": ""}))
                 .unwrap()

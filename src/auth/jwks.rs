@@ -59,9 +59,7 @@ impl JwksCache {
         if loopback {
             builder = builder.no_proxy();
         }
-        let client = builder
-            .build()
-            .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+        let client = builder.build().map_err(|e| format!("cannot build HTTP client: {e}"))?;
         let empty = Arc::new(Snapshot {
             attempts: 0,
             keys: Arc::new(Vec::new()),
@@ -136,8 +134,7 @@ impl JwksCache {
 
     async fn fetch(&self) -> Result<Vec<VerifyKey>, String> {
         let body = self.fetch_body().await?;
-        let document: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
+        let document: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
         let entries = document
             .get("keys")
             .and_then(|keys| keys.as_array())
@@ -150,10 +147,7 @@ impl JwksCache {
             }
         }
         if keys.is_empty() {
-            return Err(format!(
-                "none of {} keys is a usable signature key",
-                entries.len()
-            ));
+            return Err(format!("none of {} keys is a usable signature key", entries.len()));
         }
         let kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
         tracing::info!(url = %self.log_url, count = keys.len(), ?kids, "JWKS keys loaded");
@@ -172,10 +166,7 @@ impl JwksCache {
         if !status.is_success() {
             return Err(format!("HTTP {status}"));
         }
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_JWKS_BYTES as u64)
-        {
+        if response.content_length().is_some_and(|len| len > MAX_JWKS_BYTES as u64) {
             return Err(format!("larger than {MAX_JWKS_BYTES} bytes"));
         }
         let mut body = Vec::new();

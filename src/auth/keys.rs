@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::{
-    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
-};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::config::ConfigError;
@@ -52,10 +50,7 @@ pub(super) fn alg_name(alg: Algorithm) -> &'static str {
 /// `auth.algorithms` as algorithms; only HS256, RS256 and ES256 exist here.
 pub(super) fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, ConfigError> {
     if names.is_empty() {
-        return Err(config_error(
-            "auth.algorithms",
-            "at least one of HS256, RS256, ES256",
-        ));
+        return Err(config_error("auth.algorithms", "at least one of HS256, RS256, ES256"));
     }
     let mut algorithms = Vec::new();
     for name in names {
@@ -64,10 +59,7 @@ pub(super) fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, Confi
             "RS256" => Algorithm::RS256,
             "ES256" => Algorithm::ES256,
             other => {
-                return Err(config_error(
-                    "auth.algorithms",
-                    format!("unknown algorithm {other:?}"),
-                ));
+                return Err(config_error("auth.algorithms", format!("unknown algorithm {other:?}")));
             }
         };
         if !algorithms.contains(&alg) {
@@ -79,19 +71,12 @@ pub(super) fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, Confi
 
 /// Loads every PEM file; the key id of each is its file stem. Keys of an algorithm that is
 /// not configured are skipped with a warning; unreadable or unusable files are refused.
-pub(super) async fn load_pem_files(
-    paths: &[PathBuf],
-    allowed: &[Algorithm],
-) -> Result<Vec<VerifyKey>, ConfigError> {
+pub(super) async fn load_pem_files(paths: &[PathBuf], allowed: &[Algorithm]) -> Result<Vec<VerifyKey>, ConfigError> {
     let mut keys = Vec::new();
     for path in paths {
         let bytes = read_file(path).await?;
-        let (alg, key) = pem_key(&bytes).map_err(|reason| {
-            config_error(
-                "auth.public_key_pem_files",
-                format!("{}: {reason}", path.display()),
-            )
-        })?;
+        let (alg, key) = pem_key(&bytes)
+            .map_err(|reason| config_error("auth.public_key_pem_files", format!("{}: {reason}", path.display())))?;
         if !allowed.contains(&alg) {
             tracing::warn!(
                 path = %path.display(),
@@ -100,9 +85,7 @@ pub(super) async fn load_pem_files(
             );
             continue;
         }
-        let kid = path
-            .file_stem()
-            .map(|stem| stem.to_string_lossy().into_owned());
+        let kid = path.file_stem().map(|stem| stem.to_string_lossy().into_owned());
         tracing::info!(path = %path.display(), kid = kid.as_deref().unwrap_or(""), algorithm = alg_name(alg), "public key loaded");
         keys.push(VerifyKey { kid, alg, key });
     }
@@ -135,18 +118,13 @@ pub(super) fn pem_key(bytes: &[u8]) -> Result<(Algorithm, DecodingKey), String> 
     if text.matches("-----BEGIN ").count() != 1 {
         return Err("must hold exactly one PEM block".into());
     }
-    if text.contains("-----BEGIN RSA PUBLIC KEY-----")
-        || text.contains("-----BEGIN PUBLIC KEY-----")
-    {
+    if text.contains("-----BEGIN RSA PUBLIC KEY-----") || text.contains("-----BEGIN PUBLIC KEY-----") {
         if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
             check_rsa_der(&key)?;
             return Ok((Algorithm::RS256, key));
         }
         if let Ok(key) = DecodingKey::from_ec_pem(bytes) {
-            check_p256_point(
-                key.try_get_as_bytes()
-                    .map_err(|_| "unreadable EC key".to_string())?,
-            )?;
+            check_p256_point(key.try_get_as_bytes().map_err(|_| "unreadable EC key".to_string())?)?;
             return Ok((Algorithm::ES256, key));
         }
         return Err("not an RSA or P-256 public key".into());
@@ -156,9 +134,7 @@ pub(super) fn pem_key(bytes: &[u8]) -> Result<(Algorithm, DecodingKey), String> 
 
 /// Parses the RSA DER the way verification will, and checks the modulus size.
 fn check_rsa_der(key: &DecodingKey) -> Result<(), String> {
-    let der = key
-        .try_get_as_bytes()
-        .map_err(|_| "unreadable RSA key".to_string())?;
+    let der = key.try_get_as_bytes().map_err(|_| "unreadable RSA key".to_string())?;
     let components = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER
         .key_utils
         .rsa_pub_components_from_public_key;
@@ -169,10 +145,7 @@ fn check_rsa_der(key: &DecodingKey) -> Result<(), String> {
 fn check_rsa_modulus(n: &[u8]) -> Result<(), String> {
     let significant = n.iter().skip_while(|b| **b == 0).count();
     if significant < MIN_RSA_MODULUS_BYTES {
-        return Err(format!(
-            "RSA key of {} bits: at least 2048 needed",
-            significant * 8
-        ));
+        return Err(format!("RSA key of {} bits: at least 2048 needed", significant * 8));
     }
     Ok(())
 }
@@ -185,12 +158,8 @@ fn check_p256_point(point: &[u8]) -> Result<(), String> {
 }
 
 /// One JWK of a JWKS, if it is an RS256/ES256 signature key of an allowed algorithm.
-pub(super) fn jwk_key(
-    value: &serde_json::Value,
-    allowed: &[Algorithm],
-) -> Result<VerifyKey, String> {
-    let jwk: Jwk = serde_json::from_value(value.clone())
-        .map_err(|_| "not a JWK this gateway reads".to_string())?;
+pub(super) fn jwk_key(value: &serde_json::Value, allowed: &[Algorithm]) -> Result<VerifyKey, String> {
+    let jwk: Jwk = serde_json::from_value(value.clone()).map_err(|_| "not a JWK this gateway reads".to_string())?;
     if let Some(usage) = &jwk.common.public_key_use
         && *usage != PublicKeyUse::Signature
     {
@@ -205,8 +174,7 @@ pub(super) fn jwk_key(
         AlgorithmParameters::RSA(rsa) => {
             check_declared_alg(jwk.common.key_algorithm, KeyAlgorithm::RS256)?;
             check_rsa_modulus(&decode_b64url(&rsa.n)?)?;
-            let key = DecodingKey::from_rsa_components(&rsa.n, &rsa.e)
-                .map_err(|_| "bad RSA components")?;
+            let key = DecodingKey::from_rsa_components(&rsa.n, &rsa.e).map_err(|_| "bad RSA components")?;
             (Algorithm::RS256, key)
         }
         AlgorithmParameters::EllipticCurve(ec) => {
@@ -219,8 +187,7 @@ pub(super) fn jwk_key(
             {
                 return Err("EC coordinates are not 32 bytes".into());
             }
-            let key =
-                DecodingKey::from_ec_components(&ec.x, &ec.y).map_err(|_| "bad EC components")?;
+            let key = DecodingKey::from_ec_components(&ec.x, &ec.y).map_err(|_| "bad EC components")?;
             (Algorithm::ES256, key)
         }
         _ => return Err("key type is neither RSA nor EC".into()),
@@ -235,10 +202,7 @@ pub(super) fn jwk_key(
     })
 }
 
-fn check_declared_alg(
-    declared: Option<KeyAlgorithm>,
-    expected: KeyAlgorithm,
-) -> Result<(), String> {
+fn check_declared_alg(declared: Option<KeyAlgorithm>, expected: KeyAlgorithm) -> Result<(), String> {
     match declared {
         Some(alg) if alg != expected => Err(format!("declared `alg` {alg:?} is not {expected:?}")),
         _ => Ok(()),
@@ -282,16 +246,8 @@ mod tests {
 
     #[test]
     fn private_keys_and_garbage_are_refused() {
-        assert!(
-            pem_key(&fixture("rsa1.key"))
-                .unwrap_err()
-                .contains("private key")
-        );
-        assert!(
-            pem_key(&fixture("ec1.key"))
-                .unwrap_err()
-                .contains("private key")
-        );
+        assert!(pem_key(&fixture("rsa1.key")).unwrap_err().contains("private key"));
+        assert!(pem_key(&fixture("ec1.key")).unwrap_err().contains("private key"));
         assert!(pem_key(b"hello").is_err());
         assert!(pem_key(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err());
     }

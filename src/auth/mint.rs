@@ -54,8 +54,7 @@ pub fn mint_hs256(
     claims.insert("iat".into(), Value::from(now));
     claims.insert("exp".into(), Value::from(exp));
     let key = EncodingKey::from_secret(secret.as_bytes());
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
-        .map_err(|_| mint_error("signing failed"))
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).map_err(|_| mint_error("signing failed"))
 }
 
 fn check_request(
@@ -75,9 +74,7 @@ fn check_request(
     }
     if let Some(tenant) = tenant {
         if !valid_tenant_id(tenant) {
-            return Err(mint_error(
-                "tenant must be 1-64 of a-z, A-Z, 0-9, '-', '_', '.'",
-            ));
+            return Err(mint_error("tenant must be 1-64 of a-z, A-Z, 0-9, '-', '_', '.'"));
         }
         if config.tenant_claim.is_empty() {
             return Err(mint_error("auth.tenant_claim is empty"));
@@ -90,17 +87,11 @@ fn check_request(
         return Err(mint_error("roles must be non-empty words without spaces"));
     }
     if !roles.is_empty() && config.roles_claim.is_empty() {
-        return Err(mint_error(
-            "auth.roles_claim is empty: roles cannot be carried",
-        ));
+        return Err(mint_error("auth.roles_claim is empty: roles cannot be carried"));
     }
-    let privileged = roles
-        .iter()
-        .any(|role| role == ROLE_FINANCE || role == ROLE_ADMIN);
+    let privileged = roles.iter().any(|role| role == ROLE_FINANCE || role == ROLE_ADMIN);
     if tenant.is_none() && !privileged {
-        return Err(mint_error(
-            "a token without tenant needs role finance or admin",
-        ));
+        return Err(mint_error("a token without tenant needs role finance or admin"));
     }
     if ttl.as_secs() == 0 {
         return Err(mint_error("ttl must be at least one second"));
@@ -111,9 +102,7 @@ fn check_request(
 /// A token lifetime: `30s`, `15m`, `1h`, `7d` or plain seconds; positive.
 pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let help = "use e.g. 30s, 15m, 1h, 7d or plain seconds";
     if digits.is_empty() {
@@ -126,9 +115,7 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("invalid duration unit {unit:?}: {help}")),
     };
-    let count: u64 = digits
-        .parse()
-        .map_err(|_| format!("duration {text:?} is too long"))?;
+    let count: u64 = digits.parse().map_err(|_| format!("duration {text:?} is too long"))?;
     let secs = count
         .checked_mul(unit_secs)
         .ok_or_else(|| format!("duration {text:?} is too long"))?;
@@ -223,24 +210,13 @@ mod tests {
             tenant_claim: "team".into(),
             ..config()
         };
-        let token = mint_hs256(
-            &config,
-            Some("t"),
-            "u",
-            &["admin".into()],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        let claims: Map<String, Value> =
-            jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
+        let token = mint_hs256(&config, Some("t"), "u", &["admin".into()], Duration::from_secs(60)).unwrap();
+        let claims: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
         assert_eq!(claims["team"], "t");
         assert_eq!(claims["roles"], serde_json::json!(["admin"]));
         assert_eq!(claims["iss"], "https://idp");
         assert_eq!(claims["aud"], "vidgate");
         assert_eq!(claims["sub"], "u");
-        assert_eq!(
-            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
-            60
-        );
+        assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 60);
     }
 }

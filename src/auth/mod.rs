@@ -77,13 +77,7 @@ fn sanitize(value: &str) -> String {
     let mut out: String = value
         .chars()
         .take(MAX_QUOTED_CHARS)
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
         .collect();
     if value.chars().count() > MAX_QUOTED_CHARS {
         out.push_str("...");
@@ -134,10 +128,7 @@ mod unit_tests {
         assert_eq!(sanitize("rsa1"), "rsa1");
         assert_eq!(sanitize("a\nb\u{7f}é"), "a?b??");
         let long = "k".repeat(100);
-        assert_eq!(
-            sanitize(&long),
-            format!("{}...", "k".repeat(MAX_QUOTED_CHARS))
-        );
+        assert_eq!(sanitize(&long), format!("{}...", "k".repeat(MAX_QUOTED_CHARS)));
     }
 
     #[test]

@@ -22,10 +22,7 @@ const SECRET: &str = "test-secret-of-at-least-32-bytes-long!";
 const ISSUER: &str = "https://idp.example.test";
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -99,10 +96,7 @@ fn forge_hs256(header: &Value, claims: &Value, secret: &[u8]) -> String {
     );
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
     mac.update(message.as_bytes());
-    format!(
-        "{message}.{}",
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-    )
+    format!("{message}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
 }
 
 async fn hs_auth() -> Authenticator {
@@ -114,10 +108,7 @@ async fn refused(auth: &Authenticator, token: &str) -> AuthError {
     let error = auth.verify(token).await.unwrap_err();
     let message = error.to_string();
     let debug = format!("{error:?}");
-    for part in std::iter::once(token)
-        .chain(token.split('.'))
-        .filter(|p| p.len() >= 8)
-    {
+    for part in std::iter::once(token).chain(token.split('.')).filter(|p| p.len() >= 8) {
         assert!(
             !message.contains(part) && !debug.contains(part),
             "{message} echoes the token"
@@ -147,16 +138,9 @@ async fn an_expired_token_is_refused_beyond_the_leeway() {
     let token = sign_hs(&claims(json!({"exp": now() - 120})));
     assert_eq!(refused(&auth, &token).await, AuthError::Expired);
     // Within `leeway_secs` (30) an expired token still passes: clocks differ.
-    assert!(
-        auth.verify(&sign_hs(&claims(json!({"exp": now() - 5}))))
-            .await
-            .is_ok()
-    );
+    assert!(auth.verify(&sign_hs(&claims(json!({"exp": now() - 5})))).await.is_ok());
     let token = sign_hs(&claims(json!({"exp": null})));
-    assert_eq!(
-        refused(&auth, &token).await,
-        AuthError::MissingClaim("exp".into())
-    );
+    assert_eq!(refused(&auth, &token).await, AuthError::MissingClaim("exp".into()));
 }
 
 #[tokio::test]
@@ -164,11 +148,7 @@ async fn a_token_not_yet_valid_is_refused() {
     let auth = hs_auth().await;
     let token = sign_hs(&claims(json!({"nbf": now() + 300})));
     assert_eq!(refused(&auth, &token).await, AuthError::NotYetValid);
-    assert!(
-        auth.verify(&sign_hs(&claims(json!({"nbf": now() + 5}))))
-            .await
-            .is_ok()
-    );
+    assert!(auth.verify(&sign_hs(&claims(json!({"nbf": now() + 5})))).await.is_ok());
 }
 
 #[tokio::test]
@@ -177,10 +157,7 @@ async fn a_wrong_or_missing_issuer_is_refused() {
     let token = sign_hs(&claims(json!({"iss": "https://evil.example"})));
     assert_eq!(refused(&auth, &token).await, AuthError::WrongIssuer);
     let token = sign_hs(&claims(json!({"iss": null})));
-    assert_eq!(
-        refused(&auth, &token).await,
-        AuthError::MissingClaim("iss".into())
-    );
+    assert_eq!(refused(&auth, &token).await, AuthError::MissingClaim("iss".into()));
 }
 
 #[tokio::test]
@@ -206,10 +183,7 @@ async fn a_wrong_or_missing_audience_is_refused() {
     let token = sign_hs(&claims(json!({"aud": "other-service"})));
     assert_eq!(refused(&auth, &token).await, AuthError::WrongAudience);
     let token = sign_hs(&claims(json!({"aud": null})));
-    assert_eq!(
-        refused(&auth, &token).await,
-        AuthError::MissingClaim("aud".into())
-    );
+    assert_eq!(refused(&auth, &token).await, AuthError::MissingClaim("aud".into()));
     assert!(
         auth.verify(&sign_hs(&claims(json!({"aud": ["other", "vidgate"]}))))
             .await
@@ -245,10 +219,7 @@ async fn an_alg_none_token_is_refused() {
     for alg in ["none", "NONE", "nOnE"] {
         let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "typ": "JWT"}).to_string());
         let payload = URL_SAFE_NO_PAD.encode(claims(json!({})).to_string());
-        for token in [
-            format!("{header}.{payload}."),
-            format!("{header}.{payload}.c2ln"),
-        ] {
+        for token in [format!("{header}.{payload}."), format!("{header}.{payload}.c2ln")] {
             assert_eq!(
                 refused(&auth, &token).await,
                 AuthError::AlgorithmNotAllowed("none".into())
@@ -260,21 +231,12 @@ async fn an_alg_none_token_is_refused() {
 #[tokio::test]
 async fn an_algorithm_outside_the_configured_list_is_refused() {
     let auth = hs_auth().await;
-    let token = sign_with(
-        Algorithm::RS256,
-        "rsa1.key",
-        Some("rsa1"),
-        &claims(json!({})),
-    );
+    let token = sign_with(Algorithm::RS256, "rsa1.key", Some("rsa1"), &claims(json!({})));
     assert_eq!(
         refused(&auth, &token).await,
         AuthError::AlgorithmNotAllowed("RS256".into())
     );
-    let token = forge_hs256(
-        &json!({"alg": "HS512"}),
-        &claims(json!({})),
-        SECRET.as_bytes(),
-    );
+    let token = forge_hs256(&json!({"alg": "HS512"}), &claims(json!({})), SECRET.as_bytes());
     assert_eq!(
         refused(&auth, &token).await,
         AuthError::AlgorithmNotAllowed("HS512".into())
@@ -289,10 +251,7 @@ async fn an_hs256_token_keyed_with_the_rsa_public_key_is_refused() {
     let auth = Authenticator::from_config(&pem_config(&["RS256"], &["rsa1.pem"]))
         .await
         .unwrap();
-    for header in [
-        json!({"alg": "HS256"}),
-        json!({"alg": "HS256", "kid": "rsa1"}),
-    ] {
+    for header in [json!({"alg": "HS256"}), json!({"alg": "HS256", "kid": "rsa1"})] {
         let token = forge_hs256(&header, &body, &public_pem);
         assert_eq!(
             refused(&auth, &token).await,
@@ -308,10 +267,7 @@ async fn an_hs256_token_keyed_with_the_rsa_public_key_is_refused() {
         ..pem_config(&["HS256", "RS256"], &["rsa1.pem"])
     };
     let auth = Authenticator::from_config(&config).await.unwrap();
-    for header in [
-        json!({"alg": "HS256"}),
-        json!({"alg": "HS256", "kid": "rsa1"}),
-    ] {
+    for header in [json!({"alg": "HS256"}), json!({"alg": "HS256", "kid": "rsa1"})] {
         let token = forge_hs256(&header, &body, &public_pem);
         assert_eq!(refused(&auth, &token).await, AuthError::BadSignature);
     }
@@ -320,10 +276,9 @@ async fn an_hs256_token_keyed_with_the_rsa_public_key_is_refused() {
 
 #[tokio::test]
 async fn rs256_and_es256_tokens_verify_with_pem_keys() {
-    let auth =
-        Authenticator::from_config(&pem_config(&["RS256", "ES256"], &["rsa1.pem", "ec1.pem"]))
-            .await
-            .unwrap();
+    let auth = Authenticator::from_config(&pem_config(&["RS256", "ES256"], &["rsa1.pem", "ec1.pem"]))
+        .await
+        .unwrap();
     assert!(auth.keys_loaded());
     let body = claims(json!({}));
     for kid in [Some("rsa1"), None] {
@@ -341,16 +296,10 @@ async fn rs256_and_es256_tokens_verify_with_pem_keys() {
         );
     }
     let token = sign_with(Algorithm::RS256, "rsa1.key", Some("rsa9"), &body);
-    assert_eq!(
-        refused(&auth, &token).await,
-        AuthError::UnknownKeyId("rsa9".into())
-    );
+    assert_eq!(refused(&auth, &token).await, AuthError::UnknownKeyId("rsa9".into()));
     // The kid names the key of its own family only.
     let token = sign_with(Algorithm::ES256, "ec1.key", Some("rsa1"), &body);
-    assert_eq!(
-        refused(&auth, &token).await,
-        AuthError::UnknownKeyId("rsa1".into())
-    );
+    assert_eq!(refused(&auth, &token).await, AuthError::UnknownKeyId("rsa1".into()));
     let token = sign_with(Algorithm::RS256, "rsa2.key", None, &body);
     assert_eq!(refused(&auth, &token).await, AuthError::BadSignature);
 }
@@ -408,10 +357,7 @@ async fn roles_are_read_as_an_array_or_a_space_separated_string() {
     assert_eq!(caller.roles, ["finance", "ops"]);
     assert!(caller.can_read_all_usage() && !caller.is_admin());
     let token = sign_hs(&claims(json!({"roles": 3})));
-    assert!(matches!(
-        refused(&auth, &token).await,
-        AuthError::InvalidClaim { .. }
-    ));
+    assert!(matches!(refused(&auth, &token).await, AuthError::InvalidClaim { .. }));
 }
 
 #[tokio::test]
@@ -429,19 +375,14 @@ async fn configured_claim_names_are_used() {
     assert_eq!(caller.tenant.as_deref(), Some("video"));
     assert!(caller.is_admin());
     let token = sign_hs(&claims(json!({"team": null})));
-    assert_eq!(
-        refused(&auth, &token).await,
-        AuthError::MissingClaim("team".into())
-    );
+    assert_eq!(refused(&auth, &token).await, AuthError::MissingClaim("team".into()));
 }
 
 #[tokio::test]
 async fn a_finance_token_without_tenant_is_accepted() {
     let auth = hs_auth().await;
     let caller = auth
-        .verify(&sign_hs(&claims(
-            json!({"tenant": null, "roles": ["finance"]}),
-        )))
+        .verify(&sign_hs(&claims(json!({"tenant": null, "roles": ["finance"]}))))
         .await
         .unwrap();
     assert_eq!(caller.tenant, None);
@@ -461,10 +402,7 @@ async fn a_plain_user_token_without_tenant_is_refused() {
 async fn a_token_without_sub_is_refused() {
     let auth = hs_auth().await;
     let token = sign_hs(&claims(json!({"sub": null})));
-    assert_eq!(
-        refused(&auth, &token).await,
-        AuthError::MissingClaim("sub".into())
-    );
+    assert_eq!(refused(&auth, &token).await, AuthError::MissingClaim("sub".into()));
 }
 
 #[tokio::test]
@@ -498,10 +436,7 @@ async fn error_messages_never_contain_the_token() {
             URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#),
             "not*base64*at*all"
         ),
-        format!(
-            "{}.bm90LWpzb24.sig",
-            URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#)
-        ),
+        format!("{}.bm90LWpzb24.sig", URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#)),
         "garbage-garbage-garbage".to_string(),
     ];
     for token in tokens {
@@ -543,10 +478,7 @@ async fn from_config_refuses_unusable_key_settings() {
     ];
     for config in cases {
         let Err(error) = Authenticator::from_config(&config).await else {
-            panic!(
-                "accepted {:?} {:?}",
-                config.algorithms, config.public_key_pem_files
-            );
+            panic!("accepted {:?} {:?}", config.algorithms, config.public_key_pem_files);
         };
         assert!(!error.to_string().contains(SECRET));
     }
@@ -606,10 +538,7 @@ struct JwksServer {
 impl JwksServer {
     async fn start(status: u16, body: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/.well-known/jwks.json",
-            listener.local_addr().unwrap()
-        );
+        let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().unwrap());
         let hits = Arc::new(AtomicUsize::new(0));
         let response = Arc::new(Mutex::new((status, body)));
         let (task_hits, task_response) = (Arc::clone(&hits), Arc::clone(&response));
@@ -619,8 +548,7 @@ impl JwksServer {
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buffer = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024
-                    {
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
                         match stream.read(&mut buffer).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => request.extend_from_slice(&buffer[..n]),
@@ -698,31 +626,19 @@ async fn jwks_keys_are_fetched_once_at_startup() {
         jwk(Algorithm::ES256, "ec1.key", "e1"),
     ];
     let server = JwksServer::start(200, jwks(&keys)).await;
-    let auth = Authenticator::from_config(&jwks_config(&server.url, 60))
-        .await
-        .unwrap();
+    let auth = Authenticator::from_config(&jwks_config(&server.url, 60)).await.unwrap();
     assert_eq!(server.hits(), 1);
     assert!(auth.keys_loaded());
     assert!(auth.verify(&rs_token("rsa1.key", "k1")).await.is_ok());
     assert!(
-        auth.verify(&sign_with(
-            Algorithm::ES256,
-            "ec1.key",
-            Some("e1"),
-            &claims(json!({}))
-        ))
-        .await
-        .is_ok()
+        auth.verify(&sign_with(Algorithm::ES256, "ec1.key", Some("e1"), &claims(json!({}))))
+            .await
+            .is_ok()
     );
     assert!(
-        auth.verify(&sign_with(
-            Algorithm::RS256,
-            "rsa1.key",
-            None,
-            &claims(json!({}))
-        ))
-        .await
-        .is_ok()
+        auth.verify(&sign_with(Algorithm::RS256, "rsa1.key", None, &claims(json!({}))))
+            .await
+            .is_ok()
     );
     assert_eq!(server.hits(), 1, "known keys need no fetch");
 }
@@ -730,9 +646,7 @@ async fn jwks_keys_are_fetched_once_at_startup() {
 #[tokio::test]
 async fn a_new_kid_in_the_jwks_triggers_a_refresh() {
     let server = JwksServer::start(200, jwks(&[jwk(Algorithm::RS256, "rsa1.key", "k1")])).await;
-    let auth = Authenticator::from_config(&jwks_config(&server.url, 0))
-        .await
-        .unwrap();
+    let auth = Authenticator::from_config(&jwks_config(&server.url, 0)).await.unwrap();
     // The IdP rotates: k2 is published, k1 retired.
     server.set(200, jwks(&[jwk(Algorithm::RS256, "rsa2.key", "k2")]));
     assert!(auth.verify(&rs_token("rsa2.key", "k2")).await.is_ok());
@@ -755,26 +669,18 @@ async fn the_refresh_cooldown_is_respected() {
         jwk(Algorithm::RS256, "rsa2.key", "k2"),
     ]);
     let server = JwksServer::start(200, jwks(&[jwk(Algorithm::RS256, "rsa1.key", "k1")])).await;
-    let auth = Authenticator::from_config(&jwks_config(&server.url, 2))
-        .await
-        .unwrap();
+    let auth = Authenticator::from_config(&jwks_config(&server.url, 2)).await.unwrap();
     assert_eq!(server.hits(), 1);
     // Within the cooldown of the startup fetch: unknown kids fetch nothing.
     for _ in 0..3 {
-        assert_eq!(
-            refused(&auth, &k2).await,
-            AuthError::UnknownKeyId("k2".into())
-        );
+        assert_eq!(refused(&auth, &k2).await, AuthError::UnknownKeyId("k2".into()));
     }
     assert_eq!(server.hits(), 1);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     server.set(200, both);
     assert!(auth.verify(&k2).await.is_ok());
     assert_eq!(server.hits(), 2);
-    assert_eq!(
-        refused(&auth, &k3).await,
-        AuthError::UnknownKeyId("k3".into())
-    );
+    assert_eq!(refused(&auth, &k3).await, AuthError::UnknownKeyId("k3".into()));
     assert_eq!(
         server.hits(),
         2,
@@ -785,11 +691,7 @@ async fn the_refresh_cooldown_is_respected() {
 #[tokio::test]
 async fn concurrent_unknown_kids_do_not_stampede_the_idp() {
     let server = JwksServer::start(200, jwks(&[jwk(Algorithm::RS256, "rsa1.key", "k1")])).await;
-    let auth = Arc::new(
-        Authenticator::from_config(&jwks_config(&server.url, 0))
-            .await
-            .unwrap(),
-    );
+    let auth = Arc::new(Authenticator::from_config(&jwks_config(&server.url, 0)).await.unwrap());
     server.set(200, jwks(&[jwk(Algorithm::RS256, "rsa2.key", "k2")]));
     let token = rs_token("rsa2.key", "k2");
     let tasks: Vec<_> = (0..16)
@@ -807,11 +709,7 @@ async fn concurrent_unknown_kids_do_not_stampede_the_idp() {
 #[tokio::test]
 async fn concurrent_unknown_kids_within_the_cooldown_fetch_once() {
     let server = JwksServer::start(500, "down".into()).await;
-    let auth = Arc::new(
-        Authenticator::from_config(&jwks_config(&server.url, 60))
-            .await
-            .unwrap(),
-    );
+    let auth = Arc::new(Authenticator::from_config(&jwks_config(&server.url, 60)).await.unwrap());
     assert_eq!(server.hits(), 1);
     let token = rs_token("rsa1.key", "k9");
     let tasks: Vec<_> = (0..16)
@@ -821,10 +719,7 @@ async fn concurrent_unknown_kids_within_the_cooldown_fetch_once() {
         })
         .collect();
     for task in tasks {
-        assert_eq!(
-            task.await.unwrap().unwrap_err(),
-            AuthError::UnknownKeyId("k9".into())
-        );
+        assert_eq!(task.await.unwrap().unwrap_err(), AuthError::UnknownKeyId("k9".into()));
     }
     assert_eq!(
         server.hits(),
@@ -836,14 +731,8 @@ async fn concurrent_unknown_kids_within_the_cooldown_fetch_once() {
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_last_good_keys() {
     let server = JwksServer::start(200, jwks(&[jwk(Algorithm::RS256, "rsa1.key", "k1")])).await;
-    let auth = Authenticator::from_config(&jwks_config(&server.url, 0))
-        .await
-        .unwrap();
-    for (status, body) in [
-        (500, "oops".to_string()),
-        (200, "not json".into()),
-        (200, jwks(&[])),
-    ] {
+    let auth = Authenticator::from_config(&jwks_config(&server.url, 0)).await.unwrap();
+    for (status, body) in [(500, "oops".to_string()), (200, "not json".into()), (200, jwks(&[]))] {
         server.set(status, body);
         let before = server.hits();
         assert_eq!(
@@ -862,9 +751,7 @@ async fn a_failed_refresh_keeps_the_last_good_keys() {
 #[tokio::test]
 async fn a_failed_first_fetch_is_not_fatal_and_is_retried_on_demand() {
     let server = JwksServer::start(503, "starting".into()).await;
-    let auth = Authenticator::from_config(&jwks_config(&server.url, 60))
-        .await
-        .unwrap();
+    let auth = Authenticator::from_config(&jwks_config(&server.url, 60)).await.unwrap();
     assert!(!auth.keys_loaded());
     server.set(200, jwks(&[jwk(Algorithm::RS256, "rsa1.key", "k1")]));
     assert!(auth.verify(&rs_token("rsa1.key", "k1")).await.is_ok());
@@ -877,9 +764,7 @@ async fn an_unreachable_jwks_url_is_not_fatal() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/jwks", listener.local_addr().unwrap());
     drop(listener);
-    let auth = Authenticator::from_config(&jwks_config(&url, 60))
-        .await
-        .unwrap();
+    let auth = Authenticator::from_config(&jwks_config(&url, 60)).await.unwrap();
     assert!(!auth.keys_loaded());
     assert_eq!(
         refused(&auth, &rs_token("rsa1.key", "k1")).await,
@@ -913,9 +798,7 @@ async fn unusable_jwks_entries_are_skipped() {
         jwk(Algorithm::RS256, "rsa1.key", "k1"),
     ];
     let server = JwksServer::start(200, jwks(&keys)).await;
-    let auth = Authenticator::from_config(&jwks_config(&server.url, 60))
-        .await
-        .unwrap();
+    let auth = Authenticator::from_config(&jwks_config(&server.url, 60)).await.unwrap();
     assert!(auth.verify(&rs_token("rsa1.key", "k1")).await.is_ok());
     assert_eq!(
         refused(&auth, &rs_token("rsa2.key", "wrong-alg")).await,

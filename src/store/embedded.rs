@@ -2,10 +2,7 @@
 
 use std::path::Path;
 
-use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
-    WriteTransaction,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -29,9 +26,8 @@ impl EmbeddedStore {
     /// not used: one file serves one deployment.
     pub fn open(path: &Path, _prefix: &str) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let db = Database::create(path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
@@ -74,8 +70,7 @@ impl EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|tx| tx.open_table(TENANTS).map(drop).map_err(db_error))
-            .await
+        self.read(|tx| tx.open_table(TENANTS).map(drop).map_err(db_error)).await
     }
 
     async fn apply_config_tenant(
@@ -112,16 +107,11 @@ impl Store for EmbeddedStore {
         self.write(move |tx| reserve_in(tx, &request)).await
     }
 
-    async fn bind(
-        &self,
-        reservation_id: &str,
-        task_id: &str,
-    ) -> Result<Option<ReservationRecord>, StoreError> {
+    async fn bind(&self, reservation_id: &str, task_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
         let (reservation_id, task_id) = (reservation_id.to_string(), task_id.to_string());
         self.write(move |tx| {
             let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
-            let Some(mut record) = get_json::<ReservationRecord>(&reservations, &reservation_id)?
-            else {
+            let Some(mut record) = get_json::<ReservationRecord>(&reservations, &reservation_id)? else {
                 return Ok(None);
             };
             // A reservation pays for one upstream task: the first bind wins.
@@ -138,18 +128,10 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn reservation(
-        &self,
-        reservation_id: &str,
-    ) -> Result<Option<ReservationRecord>, StoreError> {
+    async fn reservation(&self, reservation_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
         let reservation_id = reservation_id.to_string();
-        self.read(move |tx| {
-            get_json(
-                &tx.open_table(RESERVATIONS).map_err(db_error)?,
-                &reservation_id,
-            )
-        })
-        .await
+        self.read(move |tx| get_json(&tx.open_table(RESERVATIONS).map_err(db_error)?, &reservation_id))
+            .await
     }
 
     async fn task(&self, task_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
@@ -159,32 +141,19 @@ impl Store for EmbeddedStore {
             let Some(reservation_id) = tasks.get(task_id.as_str()).map_err(db_error)? else {
                 return Ok(None);
             };
-            get_json(
-                &tx.open_table(RESERVATIONS).map_err(db_error)?,
-                reservation_id.value(),
-            )
+            get_json(&tx.open_table(RESERVATIONS).map_err(db_error)?, reservation_id.value())
         })
         .await
     }
 
-    async fn settle(
-        &self,
-        reservation_id: &str,
-        settlement: &Settlement,
-    ) -> Result<FinalizeOutcome, StoreError> {
+    async fn settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError> {
         let (reservation_id, finish) = (reservation_id.to_string(), Finish::settle(settlement));
-        self.write(move |tx| finish_in(tx, &reservation_id, &finish))
-            .await
+        self.write(move |tx| finish_in(tx, &reservation_id, &finish)).await
     }
 
-    async fn refund(
-        &self,
-        reservation_id: &str,
-        now_ms: i64,
-    ) -> Result<FinalizeOutcome, StoreError> {
+    async fn refund(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
         let (reservation_id, finish) = (reservation_id.to_string(), Finish::refund(now_ms));
-        self.write(move |tx| finish_in(tx, &reservation_id, &finish))
-            .await
+        self.write(move |tx| finish_in(tx, &reservation_id, &finish)).await
     }
 
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError> {
@@ -202,12 +171,8 @@ impl Store for EmbeddedStore {
 }
 
 /// The reserve step inside its write transaction.
-fn reserve_in(
-    tx: &WriteTransaction,
-    request: &ReserveRequest,
-) -> Result<ReserveOutcome, StoreError> {
-    let tenant: Option<TenantRecord> =
-        get_json(&tx.open_table(TENANTS).map_err(db_error)?, &request.tenant)?;
+fn reserve_in(tx: &WriteTransaction, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+    let tenant: Option<TenantRecord> = get_json(&tx.open_table(TENANTS).map_err(db_error)?, &request.tenant)?;
     let Some(tenant) = tenant else {
         return Ok(ReserveOutcome::Refused(ReserveRefusal::UnknownTenant));
     };
@@ -246,33 +211,21 @@ fn refusal(
     }
     let budgets = [
         (settings.budget, &keys.spent, &keys.reserved, false),
-        (
-            settings.user_budget,
-            &keys.user_spent,
-            &keys.user_reserved,
-            true,
-        ),
+        (settings.user_budget, &keys.user_spent, &keys.user_reserved, true),
     ];
     for (budget, spent, reserved, user_scope) in budgets {
         let Some(budget) = budget else { continue };
         let used = counter(counters, spent)?.saturating_add(counter(counters, reserved)?);
         if used.saturating_add(request.amount) > budget {
             let remaining = budget.saturating_sub(used).max(0);
-            return Ok(Some(ReserveRefusal::BudgetExceeded {
-                remaining,
-                user_scope,
-            }));
+            return Ok(Some(ReserveRefusal::BudgetExceeded { remaining, user_scope }));
         }
     }
     Ok(None)
 }
 
 /// Settle or refund inside its write transaction: moves money once, in the record's period.
-fn finish_in(
-    tx: &WriteTransaction,
-    reservation_id: &str,
-    finish: &Finish,
-) -> Result<FinalizeOutcome, StoreError> {
+fn finish_in(tx: &WriteTransaction, reservation_id: &str, finish: &Finish) -> Result<FinalizeOutcome, StoreError> {
     let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
     let Some(mut record) = get_json::<ReservationRecord>(&reservations, reservation_id)? else {
         return Ok(FinalizeOutcome::NotFound);
@@ -339,22 +292,14 @@ fn get_json<T: DeserializeOwned>(
         .map_err(|e| StoreError::Corrupt(format!("record {key}: {e}")))
 }
 
-fn put_json<T: Serialize>(
-    table: &mut Table<&str, &str>,
-    key: &str,
-    value: &T,
-) -> Result<(), StoreError> {
-    let json = serde_json::to_string(value)
-        .map_err(|e| StoreError::Corrupt(format!("record {key}: {e}")))?;
+fn put_json<T: Serialize>(table: &mut Table<&str, &str>, key: &str, value: &T) -> Result<(), StoreError> {
+    let json = serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("record {key}: {e}")))?;
     table.insert(key, json.as_str()).map_err(db_error)?;
     Ok(())
 }
 
 fn counter(table: &impl ReadableTable<&'static str, i64>, key: &str) -> Result<i64, StoreError> {
-    Ok(table
-        .get(key)
-        .map_err(db_error)?
-        .map_or(0, |value| value.value()))
+    Ok(table.get(key).map_err(db_error)?.map_or(0, |value| value.value()))
 }
 
 fn add(table: &mut Table<&str, i64>, key: &str, delta: i64) -> Result<(), StoreError> {

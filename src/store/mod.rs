@@ -332,33 +332,18 @@ pub trait Store: Send + Sync + 'static {
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError>;
 
     /// Attaches the upstream task id. Idempotent; `None` if the reservation is unknown.
-    async fn bind(
-        &self,
-        reservation_id: &str,
-        task_id: &str,
-    ) -> Result<Option<ReservationRecord>, StoreError>;
+    async fn bind(&self, reservation_id: &str, task_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
 
-    async fn reservation(
-        &self,
-        reservation_id: &str,
-    ) -> Result<Option<ReservationRecord>, StoreError>;
+    async fn reservation(&self, reservation_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
 
     /// The reservation bound to an upstream task id.
     async fn task(&self, task_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
 
     /// Charges the settlement and releases the hold and the concurrency slot, once.
-    async fn settle(
-        &self,
-        reservation_id: &str,
-        settlement: &Settlement,
-    ) -> Result<FinalizeOutcome, StoreError>;
+    async fn settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError>;
 
     /// Releases the hold and the concurrency slot, charging nothing, once.
-    async fn refund(
-        &self,
-        reservation_id: &str,
-        now_ms: i64,
-    ) -> Result<FinalizeOutcome, StoreError>;
+    async fn refund(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError>;
 
     /// Spent and reserved of a tenant in a period key (as `PeriodKeys::for_kind` gives).
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError>;
@@ -367,12 +352,7 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the configured backend.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match config.backend {
-        StoreBackend::Embedded => Arc::new(embedded::EmbeddedStore::open(
-            &config.path,
-            &config.key_prefix,
-        )?),
-        StoreBackend::Redis => {
-            Arc::new(redis::RedisStore::connect(&config.redis_url, &config.key_prefix).await?)
-        }
+        StoreBackend::Embedded => Arc::new(embedded::EmbeddedStore::open(&config.path, &config.key_prefix)?),
+        StoreBackend::Redis => Arc::new(redis::RedisStore::connect(&config.redis_url, &config.key_prefix).await?),
     })
 }

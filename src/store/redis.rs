@@ -15,9 +15,7 @@
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{
-    Client, Cmd, FromRedisValue, RedisError, Script, ScriptInvocation, Value, cmd, from_redis_value,
-};
+use ::redis::{Client, Cmd, FromRedisValue, RedisError, Script, ScriptInvocation, Value, cmd, from_redis_value};
 use serde::Serialize;
 
 use super::*;
@@ -46,15 +44,9 @@ impl Scripts {
     fn load() -> Self {
         Self {
             apply_tenant: Script::new(include_str!("lua/apply_tenant.lua")),
-            reserve: Script::new(concat!(
-                include_str!("lua/keys.lua"),
-                include_str!("lua/reserve.lua")
-            )),
+            reserve: Script::new(concat!(include_str!("lua/keys.lua"), include_str!("lua/reserve.lua"))),
             bind: Script::new(include_str!("lua/bind.lua")),
-            finish: Script::new(concat!(
-                include_str!("lua/keys.lua"),
-                include_str!("lua/finish.lua")
-            )),
+            finish: Script::new(concat!(include_str!("lua/keys.lua"), include_str!("lua/finish.lua"))),
         }
     }
 }
@@ -63,8 +55,7 @@ impl RedisStore {
     /// Connects and checks Redis answers, within `CONNECT_TIMEOUT`. Later the connection
     /// manager reconnects by itself; calls fail with `Unavailable` while Redis is away.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        let client = Client::open(url).map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(ATTEMPT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -84,12 +75,7 @@ impl RedisStore {
             Ok(store)
         })
         .await
-        .map_err(|_| {
-            StoreError::Unavailable(format!(
-                "redis did not answer within {}s",
-                CONNECT_TIMEOUT.as_secs()
-            ))
-        })?
+        .map_err(|_| StoreError::Unavailable(format!("redis did not answer within {}s", CONNECT_TIMEOUT.as_secs())))?
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
@@ -97,16 +83,10 @@ impl RedisStore {
     }
 
     async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
-        command
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+        command.query_async(&mut self.conn.clone()).await.map_err(unavailable)
     }
 
-    async fn invoke<T: FromRedisValue>(
-        &self,
-        invocation: &ScriptInvocation<'_>,
-    ) -> Result<T, StoreError> {
+    async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, StoreError> {
         invocation
             .invoke_async(&mut self.conn.clone())
             .await
@@ -114,11 +94,7 @@ impl RedisStore {
     }
 
     /// Settle or refund: one `finish.lua` call.
-    async fn finish(
-        &self,
-        reservation_id: &str,
-        finish: &Finish,
-    ) -> Result<FinalizeOutcome, StoreError> {
+    async fn finish(&self, reservation_id: &str, finish: &Finish) -> Result<FinalizeOutcome, StoreError> {
         let mut invocation = self.scripts.finish.key(self.key("res", reservation_id));
         invocation
             .arg(&self.prefix)
@@ -126,12 +102,8 @@ impl RedisStore {
             .arg(json_fields(finish)?);
         match status(self.invoke(&invocation).await?)? {
             (status, None) if status == "not_found" => Ok(FinalizeOutcome::NotFound),
-            (status, Some(fields)) if status == "already_final" => {
-                Ok(FinalizeOutcome::AlreadyFinal(record(fields)?))
-            }
-            (status, Some(fields)) if status == "applied" => {
-                Ok(FinalizeOutcome::Applied(record(fields)?))
-            }
+            (status, Some(fields)) if status == "already_final" => Ok(FinalizeOutcome::AlreadyFinal(record(fields)?)),
+            (status, Some(fields)) if status == "applied" => Ok(FinalizeOutcome::Applied(record(fields)?)),
             (status, _) => Err(unexpected("finish", &status)),
         }
     }
@@ -154,8 +126,7 @@ impl Store for RedisStore {
             settings: settings.clone(),
             config_hash: config_hash.to_string(),
         };
-        let json = serde_json::to_string(&record)
-            .map_err(|e| StoreError::Corrupt(format!("tenant {id}: {e}")))?;
+        let json = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(format!("tenant {id}: {e}")))?;
         let mut invocation = self.scripts.apply_tenant.key(self.key("tenant", id));
         invocation.arg(json).arg(config_hash);
         self.invoke(&invocation).await
@@ -163,21 +134,15 @@ impl Store for RedisStore {
 
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
         let json: Option<String> = self.query(cmd("GET").arg(self.key("tenant", id))).await?;
-        json.map(|json| {
-            serde_json::from_str(&json)
-                .map_err(|e| StoreError::Corrupt(format!("tenant {id}: {e}")))
-        })
-        .transpose()
+        json.map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("tenant {id}: {e}"))))
+            .transpose()
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
         // The script books the record to the tenant's period, which only it can read.
         let fields = json_fields(&ReservationRecord::hold(request, ""))?;
         let periods = &request.periods;
-        let mut invocation = self
-            .scripts
-            .reserve
-            .key(self.key("tenant", &request.tenant));
+        let mut invocation = self.scripts.reserve.key(self.key("tenant", &request.tenant));
         invocation
             .key(self.key("res", &request.reservation_id))
             .arg(&self.prefix)
@@ -207,11 +172,7 @@ impl Store for RedisStore {
         Ok(ReserveOutcome::Refused(refusal))
     }
 
-    async fn bind(
-        &self,
-        reservation_id: &str,
-        task_id: &str,
-    ) -> Result<Option<ReservationRecord>, StoreError> {
+    async fn bind(&self, reservation_id: &str, task_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
         let task_json = serde_json::Value::from(task_id).to_string();
         let mut invocation = self.scripts.bind.key(self.key("res", reservation_id));
         invocation
@@ -225,13 +186,8 @@ impl Store for RedisStore {
         }
     }
 
-    async fn reservation(
-        &self,
-        reservation_id: &str,
-    ) -> Result<Option<ReservationRecord>, StoreError> {
-        let fields: Fields = self
-            .query(cmd("HGETALL").arg(self.key("res", reservation_id)))
-            .await?;
+    async fn reservation(&self, reservation_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+        let fields: Fields = self.query(cmd("HGETALL").arg(self.key("res", reservation_id))).await?;
         if fields.is_empty() {
             Ok(None)
         } else {
@@ -241,29 +197,18 @@ impl Store for RedisStore {
 
     async fn task(&self, task_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
         // The index never changes once written (the first bind wins), so two reads are safe.
-        let reservation_id: Option<String> = self
-            .query(cmd("GET").arg(self.key("task", task_id)))
-            .await?;
+        let reservation_id: Option<String> = self.query(cmd("GET").arg(self.key("task", task_id))).await?;
         match reservation_id {
             Some(reservation_id) => self.reservation(&reservation_id).await,
             None => Ok(None),
         }
     }
 
-    async fn settle(
-        &self,
-        reservation_id: &str,
-        settlement: &Settlement,
-    ) -> Result<FinalizeOutcome, StoreError> {
-        self.finish(reservation_id, &Finish::settle(settlement))
-            .await
+    async fn settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError> {
+        self.finish(reservation_id, &Finish::settle(settlement)).await
     }
 
-    async fn refund(
-        &self,
-        reservation_id: &str,
-        now_ms: i64,
-    ) -> Result<FinalizeOutcome, StoreError> {
+    async fn refund(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
         self.finish(reservation_id, &Finish::refund(now_ms)).await
     }
 
@@ -274,8 +219,7 @@ impl Store for RedisStore {
         mget.arg(format!("{prefix}spent:{tenant}:{period}"))
             .arg(format!("{prefix}reserved:{tenant}:{period}"))
             .arg(format!("{prefix}inflight:{tenant}"));
-        let (spent, reserved, in_flight): (Option<i64>, Option<i64>, Option<u32>) =
-            self.query(&mget).await?;
+        let (spent, reserved, in_flight): (Option<i64>, Option<i64>, Option<u32>) = self.query(&mget).await?;
         Ok(PeriodUsage {
             spent: spent.unwrap_or(0),
             reserved: reserved.unwrap_or(0),
@@ -312,13 +256,10 @@ fn status(reply: Vec<Value>) -> Result<(String, Option<Fields>), StoreError> {
 /// A struct as hash fields: its JSON object, one JSON-encoded value per field.
 fn json_fields<T: Serialize>(value: &T) -> Result<Fields, StoreError> {
     match serde_json::to_value(value) {
-        Ok(serde_json::Value::Object(map)) => Ok(map
-            .into_iter()
-            .map(|(name, value)| (name, value.to_string()))
-            .collect()),
-        Ok(other) => Err(StoreError::Corrupt(format!(
-            "expected an object, got {other}"
-        ))),
+        Ok(serde_json::Value::Object(map)) => {
+            Ok(map.into_iter().map(|(name, value)| (name, value.to_string())).collect())
+        }
+        Ok(other) => Err(StoreError::Corrupt(format!("expected an object, got {other}"))),
         Err(e) => Err(StoreError::Corrupt(e.to_string())),
     }
 }

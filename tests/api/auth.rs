@@ -21,7 +21,8 @@ async fn missing_forged_and_expired_tokens_are_refused_with_a_reason() {
         format!("{head}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
     };
     let expired = sign(&json!({"sub": "u", "tenant": "team-a", "aud": "vidgate", "exp": now() - 3600}));
-    let early = sign(&json!({"sub": "u", "tenant": "team-a", "aud": "vidgate", "exp": now() + 3600, "nbf": now() + 1800}));
+    let early =
+        sign(&json!({"sub": "u", "tenant": "team-a", "aud": "vidgate", "exp": now() + 3600, "nbf": now() + 1800}));
     let wrong_aud = sign(&json!({"sub": "u", "tenant": "team-a", "aud": "other", "exp": now() + 3600}));
     for token in [forged, expired, early, wrong_aud, "not-a-jwt".to_string()] {
         let response = app.post_create(&token, &body).await;

@@ -38,23 +38,39 @@ fn serve_announces_its_port_and_exits_zero_on_sigterm() {
         .spawn()
         .expect("spawn");
     let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("line");
-    let addr = first.trim().strip_prefix("listening on http://").expect("first line announces the address");
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("line");
+    let addr = first
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect("first line announces the address");
     assert!(!addr.ends_with(":0"), "the real port is printed: {addr}");
     let health = reqwest::blocking::get(format!("http://{addr}/healthz")).expect("healthz");
     assert!(health.status().is_success());
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(child.wait().expect("exit").success());
 }
 
 #[test]
 fn a_bad_config_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().expect("dir");
-    let config = write_config(&dir, "[pricing.models.\"wan2.6-reference-video-flash\".\"720p\"]\naudio = \"0.0500001\"\nsilent = \"0.025\"\n");
-    let output = vidgate(&["check-config", "--config", config.to_str().expect("path")]).output().expect("run");
+    let config = write_config(
+        &dir,
+        "[pricing.models.\"wan2.6-reference-video-flash\".\"720p\"]\naudio = \"0.0500001\"\nsilent = \"0.025\"\n",
+    );
+    let output = vidgate(&["check-config", "--config", config.to_str().expect("path")])
+        .output()
+        .expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("pricing.models") && stderr.contains("audio"), "{stderr}");
+    assert!(
+        stderr.contains("pricing.models") && stderr.contains("audio"),
+        "{stderr}"
+    );
 
     let output = vidgate(&["serve", "--config", config.to_str().expect("path")])
         .env("VIDGATE_UPSTREAM__API_KEY", "")
@@ -75,9 +91,11 @@ fn check_config_masks_secrets_and_token_mints_a_jwt() {
     assert!(!shown.contains("sk-evo-secret-value") && !shown.contains(crate::helpers::SECRET));
     assert!(shown.contains("api_key = \"********\""));
 
-    let output = vidgate(&["token", "--tenant", "team-a", "--sub", "bob", "--roles", "finance", "--config", path])
-        .output()
-        .expect("run");
+    let output = vidgate(&[
+        "token", "--tenant", "team-a", "--sub", "bob", "--roles", "finance", "--config", path,
+    ])
+    .output()
+    .expect("run");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let jwt = String::from_utf8_lossy(&output.stdout).trim().to_string();
     assert_eq!(jwt.split('.').count(), 3);

@@ -35,7 +35,11 @@ pub struct TestApp {
 
 /// Options for the mock upstream behind a test gateway.
 pub fn quick_mock() -> MockOptions {
-    MockOptions { pending_ms: 50, processing_ms: 150, ..MockOptions::default() }
+    MockOptions {
+        pending_ms: 50,
+        processing_ms: 150,
+        ..MockOptions::default()
+    }
 }
 
 pub fn test_config(backend: Backend, mock: &MockServer, dir: &tempfile::TempDir) -> Config {
@@ -53,8 +57,16 @@ pub fn test_config(backend: Backend, mock: &MockServer, dir: &tempfile::TempDir)
         config.store.redis_url = crate::support::redis::shared().url();
     }
     config.tenants = vec![
-        TenantConfig { id: "team-a".into(), budget: "100.00".into(), ..TenantConfig::default() },
-        TenantConfig { id: "team-b".into(), budget: "100.00".into(), ..TenantConfig::default() },
+        TenantConfig {
+            id: "team-a".into(),
+            budget: "100.00".into(),
+            ..TenantConfig::default()
+        },
+        TenantConfig {
+            id: "team-b".into(),
+            budget: "100.00".into(),
+            ..TenantConfig::default()
+        },
     ];
     config
 }
@@ -78,7 +90,15 @@ async fn start(config: Config, mock: Arc<MockServer>, dir: Arc<tempfile::TempDir
     let handle = app.handle();
     let state = app.state().clone();
     tokio::spawn(app.run_until_stopped());
-    TestApp { base, mock, client: reqwest::Client::new(), config, state, handle, _dir: dir }
+    TestApp {
+        base,
+        mock,
+        client: reqwest::Client::new(),
+        config,
+        state,
+        handle,
+        _dir: dir,
+    }
 }
 
 impl TestApp {
@@ -136,14 +156,24 @@ impl TestApp {
     /// Creates a task for `tenant` and returns the gateway's answer (asserting 200).
     pub async fn create_task(&self, tenant: &str, prompt: &str) -> Value {
         let response = self.post_create(&self.token(tenant), &self.create_body(prompt)).await;
-        assert_eq!(response.status(), StatusCode::OK, "create failed: {:?}", response.text().await);
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "create failed: {:?}",
+            response.text().await
+        );
         response.json().await.expect("json")
     }
 
     /// Polls until the task is final (or panics after ~10 s).
     pub async fn wait_final(&self, tenant: &str, task_id: &str) -> Value {
         for _ in 0..500 {
-            let task: Value = self.get_task(&self.token(tenant), task_id).await.json().await.expect("json");
+            let task: Value = self
+                .get_task(&self.token(tenant), task_id)
+                .await
+                .json()
+                .await
+                .expect("json");
             if matches!(task["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
                 return task;
             }
@@ -168,8 +198,14 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str, pa
     assert!(response.headers().contains_key("x-request-id"));
     let body: Value = response.json().await.expect("error body is JSON");
     assert_eq!(body["error"]["code"], code, "body: {body}");
-    assert!(body["error"]["request_id"].as_str().is_some_and(|s| !s.is_empty()), "body: {body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|s| !s.is_empty()), "body: {body}");
+    assert!(
+        body["error"]["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "body: {body}"
+    );
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|s| !s.is_empty()),
+        "body: {body}"
+    );
     if let Some(param) = param {
         assert_eq!(body["error"]["param"], param, "body: {body}");
     }

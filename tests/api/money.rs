@@ -9,10 +9,21 @@ async fn budget_boundary(backend: Backend) {
     // One reference at 720p with audio for 5 s holds exactly 0.500000.
     let app = spawn_app_with(backend, quick_mock(), |c| c.tenants[0].budget = "0.500000".into()).await;
     app.create_task("team-a", "fits exactly").await;
-    let response = app.post_create(&app.token("team-a"), &app.create_body("one too many")).await;
+    let response = app
+        .post_create(&app.token("team-a"), &app.create_body("one too many"))
+        .await;
     let body = assert_error(response, StatusCode::PAYMENT_REQUIRED, "budget_exceeded", None).await;
-    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("0.000000")), "{body}");
-    assert_eq!(app.mock.stats().creates, 1, "the refused create never reached the upstream");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("0.000000")),
+        "{body}"
+    );
+    assert_eq!(
+        app.mock.stats().creates,
+        1,
+        "the refused create never reached the upstream"
+    );
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@ use vidgate::config::PeriodKind;
 use vidgate::store::embedded::EmbeddedStore;
 use vidgate::store::redis::RedisStore;
 use vidgate::store::{
-    FinalizeOutcome, PeriodKeys, ReservationRecord, ReservationState, ReserveOutcome,
-    ReserveRefusal, ReserveRequest, Settlement, Store, StoreError, TenantSettings,
+    FinalizeOutcome, PeriodKeys, ReservationRecord, ReservationState, ReserveOutcome, ReserveRefusal, ReserveRequest,
+    Settlement, Store, StoreError, TenantSettings,
 };
 
 use crate::support;
@@ -23,8 +23,7 @@ struct Backend {
 
 async fn embedded() -> Backend {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store =
-        EmbeddedStore::open(&dir.path().join("store.redb"), "test:").expect("open embedded store");
+    let store = EmbeddedStore::open(&dir.path().join("store.redb"), "test:").expect("open embedded store");
     Backend {
         store: Arc::new(store),
         _dir: Some(dir),
@@ -108,11 +107,7 @@ fn settings() -> TenantSettings {
 }
 
 fn november() -> PeriodKeys {
-    PeriodKeys::at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 25, 12, 0, 0)
-            .unwrap(),
-    )
+    PeriodKeys::at(chrono::Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap())
 }
 
 fn request(reservation_id: &str, user: &str, amount: i64) -> ReserveRequest {
@@ -146,31 +141,20 @@ fn settlement(amount: i64) -> Settlement {
 }
 
 async fn with_tenant(store: &dyn Store, settings: TenantSettings) {
-    assert!(
-        store
-            .apply_config_tenant(TENANT, &settings, "hash-1")
-            .await
-            .unwrap()
-    );
+    assert!(store.apply_config_tenant(TENANT, &settings, "hash-1").await.unwrap());
 }
 
 async fn reserved(store: &dyn Store, request: &ReserveRequest) -> ReservationRecord {
     match store.reserve(request).await.unwrap() {
         ReserveOutcome::Reserved(record) => record,
-        refused => panic!(
-            "expected a hold for {}, got {refused:?}",
-            request.reservation_id
-        ),
+        refused => panic!("expected a hold for {}, got {refused:?}", request.reservation_id),
     }
 }
 
 async fn refusal(store: &dyn Store, request: &ReserveRequest) -> ReserveRefusal {
     match store.reserve(request).await.unwrap() {
         ReserveOutcome::Refused(refusal) => refusal,
-        held => panic!(
-            "expected a refusal for {}, got {held:?}",
-            request.reservation_id
-        ),
+        held => panic!("expected a refusal for {}, got {held:?}", request.reservation_id),
     }
 }
 
@@ -219,10 +203,7 @@ async fn a_quality_the_tenant_does_not_allow_is_refused(store: Arc<dyn Store>) {
         quality: "1080p".into(),
         ..request("r1", "ann", 1)
     };
-    assert_eq!(
-        refusal(&*store, &request).await,
-        ReserveRefusal::QualityNotAllowed
-    );
+    assert_eq!(refusal(&*store, &request).await, ReserveRefusal::QualityNotAllowed);
     assert_eq!(usage(&*store).await, (0, 0, 0));
 }
 
@@ -250,10 +231,7 @@ async fn a_hold_one_micro_over_the_budget_is_refused(store: Arc<dyn Store>) {
     )
     .await;
     let first = reserved(&*store, &request("r1", "ann", 600_000)).await;
-    store
-        .settle(&first.reservation_id, &settlement(300_000))
-        .await
-        .unwrap();
+    store.settle(&first.reservation_id, &settlement(300_000)).await.unwrap();
     reserved(&*store, &request("r2", "ann", 200_000)).await;
 
     // Spent 300 000 + held 200 000 leaves 500 000.
@@ -338,8 +316,7 @@ async fn a_concurrency_cap_of_zero_allows_no_task(store: Arc<dyn Store>) {
 async fn a_settle_charges_the_amount_and_releases_the_hold(store: Arc<dyn Store>) {
     with_tenant(&*store, settings()).await;
     reserved(&*store, &request("r1", "ann", 415_000)).await;
-    let FinalizeOutcome::Applied(record) = store.settle("r1", &settlement(405_000)).await.unwrap()
-    else {
+    let FinalizeOutcome::Applied(record) = store.settle("r1", &settlement(405_000)).await.unwrap() else {
         panic!("the first settle applies");
     };
     assert_eq!(record.state, ReservationState::Settled);
@@ -372,10 +349,7 @@ async fn a_second_settle_moves_no_money(store: Arc<dyn Store>) {
     reserved(&*store, &request("r1", "ann", 415_000)).await;
     let first = store.settle("r1", &settlement(405_000)).await.unwrap();
     let second = store.settle("r1", &settlement(999_000)).await.unwrap();
-    assert_eq!(
-        second,
-        FinalizeOutcome::AlreadyFinal(first.record().unwrap().clone())
-    );
+    assert_eq!(second, FinalizeOutcome::AlreadyFinal(first.record().unwrap().clone()));
     assert_eq!(usage(&*store).await, (405_000, 0, 0));
 }
 
@@ -409,10 +383,7 @@ async fn settling_or_refunding_an_unknown_reservation_finds_nothing(store: Arc<d
         store.settle("nope", &settlement(1)).await.unwrap(),
         FinalizeOutcome::NotFound
     );
-    assert_eq!(
-        store.refund("nope", NOW_MS).await.unwrap(),
-        FinalizeOutcome::NotFound
-    );
+    assert_eq!(store.refund("nope", NOW_MS).await.unwrap(), FinalizeOutcome::NotFound);
     assert_eq!(usage(&*store).await, (0, 0, 0));
 }
 
@@ -467,61 +438,30 @@ async fn a_bound_task_finds_its_reservation(store: Arc<dyn Store>) {
     assert_eq!(store.task("task-1").await.unwrap(), None);
     assert_eq!(store.bind("unknown", "task-1").await.unwrap(), None);
 
-    let bound = store
-        .bind("r1", "task-1")
-        .await
-        .unwrap()
-        .expect("r1 exists");
+    let bound = store.bind("r1", "task-1").await.unwrap().expect("r1 exists");
     assert_eq!(bound.task_id.as_deref(), Some("task-1"));
-    assert_eq!(
-        store.bind("r1", "task-1").await.unwrap(),
-        Some(bound.clone())
-    );
+    assert_eq!(store.bind("r1", "task-1").await.unwrap(), Some(bound.clone()));
     assert_eq!(store.task("task-1").await.unwrap(), Some(bound.clone()));
     assert_eq!(store.reservation("r1").await.unwrap(), Some(bound));
 }
 
 async fn config_is_reapplied_only_when_its_hash_changes(store: Arc<dyn Store>) {
     let first = settings();
-    assert!(
-        store
-            .apply_config_tenant(TENANT, &first, "hash-1")
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .apply_config_tenant(TENANT, &first, "hash-1")
-            .await
-            .unwrap()
-    );
+    assert!(store.apply_config_tenant(TENANT, &first, "hash-1").await.unwrap());
+    assert!(!store.apply_config_tenant(TENANT, &first, "hash-1").await.unwrap());
 
     // Same hash, other settings (as if an admin had changed them): the stored ones stay.
     let other = TenantSettings {
         budget: Some(5),
         ..settings()
     };
-    assert!(
-        !store
-            .apply_config_tenant(TENANT, &other, "hash-1")
-            .await
-            .unwrap()
-    );
+    assert!(!store.apply_config_tenant(TENANT, &other, "hash-1").await.unwrap());
     assert_eq!(store.tenant(TENANT).await.unwrap().unwrap().settings, first);
 
-    assert!(
-        store
-            .apply_config_tenant(TENANT, &other, "hash-2")
-            .await
-            .unwrap()
-    );
+    assert!(store.apply_config_tenant(TENANT, &other, "hash-2").await.unwrap());
     let tenant = store.tenant(TENANT).await.unwrap().unwrap();
     assert_eq!(
-        (
-            tenant.id.as_str(),
-            &tenant.settings,
-            tenant.config_hash.as_str()
-        ),
+        (tenant.id.as_str(), &tenant.settings, tenant.config_hash.as_str()),
         (TENANT, &other, "hash-2")
     );
 }
@@ -532,11 +472,7 @@ async fn reserve_in_parallel(store: &Arc<dyn Store>, amount: i64) -> usize {
         let store = Arc::clone(store);
         tokio::spawn(async move {
             store
-                .reserve(&request(
-                    &format!("r{i}"),
-                    &format!("user{}", i % 5),
-                    amount,
-                ))
+                .reserve(&request(&format!("r{i}"), &format!("user{}", i % 5), amount))
                 .await
         })
     });
@@ -615,11 +551,7 @@ async fn connecting_to_a_redis_that_is_not_there_fails_fast() {
         .port();
     let started = std::time::Instant::now();
     let result = RedisStore::connect(&format!("redis://127.0.0.1:{port}"), "test:").await;
-    assert!(
-        matches!(result, Err(StoreError::Unavailable(_))),
-        "{:?}",
-        result.err()
-    );
+    assert!(matches!(result, Err(StoreError::Unavailable(_))), "{:?}", result.err());
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "took {:?}",
@@ -638,16 +570,10 @@ async fn a_killed_redis_makes_calls_fail_promptly_and_a_restarted_one_serves_aga
 
     for _ in 0..3 {
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(
-            Duration::from_secs(5),
-            store.reserve(&request("r1", "ann", 1)),
-        )
-        .await
-        .expect("a call to a dead redis returns instead of hanging");
-        assert!(
-            matches!(result, Err(StoreError::Unavailable(_))),
-            "{result:?}"
-        );
+        let result = tokio::time::timeout(Duration::from_secs(5), store.reserve(&request("r1", "ann", 1)))
+            .await
+            .expect("a call to a dead redis returns instead of hanging");
+        assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "took {:?}",
@@ -672,9 +598,7 @@ async fn a_killed_redis_makes_calls_fail_promptly_and_a_restarted_one_serves_aga
 #[tokio::test]
 async fn every_redis_key_starts_with_the_prefix() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url(), "vg-test:")
-        .await
-        .unwrap();
+    let store = RedisStore::connect(&server.url(), "vg-test:").await.unwrap();
     with_tenant(
         &store,
         TenantSettings {
@@ -695,14 +619,7 @@ async fn every_redis_key_starts_with_the_prefix() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
     assert!(keys.len() >= 8, "{keys:?}");
-    assert!(
-        keys.iter().all(|key| key.starts_with("vg-test:")),
-        "{keys:?}"
-    );
+    assert!(keys.iter().all(|key| key.starts_with("vg-test:")), "{keys:?}");
 }

@@ -15,7 +15,11 @@ async fn a_task_is_created_polled_and_completed(backend: Backend) {
     assert_eq!(created["vidgate"]["state"], "reserved");
     assert_eq!(created["vidgate"]["tenant"], "team-a");
     assert_eq!(created["vidgate"]["currency"], "USD");
-    assert!(created["vidgate"]["reservation_id"].as_str().is_some_and(|r| r.starts_with("rsv_")));
+    assert!(
+        created["vidgate"]["reservation_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("rsv_"))
+    );
     // One reference at 720p with audio: at most 5 s input + 5 s output at 0.05/s.
     assert_eq!(created["vidgate"]["reserved"], "0.500000");
 
@@ -28,7 +32,12 @@ async fn a_task_is_created_polled_and_completed(backend: Backend) {
     assert_eq!(app.mock.stats().tasks_created, 1);
 
     // Observing the final state again moves no more money.
-    let again: Value = app.get_task(&app.token("team-a"), &task_id).await.json().await.expect("json");
+    let again: Value = app
+        .get_task(&app.token("team-a"), &task_id)
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(again["vidgate"], done["vidgate"]);
 }
 
@@ -51,7 +60,11 @@ async fn another_tenant_gets_404(backend: Backend) {
     let queries_before = app.mock.stats().queries;
     let response = app.get_task(&app.token("team-a"), "task-unified-1-neverseen").await;
     assert_error(response, StatusCode::NOT_FOUND, "task_not_found", None).await;
-    assert_eq!(app.mock.stats().queries, queries_before, "unknown ids never reach the upstream");
+    assert_eq!(
+        app.mock.stats().queries,
+        queries_before,
+        "unknown ids never reach the upstream"
+    );
 }
 
 #[tokio::test]
@@ -90,10 +103,20 @@ async fn a_task_survives_a_gateway_restart_with_the_embedded_store() {
 #[tokio::test]
 async fn health_and_readiness_answer_without_a_token() {
     let app = spawn_app(Backend::Embedded).await;
-    let health = app.client.get(format!("{}/healthz", app.base)).send().await.expect("answer");
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(health.status(), StatusCode::OK);
     assert!(health.headers().contains_key("x-request-id"));
-    let ready = app.client.get(format!("{}/readyz", app.base)).send().await.expect("answer");
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(ready.status(), StatusCode::OK);
 }
 

@@ -9,7 +9,12 @@ use vidgate::store::PeriodKeys;
 
 async fn reserved_now(app: &crate::helpers::TestApp) -> i64 {
     let period = PeriodKeys::at(chrono::Utc::now()).month;
-    app.state.store.period_usage("team-a", &period).await.expect("usage").reserved
+    app.state
+        .store
+        .period_usage("team-a", &period)
+        .await
+        .expect("usage")
+        .reserved
 }
 
 #[tokio::test]
@@ -27,7 +32,9 @@ async fn a_wrong_company_key_gives_502_without_the_key() {
 #[tokio::test]
 async fn an_upstream_429_passes_through_with_retry_after() {
     let app = spawn_app(Backend::Embedded).await;
-    let response = app.post_create(&app.token("team-a"), &app.create_body("busy [mock:http=429]")).await;
+    let response = app
+        .post_create(&app.token("team-a"), &app.create_body("busy [mock:http=429]"))
+        .await;
     assert_eq!(response.headers()["retry-after"], "60");
     assert_error(response, StatusCode::TOO_MANY_REQUESTS, "upstream_rate_limited", None).await;
     assert_eq!(reserved_now(&app).await, 0);
@@ -38,7 +45,13 @@ async fn upstream_402_and_5xx_map_to_the_documented_codes() {
     let app = spawn_app(Backend::Embedded).await;
     let token = app.token("team-a");
     let response = app.post_create(&token, &app.create_body("[mock:http=402]")).await;
-    assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "upstream_account_exhausted", None).await;
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_account_exhausted",
+        None,
+    )
+    .await;
     let response = app.post_create(&token, &app.create_body("[mock:http=503]")).await;
     assert_error(response, StatusCode::BAD_GATEWAY, "upstream_error", None).await;
     assert_eq!(reserved_now(&app).await, 0);
@@ -47,7 +60,9 @@ async fn upstream_402_and_5xx_map_to_the_documented_codes() {
 #[tokio::test]
 async fn a_slow_upstream_gives_504_and_keeps_the_hold_for_reconciliation() {
     let app = spawn_app_with(Backend::Embedded, quick_mock(), |c| c.upstream.timeout_ms = 300).await;
-    let response = app.post_create(&app.token("team-a"), &app.create_body("[mock:hang=2]")).await;
+    let response = app
+        .post_create(&app.token("team-a"), &app.create_body("[mock:hang=2]"))
+        .await;
     assert_error(response, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None).await;
     assert_eq!(app.mock.stats().creates, 1, "a create is never retried");
     assert!(reserved_now(&app).await > 0, "the outcome is unknown: the hold stays");
@@ -58,7 +73,10 @@ async fn an_unreachable_upstream_gives_502() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = closed.local_addr().expect("addr");
     drop(closed);
-    let app = spawn_app_with(Backend::Embedded, quick_mock(), |c| c.upstream.base_url = format!("http://{addr}")).await;
+    let app = spawn_app_with(Backend::Embedded, quick_mock(), |c| {
+        c.upstream.base_url = format!("http://{addr}")
+    })
+    .await;
     let response = app.post_create(&app.token("team-a"), &app.create_body("x")).await;
     assert_error(response, StatusCode::BAD_GATEWAY, "upstream_error", None).await;
     assert_eq!(reserved_now(&app).await, 0);

@@ -95,10 +95,7 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill();
-        panic!(
-            "redis-server on port {} did not answer PING within 10 s",
-            self.port
-        );
+        panic!("redis-server on port {} did not answer PING within 10 s", self.port);
     }
 }
 
@@ -114,9 +111,7 @@ fn answers_ping(port: u16) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
     let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
+    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
 /// `redis-server` from PATH; the Redis tests fail (never skip) without it.
