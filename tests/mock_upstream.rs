@@ -70,10 +70,7 @@ async fn wait_final(mock: &MockServer, id: &str) -> Value {
 
 async fn error_of(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
-    (
-        status,
-        response.json::<Value>().await.unwrap()["error"].clone(),
-    )
+    (status, response.json::<Value>().await.unwrap()["error"].clone())
 }
 
 fn be32(data: &[u8], at: usize) -> u32 {
@@ -113,15 +110,8 @@ async fn a_task_goes_pending_then_processing_then_completed_with_a_downloadable_
     let request = body("character1 walks [unrelated brackets]");
     let created = create_ok(&mock, &request).await;
     let id = created["id"].as_str().unwrap().to_owned();
-    let parts: Vec<&str> = id
-        .strip_prefix("task-unified-")
-        .unwrap()
-        .split('-')
-        .collect();
-    assert!(
-        parts[0].parse::<i64>().is_ok() && parts[1].len() == 8,
-        "{id}"
-    );
+    let parts: Vec<&str> = id.strip_prefix("task-unified-").unwrap().split('-').collect();
+    assert!(parts[0].parse::<i64>().is_ok() && parts[1].len() == 8, "{id}");
     assert_eq!(created["object"], "video.generation.task");
     assert_eq!(
         (&created["status"], &created["progress"], &created["type"]),
@@ -144,10 +134,7 @@ async fn a_task_goes_pending_then_processing_then_completed_with_a_downloadable_
     assert!((1..=99).contains(&progress), "{progress}");
 
     let done = wait_final(&mock, &id).await;
-    assert_eq!(
-        (&done["status"], &done["progress"]),
-        (&json!("completed"), &json!(100))
-    );
+    assert_eq!((&done["status"], &done["progress"]), (&json!("completed"), &json!(100)));
     let url = done["results"][0].as_str().unwrap();
     assert_eq!(url, format!("{}/files/results/{id}.mp4", mock.base_url()));
     let response = client().get(url).send().await.unwrap();
@@ -158,10 +145,7 @@ async fn a_task_goes_pending_then_processing_then_completed_with_a_downloadable_
     assert_eq!(file.as_ref(), mp4_with_duration(4800));
 
     let stats = mock.stats();
-    assert_eq!(
-        (stats.creates, stats.tasks_created, stats.open_tasks),
-        (1, 1, 0)
-    );
+    assert_eq!((stats.creates, stats.tasks_created, stats.open_tasks), (1, 1, 0));
     assert!(stats.queries >= 3);
     assert_eq!(stats.last_create_body, Some(request));
     mock.stop().await;
@@ -173,9 +157,7 @@ async fn requests_without_the_right_key_get_401_in_the_upstream_error_shape() {
     let base = mock.base_url();
     for key in [None, Some("sk-evo-wrong")] {
         let requests = [
-            client()
-                .post(format!("{base}/v1/videos/generations"))
-                .json(&body("x")),
+            client().post(format!("{base}/v1/videos/generations")).json(&body("x")),
             client().get(format!("{base}/v1/tasks/task-unified-1-abcdefgh")),
             client()
                 .post(format!("{base}/api/v1/files/upload/base64"))
@@ -199,10 +181,7 @@ async fn requests_without_the_right_key_get_401_in_the_upstream_error_shape() {
         }
     }
     let stats = mock.stats();
-    assert_eq!(
-        (stats.creates, stats.tasks_created, stats.uploads),
-        (2, 0, 0)
-    );
+    assert_eq!((stats.creates, stats.tasks_created, stats.uploads), (2, 0, 0));
     assert_eq!(stats.last_create_body, None);
     mock.stop().await;
 }
@@ -224,10 +203,7 @@ async fn the_fail_and_cancel_markers_end_tasks_with_their_error_codes() {
         mock.base_url(),
         failed["id"].as_str().unwrap()
     );
-    assert_eq!(
-        client().get(url).send().await.unwrap().status(),
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(client().get(url).send().await.unwrap().status(), StatusCode::NOT_FOUND);
     mock.stop().await;
 }
 
@@ -315,12 +291,7 @@ async fn the_http_marker_answers_that_error_and_creates_no_task() {
         assert!(!error["code"].is_null());
         if code == 429 {
             assert_eq!(retry_after.as_deref(), Some("60"));
-            assert!(
-                error["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("retry after 60 seconds")
-            );
+            assert!(error["message"].as_str().unwrap().contains("retry after 60 seconds"));
         }
     }
     let stats = mock.stats();
@@ -360,10 +331,7 @@ async fn invalid_create_bodies_get_400_naming_the_field() {
         .await
         .unwrap();
     let (status, error) = error_of(malformed).await;
-    assert_eq!(
-        (status, &error["param"]),
-        (StatusCode::BAD_REQUEST, &Value::Null)
-    );
+    assert_eq!((status, &error["param"]), (StatusCode::BAD_REQUEST, &Value::Null));
 
     let mut tolerated = body("x");
     tolerated["seed"] = json!(7);
@@ -386,15 +354,7 @@ async fn local_callbacks_are_accepted_only_when_allowed() {
 async fn task_ids_are_checked_then_looked_up() {
     let mock = mock().await;
     let url = |id: &str| format!("{}/v1/tasks/{id}", mock.base_url());
-    let (status, error) = error_of(
-        client()
-            .get(url("abc"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, error) = error_of(client().get(url("abc")).bearer_auth(KEY).send().await.unwrap()).await;
     assert_eq!(
         (status, &error["code"]),
         (StatusCode::BAD_REQUEST, &json!("invalid_task_id"))
@@ -476,33 +436,17 @@ async fn result_files_support_range_requests_and_head() {
         client().get(&early).send().await.unwrap().status(),
         StatusCode::NOT_FOUND
     );
-    let url = wait_final(&mock, id).await["results"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let url = wait_final(&mock, id).await["results"][0].as_str().unwrap().to_owned();
     let full = mp4_with_duration(5000);
     let len = full.len();
 
-    let part = client()
-        .get(&url)
-        .header("range", "bytes=0-7")
-        .send()
-        .await
-        .unwrap();
+    let part = client().get(&url).header("range", "bytes=0-7").send().await.unwrap();
     assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(
-        part.headers()["content-range"],
-        format!("bytes 0-7/{len}").as_str()
-    );
+    assert_eq!(part.headers()["content-range"], format!("bytes 0-7/{len}").as_str());
     assert_eq!(part.headers()["content-type"], "video/mp4");
     assert_eq!(part.bytes().await.unwrap().as_ref(), &full[..8]);
 
-    let tail = client()
-        .get(&url)
-        .header("range", "bytes=-4")
-        .send()
-        .await
-        .unwrap();
+    let tail = client().get(&url).header("range", "bytes=-4").send().await.unwrap();
     assert_eq!(tail.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(tail.bytes().await.unwrap().as_ref(), &full[len - 4..]);
 
@@ -513,10 +457,7 @@ async fn result_files_support_range_requests_and_head() {
         .await
         .unwrap();
     assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(
-        beyond.headers()["content-range"],
-        format!("bytes */{len}").as_str()
-    );
+    assert_eq!(beyond.headers()["content-range"], format!("bytes */{len}").as_str());
 
     let head = client().head(&url).send().await.unwrap();
     assert_eq!(head.status(), StatusCode::OK);
@@ -538,9 +479,7 @@ fn multipart(file: &[u8], file_name: &str) -> (String, Vec<u8>) {
     let boundary = "vidgate-test-boundary-7d1f";
     let mut out = Vec::new();
     let text = |name: &str, value: &str| {
-        let part = format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-        );
+        let part = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n");
         part.into_bytes()
     };
     out.extend(text("upload_path", "tests/refs"));
@@ -584,10 +523,8 @@ async fn uploads_round_trip_through_the_file_host() {
     let file_url = data["file_url"].as_str().unwrap().to_owned();
     assert!(file_url.starts_with(&format!("{base}/files/uploads/")));
     assert!(data["file_id"].is_string() && data["download_url"].is_string());
-    let uploaded =
-        chrono::DateTime::parse_from_rfc3339(data["upload_time"].as_str().unwrap()).unwrap();
-    let expires =
-        chrono::DateTime::parse_from_rfc3339(data["expires_at"].as_str().unwrap()).unwrap();
+    let uploaded = chrono::DateTime::parse_from_rfc3339(data["upload_time"].as_str().unwrap()).unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(data["expires_at"].as_str().unwrap()).unwrap();
     assert_eq!(expires - uploaded, chrono::TimeDelta::hours(72));
     let fetched = client().get(&file_url).send().await.unwrap();
     assert_eq!(fetched.headers()["content-type"], "video/mp4");
@@ -610,15 +547,7 @@ async fn uploads_round_trip_through_the_file_host() {
     assert_eq!(answer["data"]["mime_type"], "text/plain");
     let url = answer["data"]["file_url"].as_str().unwrap();
     assert_eq!(
-        client()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .as_ref(),
+        client().get(url).send().await.unwrap().bytes().await.unwrap().as_ref(),
         b"hello \x00\xff world"
     );
 
@@ -633,9 +562,7 @@ async fn uploads_round_trip_through_the_file_host() {
     );
 
     let outside = json!({"file_url": "https://cdn.example.com/ref.mp4"});
-    let request = client()
-        .post(format!("{base}/api/v1/files/upload/url"))
-        .json(&outside);
+    let request = client().post(format!("{base}/api/v1/files/upload/url")).json(&outside);
     let (status, answer) = upload(request).await;
     assert!(!status.is_success());
     assert_eq!(answer["success"], false);
@@ -645,10 +572,7 @@ async fn uploads_round_trip_through_the_file_host() {
         .post(format!("{base}/api/v1/files/upload/base64"))
         .json(&json!({"base64_data": "!!"}));
     let (status, answer) = upload(request).await;
-    assert_eq!(
-        (status, &answer["success"]),
-        (StatusCode::BAD_REQUEST, &json!(false))
-    );
+    assert_eq!((status, &answer["success"]), (StatusCode::BAD_REQUEST, &json!(false)));
 
     assert_eq!(mock.stats().uploads, 3);
     mock.stop().await;
@@ -667,11 +591,7 @@ async fn the_stats_endpoint_serves_the_counters_as_json() {
         .await
         .unwrap();
     assert_eq!(
-        (
-            &stats["creates"],
-            &stats["tasks_created"],
-            &stats["open_tasks"]
-        ),
+        (&stats["creates"], &stats["tasks_created"], &stats["open_tasks"]),
         (&json!(1), &json!(1), &json!(1))
     );
     for field in ["queries", "uploads", "callbacks_sent"] {

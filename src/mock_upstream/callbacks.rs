@@ -30,13 +30,7 @@ pub(crate) async fn deliver(shared: &Shared, url: &str, body: &Value) {
     for (attempt, wait) in waits.enumerate() {
         tokio::time::sleep(wait).await;
         shared.count(|stats| stats.callbacks_sent += 1);
-        let sent = shared
-            .http
-            .post(url)
-            .timeout(policy.timeout)
-            .json(body)
-            .send()
-            .await;
+        let sent = shared.http.post(url).timeout(policy.timeout).json(body).send().await;
         match sent {
             Ok(response) if response.status().is_success() => return,
             Ok(response) => {
@@ -82,8 +76,7 @@ mod tests {
                     let status = statuses[n.min(statuses.len() - 1)];
                     async move {
                         tokio::time::sleep(delay).await;
-                        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-                            .finish()
+                        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).finish()
                     }
                 }),
             )

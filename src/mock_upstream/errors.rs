@@ -68,10 +68,7 @@ impl ApiError {
                 "insufficient_quota".into(),
                 "Insufficient account balance, please top up",
             ),
-            403 => (
-                "permission_denied".into(),
-                "You do not have access to this model",
-            ),
+            403 => ("permission_denied".into(), "You do not have access to this model"),
             404 => ("not_found".into(), "Resource not found"),
             413 => ("request_too_large".into(), "Request body too large"),
             429 => ("rate_limit_exceeded".into(), "retry after 60 seconds"),
@@ -121,13 +118,7 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.code,
-            self.message
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
     }
 }
 

@@ -66,8 +66,7 @@ impl ResponseError for FileError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .json(json!({"success": false, "code": self.status.as_u16(), "msg": self.msg}))
+        HttpResponse::build(self.status).json(json!({"success": false, "code": self.status.as_u16(), "msg": self.msg}))
     }
 }
 
@@ -149,11 +148,7 @@ fn guess_mime(name: &str, data: &[u8]) -> &'static str {
 }
 
 /// Reads a stream of chunks into memory, refusing more than `limit` bytes.
-async fn collect<S, E>(
-    stream: S,
-    limit: usize,
-    too_large: impl Fn() -> FileError,
-) -> Result<Bytes, FileError>
+async fn collect<S, E>(stream: S, limit: usize, too_large: impl Fn() -> FileError) -> Result<Bytes, FileError>
 where
     S: futures_util::Stream<Item = Result<Bytes, E>>,
     E: fmt::Display,
@@ -161,8 +156,7 @@ where
     let mut stream = std::pin::pin!(stream);
     let mut buffer = BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|error| FileError::bad(format!("Reading the upload failed: {error}")))?;
+        let chunk = chunk.map_err(|error| FileError::bad(format!("Reading the upload failed: {error}")))?;
         if buffer.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -172,25 +166,17 @@ where
 }
 
 async fn text_field(field: Field) -> Result<String, FileError> {
-    let data = collect(field, MAX_TEXT_FIELD, || {
-        FileError::bad("A text field is too long")
-    })
-    .await?;
+    let data = collect(field, MAX_TEXT_FIELD, || FileError::bad("A text field is too long")).await?;
     String::from_utf8(data.to_vec()).map_err(|_| FileError::bad("A text field is not UTF-8"))
 }
 
 /// `POST /api/v1/files/upload/stream`: multipart `file`, optional `upload_path` and `file_name`.
-pub(crate) async fn upload_stream(
-    req: HttpRequest,
-    payload: web::Payload,
-    shared: web::Data<Shared>,
-) -> FileResult {
+pub(crate) async fn upload_stream(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>) -> FileResult {
     shared.authorize(&req)?;
     let mut multipart = Multipart::new(req.headers(), payload);
     let (mut file, mut file_name) = (None, None);
-    let malformed = |error: actix_multipart::MultipartError| {
-        FileError::bad(format!("Malformed multipart body: {error}"))
-    };
+    let malformed =
+        |error: actix_multipart::MultipartError| FileError::bad(format!("Malformed multipart body: {error}"));
     while let Some(field) = multipart.try_next().await.map_err(malformed)? {
         match field.name() {
             Some("file") => {
@@ -207,8 +193,7 @@ pub(crate) async fn upload_stream(
             _ => drop(collect(field, MAX_FILE_BYTES, FileError::too_large).await?),
         }
     }
-    let (name, mime, data) =
-        file.ok_or_else(|| FileError::bad("Missing multipart field `file`"))?;
+    let (name, mime, data) = file.ok_or_else(|| FileError::bad("Missing multipart field `file`"))?;
     Ok(shared.store_file(file_name.or(name), mime, data)?)
 }
 
@@ -225,15 +210,11 @@ fn str_field<'a>(body: &'a serde_json::Map<String, Value>, key: &str) -> Option<
 }
 
 /// `POST /api/v1/files/upload/base64`: JSON `base64_data` (plain or a `data:` URL), optional `file_name`.
-pub(crate) async fn upload_base64(
-    req: HttpRequest,
-    body: web::Bytes,
-    shared: web::Data<Shared>,
-) -> FileResult {
+pub(crate) async fn upload_base64(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> FileResult {
     shared.authorize(&req)?;
     let body = json_body(&body)?;
-    let encoded = str_field(&body, "base64_data")
-        .ok_or_else(|| FileError::bad("Missing string field `base64_data`"))?;
+    let encoded =
+        str_field(&body, "base64_data").ok_or_else(|| FileError::bad("Missing string field `base64_data`"))?;
     let (mime, encoded) = match encoded
         .strip_prefix("data:")
         .and_then(|rest| rest.split_once(";base64,"))
@@ -241,10 +222,7 @@ pub(crate) async fn upload_base64(
         Some((mime, data)) => (Some(mime.to_owned()), data),
         None => (None, encoded),
     };
-    let encoded: String = encoded
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
+    let encoded: String = encoded.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     let data = STANDARD
         .decode(&encoded)
         .or_else(|_| STANDARD_NO_PAD.decode(&encoded))
@@ -252,32 +230,20 @@ pub(crate) async fn upload_base64(
     if data.len() > MAX_FILE_BYTES {
         return Err(FileError::too_large().into());
     }
-    Ok(shared.store_file(
-        str_field(&body, "file_name").map(str::to_owned),
-        mime,
-        data.into(),
-    )?)
+    Ok(shared.store_file(str_field(&body, "file_name").map(str::to_owned), mime, data.into())?)
 }
 
 /// `POST /api/v1/files/upload/url`: JSON `file_url`; fetched only from loopback hosts.
-pub(crate) async fn upload_url(
-    req: HttpRequest,
-    body: web::Bytes,
-    shared: web::Data<Shared>,
-) -> FileResult {
+pub(crate) async fn upload_url(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> FileResult {
     shared.authorize(&req)?;
     let body = json_body(&body)?;
-    let text = str_field(&body, "file_url")
-        .ok_or_else(|| FileError::bad("Missing string field `file_url`"))?;
+    let text = str_field(&body, "file_url").ok_or_else(|| FileError::bad("Missing string field `file_url`"))?;
     let url = Url::parse(text)
         .ok()
         .filter(|url| matches!(url.scheme(), "http" | "https"))
         .ok_or_else(|| FileError::bad("`file_url` must be an http or https URL"))?;
     if !net::is_loopback_host(&url) {
-        return Err(FileError::bad(
-            "The mock file host fetches only loopback URLs (it never reaches out)",
-        )
-        .into());
+        return Err(FileError::bad("The mock file host fetches only loopback URLs (it never reaches out)").into());
     }
     let default_name = url
         .path_segments()
@@ -285,14 +251,9 @@ pub(crate) async fn upload_url(
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
     let fetcher = shared.clone().into_inner();
-    let fetched = shared
-        .spawn(async move { fetch(&fetcher.http, url).await })
-        .await;
-    let (mime, data) =
-        fetched.map_err(|_| FileError::bad("Fetching `file_url` was interrupted"))??;
-    let name = str_field(&body, "file_name")
-        .map(str::to_owned)
-        .or(default_name);
+    let fetched = shared.spawn(async move { fetch(&fetcher.http, url).await }).await;
+    let (mime, data) = fetched.map_err(|_| FileError::bad("Fetching `file_url` was interrupted"))??;
+    let name = str_field(&body, "file_name").map(str::to_owned).or(default_name);
     Ok(shared.store_file(name, mime, data)?)
 }
 
@@ -314,12 +275,7 @@ async fn fetch(http: &reqwest::Client, url: Url) -> Result<(Option<String>, Byte
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let data = collect(
-        response.bytes_stream(),
-        MAX_FILE_BYTES,
-        FileError::too_large,
-    )
-    .await?;
+    let data = collect(response.bytes_stream(), MAX_FILE_BYTES, FileError::too_large).await?;
     Ok((mime, data))
 }
 
@@ -440,9 +396,6 @@ mod tests {
             guess_mime("blob", &crate::mock_upstream::mp4_with_duration(1000)),
             "video/mp4"
         );
-        assert_eq!(
-            guess_mime("blob", b"hello world!"),
-            "application/octet-stream"
-        );
+        assert_eq!(guess_mime("blob", b"hello world!"), "application/octet-stream");
     }
 }

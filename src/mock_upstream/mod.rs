@@ -89,21 +89,17 @@ pub(crate) struct Shared {
 
 /// Locks a mutex, ignoring poisoning: every critical section leaves the maps consistent.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {
     /// Checks `Authorization: Bearer <api_key>` (scheme case-insensitive).
     fn authorize(&self, req: &HttpRequest) -> Result<(), ApiError> {
         let header = req.headers().get(actix_web::http::header::AUTHORIZATION);
-        let token = header
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                let (scheme, token) = value.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            });
+        let token = header.and_then(|value| value.to_str().ok()).and_then(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
         match token {
             Some(token) if token == self.options.api_key => Ok(()),
             Some(_) => Err(ApiError::unauthorized("Invalid API key provided")),
@@ -120,10 +116,7 @@ impl Shared {
     fn snapshot(&self) -> MockStats {
         let mut stats = lock(&self.stats).clone();
         let now = Instant::now();
-        stats.open_tasks = lock(&self.tasks)
-            .values()
-            .filter(|task| task.is_open(now))
-            .count() as u64;
+        stats.open_tasks = lock(&self.tasks).values().filter(|task| task.is_open(now)).count() as u64;
         stats
     }
 
@@ -170,10 +163,7 @@ impl MockServer {
         Self::start_with(options, CallbackPolicy::upstream()).await
     }
 
-    pub(crate) async fn start_with(
-        options: MockOptions,
-        callback_policy: CallbackPolicy,
-    ) -> io::Result<MockServer> {
+    pub(crate) async fn start_with(options: MockOptions, callback_policy: CallbackPolicy) -> io::Result<MockServer> {
         let listener = std::net::TcpListener::bind(options.listen)?;
         let addr = listener.local_addr()?;
         let http = reqwest::Client::builder()
@@ -246,12 +236,8 @@ impl Drop for MockServer {
 /// The address clients should use: an unspecified bind address becomes loopback.
 fn reachable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
-        }
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
         _ => addr,
     }
 }
@@ -261,18 +247,9 @@ fn routes(config: &mut web::ServiceConfig) {
         .app_data(web::PayloadConfig::new(files::MAX_JSON_BODY))
         .route("/v1/videos/generations", web::post().to(tasks::create))
         .route("/v1/tasks/{task_id}", web::get().to(tasks::query))
-        .route(
-            "/api/v1/files/upload/stream",
-            web::post().to(files::upload_stream),
-        )
-        .route(
-            "/api/v1/files/upload/base64",
-            web::post().to(files::upload_base64),
-        )
-        .route(
-            "/api/v1/files/upload/url",
-            web::post().to(files::upload_url),
-        )
+        .route("/api/v1/files/upload/stream", web::post().to(files::upload_stream))
+        .route("/api/v1/files/upload/base64", web::post().to(files::upload_base64))
+        .route("/api/v1/files/upload/url", web::post().to(files::upload_url))
         .service(
             web::resource("/files/results/{name}")
                 .route(web::get().to(tasks::result_file))

@@ -115,12 +115,7 @@ fn trak(duration: u32, sps: &[u8], pps: &[u8], sample_len: usize, offset: usize)
     let vmhd = full_box(b"vmhd", 0, 1, &[0; 8]);
     let dinf = boxed(
         b"dinf",
-        &full_box(
-            b"dref",
-            0,
-            0,
-            &concat(&[&u32s(&[1]), &full_box(b"url ", 0, 1, &[])]),
-        ),
+        &full_box(b"dref", 0, 0, &concat(&[&u32s(&[1]), &full_box(b"url ", 0, 1, &[])])),
     );
     let stbl = stbl(duration, sps, pps, sample_len, offset);
     let minf = boxed(b"minf", &concat(&[&vmhd, &dinf, &stbl]));
@@ -137,10 +132,7 @@ fn stbl(duration: u32, sps: &[u8], pps: &[u8], sample_len: usize, offset: usize)
     let stsc = full_box(b"stsc", 0, 0, &u32s(&[1, 1, 1, 1]));
     let stsz = full_box(b"stsz", 0, 0, &u32s(&[0, 1, sample_len]));
     let stco = full_box(b"stco", 0, 0, &u32s(&[1, offset]));
-    boxed(
-        b"stbl",
-        &concat(&[&stsd, &stts, &stss, &stsc, &stsz, &stco]),
-    )
+    boxed(b"stbl", &concat(&[&stsd, &stts, &stss, &stsc, &stsz, &stco]))
 }
 
 fn avc1(sps: &[u8], pps: &[u8]) -> Vec<u8> {
@@ -308,10 +300,7 @@ mod tests {
         let mut at = 0;
         while at < data.len() {
             let size = be32(data, at) as usize;
-            assert!(
-                size >= 8 && at + size <= data.len(),
-                "bad box size {size} at {at}"
-            );
+            assert!(size >= 8 && at + size <= data.len(), "bad box size {size} at {at}");
             let kind = [data[at + 4], data[at + 5], data[at + 6], data[at + 7]];
             out.push((kind, &data[at + 8..at + size]));
             at += size;
@@ -355,11 +344,7 @@ mod tests {
                 "chunk offset points at the mdat payload"
             );
             assert_eq!(sample_len, mdat.len());
-            assert_eq!(
-                be32(mdat, 0) as usize + 4,
-                sample_len,
-                "one length-prefixed NAL unit"
-            );
+            assert_eq!(be32(mdat, 0) as usize + 4, sample_len, "one length-prefixed NAL unit");
         }
     }
 

@@ -24,9 +24,7 @@ pub(crate) fn is_loopback_host(url: &Url) -> bool {
     match url.host() {
         Some(Host::Domain(name)) => is_localhost_name(name),
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
+        Some(Host::Ipv6(ip)) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
         None => false,
     }
 }
@@ -106,11 +104,7 @@ mod tests {
         ] {
             assert!(is_loopback_host(&url(loopback)), "{loopback}");
         }
-        for other in [
-            "http://10.0.0.1/",
-            "http://example.com/",
-            "http://192.168.0.1/",
-        ] {
+        for other in ["http://10.0.0.1/", "http://example.com/", "http://192.168.0.1/"] {
             assert!(!is_loopback_host(&url(other)), "{other}");
         }
     }

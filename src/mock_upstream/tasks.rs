@@ -53,9 +53,7 @@ pub(crate) fn parse_markers(prompt: &str) -> Result<Markers, String> {
         match marker.split_once('=') {
             None if marker == "fail" => markers.fail = true,
             None if marker == "cancel" => markers.cancel = true,
-            Some(("out", value)) => {
-                markers.out_ms = Some(seconds(marker, value, 0.001)?.as_millis() as u64)
-            }
+            Some(("out", value)) => markers.out_ms = Some(seconds(marker, value, 0.001)?.as_millis() as u64),
             Some(("slow", value)) => markers.slow = seconds(marker, value, 0.0)?,
             Some(("hang", value)) => markers.hang = seconds(marker, value, 0.0)?,
             Some(("http", value)) => markers.http = Some(http_status(marker, value)?),
@@ -114,9 +112,7 @@ pub(crate) fn validate(body: &Value, options: &MockOptions) -> Result<CreateRequ
         Some(value) => value
             .as_u64()
             .filter(|d| (2..=10).contains(d))
-            .ok_or_else(|| {
-                ApiError::invalid("duration", "duration must be an integer from 2 to 10")
-            })?,
+            .ok_or_else(|| ApiError::invalid("duration", "duration must be an integer from 2 to 10"))?,
     };
     let audio = validate_audio(body)?;
     let callback_url = validate_callback_url(body, options.allow_local_callbacks)?;
@@ -159,16 +155,12 @@ fn validate_model(body: &Map<String, Value>) -> Result<(), ApiError> {
     match optional_str(body, "model")? {
         None => Err(ApiError::invalid("model", "model is required")),
         Some(MODEL) => Ok(()),
-        Some(other) => Err(ApiError::invalid(
-            "model",
-            format!("Unsupported model `{other}`"),
-        )),
+        Some(other) => Err(ApiError::invalid("model", format!("Unsupported model `{other}`"))),
     }
 }
 
 fn validate_prompt(body: &Map<String, Value>) -> Result<(), ApiError> {
-    let prompt = optional_str(body, "prompt")?
-        .ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
+    let prompt = optional_str(body, "prompt")?.ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
     if prompt.trim().is_empty() {
         return Err(ApiError::invalid("prompt", "prompt must not be empty"));
     }
@@ -187,10 +179,7 @@ fn validate_video_urls(body: &Map<String, Value>) -> Result<usize, ApiError> {
         .as_array()
         .ok_or_else(|| ApiError::invalid("video_urls", "video_urls must be an array of URLs"))?;
     if urls.is_empty() || urls.len() > 3 {
-        return Err(ApiError::invalid(
-            "video_urls",
-            "video_urls must hold 1 to 3 URLs",
-        ));
+        return Err(ApiError::invalid("video_urls", "video_urls must hold 1 to 3 URLs"));
     }
     for (i, value) in urls.iter().enumerate() {
         let ok = value
@@ -216,19 +205,13 @@ fn validate_audio(body: &Map<String, Value>) -> Result<bool, ApiError> {
         .ok_or_else(|| ApiError::invalid("model_params", "model_params must be an object"))?;
     match present(params, "generate_audio") {
         None => Ok(true),
-        Some(value) => value.as_bool().ok_or_else(|| {
-            ApiError::invalid(
-                "model_params.generate_audio",
-                "generate_audio must be a boolean",
-            )
-        }),
+        Some(value) => value
+            .as_bool()
+            .ok_or_else(|| ApiError::invalid("model_params.generate_audio", "generate_audio must be a boolean")),
     }
 }
 
-fn validate_callback_url(
-    body: &Map<String, Value>,
-    allow_local: bool,
-) -> Result<Option<String>, ApiError> {
+fn validate_callback_url(body: &Map<String, Value>, allow_local: bool) -> Result<Option<String>, ApiError> {
     const PARAM: &str = "callback_url";
     let Some(text) = optional_str(body, PARAM)? else {
         return Ok(None);
@@ -239,8 +222,7 @@ fn validate_callback_url(
             format!("callback_url must be at most {MAX_CALLBACK_URL_LEN} characters"),
         ));
     }
-    let url = Url::parse(text)
-        .map_err(|_| ApiError::invalid(PARAM, "callback_url must be a valid URL"))?;
+    let url = Url::parse(text).map_err(|_| ApiError::invalid(PARAM, "callback_url must be a valid URL"))?;
     match url.scheme() {
         "https" => {}
         "http" if allow_local => {}
@@ -278,13 +260,7 @@ enum Phase {
 }
 
 impl Task {
-    fn new(
-        id: String,
-        created: i64,
-        request: CreateRequest,
-        markers: &Markers,
-        options: &MockOptions,
-    ) -> Self {
+    fn new(id: String, created: i64, request: CreateRequest, markers: &Markers, options: &MockOptions) -> Self {
         let outcome = if markers.fail {
             Outcome::Failed
         } else if markers.cancel {
@@ -321,8 +297,7 @@ impl Task {
         } else if elapsed < self.pending {
             Phase::Pending
         } else {
-            let done = (elapsed - self.pending).as_secs_f64()
-                / self.processing.as_secs_f64().max(f64::EPSILON);
+            let done = (elapsed - self.pending).as_secs_f64() / self.processing.as_secs_f64().max(f64::EPSILON);
             Phase::Processing((1.0 + 98.0 * done).clamp(1.0, 99.0) as u8)
         }
     }
@@ -333,15 +308,12 @@ impl Task {
 
     /// The generated length, once the task has completed.
     fn completed_output_ms(&self, now: Instant) -> Option<u64> {
-        (matches!(self.phase(now), Phase::Final) && self.outcome == Outcome::Completed)
-            .then_some(self.output_ms)
+        (matches!(self.phase(now), Phase::Final) && self.outcome == Outcome::Completed).then_some(self.output_ms)
     }
 
     /// The upstream's task object as a query (or a callback) would show it at `now`.
     pub(crate) fn to_json(&self, base_url: &str, now: Instant) -> Value {
-        let remaining = self
-            .total()
-            .saturating_sub(now.saturating_duration_since(self.started));
+        let remaining = self.total().saturating_sub(now.saturating_duration_since(self.started));
         let (status, progress) = match self.phase(now) {
             Phase::Pending => ("pending", 0),
             Phase::Processing(progress) => ("processing", progress),
@@ -378,8 +350,7 @@ impl Task {
                 );
             }
             ("failed", Value::Object(map)) => {
-                let message =
-                    "The model produced no content for this request (simulated by [mock:fail])";
+                let message = "The model produced no content for this request (simulated by [mock:fail])";
                 map.insert(
                     "error".into(),
                     json!({"code": "generation_failed_no_content", "message": message}),
@@ -387,10 +358,7 @@ impl Task {
             }
             ("cancelled", Value::Object(map)) => {
                 let message = "The task was cancelled (simulated by [mock:cancel])";
-                map.insert(
-                    "error".into(),
-                    json!({"code": "request_cancelled", "message": message}),
-                );
+                map.insert("error".into(), json!({"code": "request_cancelled", "message": message}));
             }
             _ => {}
         }
@@ -455,10 +423,7 @@ impl Shared {
                 return;
             };
             task.finalized = true;
-            (
-                task.to_json(&self.base_url, Instant::now()),
-                task.callback_url.clone(),
-            )
+            (task.to_json(&self.base_url, Instant::now()), task.callback_url.clone())
         };
         if let Some(url) = callback_url {
             callbacks::deliver(self, &url, &body).await;
@@ -473,8 +438,7 @@ impl Shared {
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|error| ApiError::bad_request(format!("Malformed JSON body: {error}")))
+    serde_json::from_slice(body).map_err(|error| ApiError::bad_request(format!("Malformed JSON body: {error}")))
 }
 
 /// `POST /v1/videos/generations`.
@@ -488,9 +452,7 @@ pub(crate) async fn create(
     let value = parse_json(&body)?;
     shared.count(|stats| stats.last_create_body = Some(value.clone()));
     let markers = match value.get("prompt").and_then(Value::as_str) {
-        Some(prompt) => {
-            parse_markers(prompt).map_err(|message| ApiError::invalid("prompt", message))?
-        }
+        Some(prompt) => parse_markers(prompt).map_err(|message| ApiError::invalid("prompt", message))?,
         None => Markers::default(),
     };
     if let Some(status) = markers.http {
@@ -524,11 +486,7 @@ pub(crate) async fn query(
 
 /// `GET|HEAD /files/results/{task id}.mp4`: the generated video, once completed (no key needed,
 /// like the upstream's result links).
-pub(crate) async fn result_file(
-    req: HttpRequest,
-    path: web::Path<String>,
-    shared: web::Data<Shared>,
-) -> HttpResponse {
+pub(crate) async fn result_file(req: HttpRequest, path: web::Path<String>, shared: web::Data<Shared>) -> HttpResponse {
     let name = path.into_inner();
     let output_ms = name.strip_suffix(".mp4").and_then(|id| {
         lock(&shared.tasks)
@@ -561,10 +519,7 @@ mod tests {
 
     #[test]
     fn markers_are_read_anywhere_in_the_prompt() {
-        let m = parse_markers(
-            "a [mock:out=4.8] b [mock:slow=0.5][mock:hang=1] [mock:fail] [mock:http=429]",
-        )
-        .unwrap();
+        let m = parse_markers("a [mock:out=4.8] b [mock:slow=0.5][mock:hang=1] [mock:fail] [mock:http=429]").unwrap();
         assert_eq!(m.out_ms, Some(4800));
         assert_eq!(m.slow, Duration::from_millis(500));
         assert_eq!(m.hang, Duration::from_secs(1));
@@ -598,10 +553,7 @@ mod tests {
         full["callback_url"] = json!("https://hooks.example.com/cb");
         full["seed"] = json!(42);
         let request = validate(&full, &MockOptions::default()).unwrap();
-        assert_eq!(
-            request.callback_url.as_deref(),
-            Some("https://hooks.example.com/cb")
-        );
+        assert_eq!(request.callback_url.as_deref(), Some("https://hooks.example.com/cb"));
         assert_eq!(credits(&request), 56.25);
     }
 
@@ -617,11 +569,7 @@ mod tests {
                 json!(["https://a/1", "https://a/2", "https://a/3", "https://a/4"]),
                 "video_urls",
             ),
-            (
-                "video_urls",
-                json!(["https://a/1", "ftp://a/2"]),
-                "video_urls[1]",
-            ),
+            ("video_urls", json!(["https://a/1", "ftp://a/2"]), "video_urls[1]"),
             ("aspect_ratio", json!("2:1"), "aspect_ratio"),
             ("quality", json!("4k"), "quality"),
             ("duration", json!(11), "duration"),
@@ -633,22 +581,10 @@ mod tests {
                 json!({"generate_audio": "yes"}),
                 "model_params.generate_audio",
             ),
-            (
-                "callback_url",
-                json!("http://hooks.example.com/cb"),
-                "callback_url",
-            ),
-            (
-                "callback_url",
-                json!("https://127.0.0.1/cb"),
-                "callback_url",
-            ),
+            ("callback_url", json!("http://hooks.example.com/cb"), "callback_url"),
+            ("callback_url", json!("https://127.0.0.1/cb"), "callback_url"),
             ("callback_url", json!("https://10.0.0.7/cb"), "callback_url"),
-            (
-                "callback_url",
-                json!("https://localhost/cb"),
-                "callback_url",
-            ),
+            ("callback_url", json!("https://localhost/cb"), "callback_url"),
             (
                 "callback_url",
                 json!(format!("https://example.com/{}", "a".repeat(2048))),
@@ -679,10 +615,6 @@ mod tests {
         let id = new_task_id(1_700_000_000);
         let suffix = id.strip_prefix("task-unified-1700000000-").unwrap();
         assert_eq!(suffix.len(), 8);
-        assert!(
-            suffix
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        );
+        assert!(suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
     }
 }
