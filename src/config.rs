@@ -425,7 +425,14 @@ impl Config {
             return Err(ConfigError::invalid("store.key_prefix", "must not be empty"));
         }
         if self.store.backend == StoreBackend::Redis {
-            check_url("store.redis_url", &self.store.redis_url)?;
+            let url = url::Url::parse(&self.store.redis_url)
+                .map_err(|e| ConfigError::invalid("store.redis_url", format!("not a URL: {e}")))?;
+            if !matches!(url.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
+                return Err(ConfigError::invalid(
+                    "store.redis_url",
+                    "must be a redis://, rediss:// or unix:// URL",
+                ));
+            }
         }
         for (i, net) in self.callbacks.allowed_networks.iter().enumerate() {
             net.parse::<ipnet::IpNet>().map_err(|e| {

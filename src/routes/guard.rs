@@ -4,11 +4,11 @@
 
 use std::future::{Ready, ready};
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::middleware::Next;
-use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, web};
+use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 
 use crate::auth::{Caller, bearer_token};
 use crate::error::ApiError;
@@ -26,16 +26,24 @@ pub fn is_public(path: &str) -> bool {
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     if !is_public(req.path()) {
-        let state = req
-            .app_data::<web::Data<AppState>>()
-            .cloned()
-            .ok_or_else(|| ApiError::Internal("no state".into()))?;
-        let caller = identify(&state, &req).await?;
-        req.extensions_mut().insert(caller);
+        let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+            return Ok(refuse(req, ApiError::Internal("application state missing".into())));
+        };
+        match identify(&state, &req).await {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+            }
+            Err(error) => return Ok(refuse(req, error)),
+        }
     }
-    next.call(req).await
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// Answers here, as a response rather than an `Err`, so outer middleware still sees it.
+fn refuse<B>(req: ServiceRequest, error: ApiError) -> ServiceResponse<EitherBody<B>> {
+    req.into_response(error.error_response()).map_into_right_body()
 }
 
 async fn identify(state: &AppState, req: &ServiceRequest) -> Result<Caller, ApiError> {
