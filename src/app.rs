@@ -8,10 +8,13 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use sha2::{Digest, Sha256};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::openapi::ApiDoc;
 use crate::routes;
 use crate::state::{AppState, Clock, SystemClock, TenantCache};
 use crate::store::{self, Store, StoreError, TenantSettings};
@@ -133,12 +136,14 @@ impl Application {
 fn http_server(state: AppState, listener: TcpListener) -> std::io::Result<Server> {
     let serve_metrics = state.config.metrics.listen.is_empty();
     let data = web::Data::new(state);
+    let document = ApiDoc::openapi();
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .wrap(from_fn(routes::guard::authenticate))
             .wrap(from_fn(telemetry::request_context))
             .configure(|cfg| routes::configure(cfg, serve_metrics))
+            .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document.clone()))
             .default_service(web::to(routes::not_found))
     })
     .shutdown_timeout(30)

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod mock_upstream;
+pub mod openapi;
 pub mod probe;
 pub mod routes;
 pub mod state;

@@ -58,6 +58,8 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Print the OpenAPI document (equal to the committed openapi/openapi.json).
+    Openapi,
     /// Validate and print the effective configuration, secrets masked.
     CheckConfig {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
@@ -98,6 +100,10 @@ async fn main() -> ExitCode {
             config,
         } => vidgate::cli::token(&config, tenant.as_deref(), &sub, &roles, &ttl),
         Command::CheckConfig { config } => vidgate::cli::check_config(&config),
+        Command::Openapi => {
+            println!("{}", vidgate::openapi::document_json());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,26 @@ use crate::telemetry::current_request_id;
 use crate::upstream;
 
 /// `POST /v1/videos/generations`: validate → reserve → forward → bind.
+#[utoipa::path(
+    post,
+    path = "/v1/videos/generations",
+    tag = "tasks",
+    request_body = crate::openapi::CreateTaskRequest,
+    responses(
+        (status = 200, description = "The upstream task, with the money held for it", body = crate::openapi::TaskResponse),
+        (status = 400, description = "Invalid request (`invalid_request`, `invalid_callback_url`)", body = crate::openapi::ErrorEnvelope),
+        (status = 401, description = "`unauthenticated`", body = crate::openapi::ErrorEnvelope),
+        (status = 402, description = "`budget_exceeded`", body = crate::openapi::ErrorEnvelope),
+        (status = 403, description = "`forbidden`, `unknown_tenant`, `quality_not_allowed`", body = crate::openapi::ErrorEnvelope),
+        (status = 405, description = "`method_not_allowed`", body = crate::openapi::ErrorEnvelope),
+        (status = 413, description = "`payload_too_large`", body = crate::openapi::ErrorEnvelope),
+        (status = 415, description = "`unsupported_media_type`", body = crate::openapi::ErrorEnvelope),
+        (status = 429, description = "`concurrency_limited`, `upstream_rate_limited` (with Retry-After)", body = crate::openapi::ErrorEnvelope),
+        (status = 502, description = "`upstream_error`, `upstream_auth_failed`", body = crate::openapi::ErrorEnvelope),
+        (status = 503, description = "`upstream_account_exhausted`, `store_unavailable`", body = crate::openapi::ErrorEnvelope),
+        (status = 504, description = "`upstream_timeout`", body = crate::openapi::ErrorEnvelope),
+    )
+)]
 pub async fn create(
     state: web::Data<AppState>,
     caller: TenantCaller,
@@ -47,6 +67,23 @@ pub async fn create(
 }
 
 /// `GET /v1/tasks/{task_id}`: the owner's tenant only; a final state settles or refunds.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{task_id}",
+    tag = "tasks",
+    params(("task_id" = String, Path, description = "The upstream task id")),
+    responses(
+        (status = 200, description = "The upstream task, with what it costs", body = crate::openapi::TaskResponse),
+        (status = 400, description = "Invalid request (`invalid_request`, `invalid_callback_url`)", body = crate::openapi::ErrorEnvelope),
+        (status = 401, description = "`unauthenticated`", body = crate::openapi::ErrorEnvelope),
+        (status = 403, description = "`forbidden`, `unknown_tenant`", body = crate::openapi::ErrorEnvelope),
+        (status = 404, description = "`task_not_found`: not the caller's tenant's task, or never seen", body = crate::openapi::ErrorEnvelope),
+        (status = 429, description = "`upstream_rate_limited`", body = crate::openapi::ErrorEnvelope),
+        (status = 502, description = "`upstream_error`, `upstream_auth_failed`", body = crate::openapi::ErrorEnvelope),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::ErrorEnvelope),
+        (status = 504, description = "`upstream_timeout`", body = crate::openapi::ErrorEnvelope),
+    )
+)]
 pub async fn get_task(
     state: web::Data<AppState>,
     caller: TenantCaller,

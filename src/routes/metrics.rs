@@ -10,6 +10,13 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::PeriodKeys;
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("bearer" = [])),
+    description = "Prometheus text format. Needs the metrics bearer token when `metrics.bearer_token` is set; \
+absent when `metrics.listen` serves it elsewhere.",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
+        (status = 401, description = "`unauthenticated`", body = crate::openapi::ErrorEnvelope),
+    ))]
 pub async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let expected = state.config.metrics.bearer_token.expose_secret();
     if !expected.is_empty() {

@@ -1,9 +1,9 @@
 //! HTTP routes: thin handlers that read as validate → authorize → reserve → forward → bind.
 
 mod body;
-mod generations;
+pub(crate) mod generations;
 pub mod guard;
-mod health;
+pub(crate) mod health;
 pub mod metrics;
 pub mod validate;
 mod view;
@@ -23,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
         .app_data(web::JsonConfig::default().error_handler(|e, _| ApiError::invalid_body(e.to_string()).into()))
         .service(resource("/healthz").route(web::get().to(health::healthz)))
         .service(resource("/readyz").route(web::get().to(health::readyz)))
+        .service(resource("/docs").route(web::get().to(docs_redirect)))
         .service(resource("/v1/videos/generations").route(web::post().to(generations::create)))
         .service(resource("/v1/tasks/{task_id}").route(web::get().to(generations::get_task)));
 }
@@ -40,4 +41,11 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
 /// The metrics route alone (the main app, or `metrics.listen`'s own server).
 pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/metrics").route(web::get().to(metrics::metrics)));
+}
+
+/// Swagger UI lives under `/docs/`.
+async fn docs_redirect() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header(("location", "/docs/"))
+        .finish()
 }

@@ -2,6 +2,7 @@
 
 mod auth;
 mod cli;
+mod contract;
 mod helpers;
 mod money;
 mod store_conformance;

@@ -1,0 +1,210 @@
+//! The OpenAPI document (utoipa): every route, its bodies, the error envelope with its
+//! codes, and the bearer-JWT security scheme. Served at `/openapi.json`, committed at
+//! `openapi/openapi.json` (regenerate with `cargo run -q -- openapi > openapi/openapi.json`).
+
+use serde::Deserialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "vidgate",
+        description = "Company gateway for the upstream video API (wan2.6-reference-video-flash). Same paths and \
+bodies as the upstream; authenticate with a company JWT. Every non-2xx answer is the error envelope; every \
+answer carries `x-request-id`.",
+    ),
+    paths(
+        crate::routes::generations::create,
+        crate::routes::generations::get_task,
+        crate::routes::health::healthz,
+        crate::routes::health::readyz,
+        crate::routes::metrics::metrics,
+    ),
+    modifiers(&BearerJwt),
+    security(("bearer" = [])),
+    tags(
+        (name = "tasks", description = "Drop-in upstream routes"),
+        (name = "operations", description = "Health, readiness and metrics (no token)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON (what `vidgate openapi` prints and `openapi/` holds).
+pub fn document_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+struct BearerJwt;
+
+impl Modify for BearerJwt {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("JWT")
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// `POST /v1/videos/generations` body: the upstream's fields, nothing else.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "model": "wan2.6-reference-video-flash",
+    "prompt": "character1 walks through a neon-lit street at night",
+    "video_urls": ["https://files-api.evolink.ai/files/ref-1.mp4"],
+    "aspect_ratio": "16:9", "quality": "720p", "duration": 5,
+    "model_params": {"generate_audio": true}
+}))]
+pub struct CreateTaskRequest {
+    /// Only models priced in the gateway's config.
+    pub model: String,
+    /// Refer to references as character1..character3, in the order of `video_urls`.
+    #[schema(min_length = 1, max_length = 1500)]
+    pub prompt: String,
+    /// mp4 or mov, 2 to 30 s, at most 100 MB each.
+    #[schema(min_items = 1, max_items = 3)]
+    pub video_urls: Vec<String>,
+    #[schema(default = "16:9")]
+    pub aspect_ratio: Option<AspectRatio>,
+    #[schema(default = "720p")]
+    pub quality: Option<Quality>,
+    /// Seconds of output.
+    #[schema(minimum = 2, maximum = 10, default = 5)]
+    pub duration: Option<u32>,
+    pub model_params: Option<ModelParams>,
+    /// Kept by vidgate and relayed to, never sent upstream; https (or an allowed internal network).
+    #[schema(max_length = 2048)]
+    pub callback_url: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub enum AspectRatio {
+    #[serde(rename = "16:9")]
+    Wide,
+    #[serde(rename = "9:16")]
+    Tall,
+    #[serde(rename = "1:1")]
+    Square,
+    #[serde(rename = "4:3")]
+    Classic,
+    #[serde(rename = "3:4")]
+    ClassicTall,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub enum Quality {
+    #[serde(rename = "720p")]
+    Hd,
+    #[serde(rename = "1080p")]
+    FullHd,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelParams {
+    /// Audio costs more.
+    #[schema(default = true)]
+    pub generate_audio: Option<bool>,
+}
+
+/// The upstream's task object with the gateway's `vidgate` object; other upstream fields pass through.
+#[derive(ToSchema)]
+#[schema(example = json!({
+    "created": 1764064800, "id": "task-unified-1764064800-ab12cd34", "model": "wan2.6-reference-video-flash",
+    "object": "video.generation.task", "progress": 100, "status": "completed", "type": "video",
+    "results": ["https://files.example.com/results/task-unified-1764064800-ab12cd34.mp4"],
+    "task_info": {"can_cancel": false, "estimated_time": 0},
+    "usage": {"billing_rule": "per_second", "credits_reserved": 8.3, "user_group": "default"},
+    "vidgate": {"tenant": "marketing", "reservation_id": "rsv_01JDQ8Z3V4X5Y6Z7A8B9C0D1E2", "state": "settled",
+                "currency": "USD", "reserved": "0.415000", "charged": "0.405000", "billed_input_ms": 3300,
+                "billed_output_ms": 4800, "result_expires_at": "2026-11-26T10:00:00Z"}
+}))]
+pub struct TaskResponse {
+    /// Unix seconds.
+    pub created: i64,
+    /// `task-unified-<unix>-<8 chars>`.
+    pub id: String,
+    pub model: String,
+    pub object: String,
+    #[schema(minimum = 0, maximum = 100)]
+    pub progress: u8,
+    /// `pending`, `processing`, `completed`, `failed`, `cancelled` (other values: still running).
+    pub status: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub task_info: Option<TaskInfo>,
+    pub usage: Option<serde_json::Value>,
+    /// The result mp4 (lives 24 h) when completed.
+    pub results: Option<Vec<String>>,
+    /// When failed: `{code, message}`.
+    pub error: Option<serde_json::Value>,
+    pub vidgate: VidgateObject,
+}
+
+#[derive(ToSchema)]
+pub struct TaskInfo {
+    pub can_cancel: bool,
+    pub estimated_time: i64,
+}
+
+/// What the task costs the caller's tenant. Money: decimal strings with 6 decimals.
+#[derive(ToSchema)]
+pub struct VidgateObject {
+    pub tenant: String,
+    pub reservation_id: String,
+    /// `reserved` | `settled` | `refunded` | `expired`.
+    pub state: String,
+    pub currency: String,
+    #[schema(example = "0.415000")]
+    pub reserved: String,
+    /// Once final.
+    pub charged: Option<String>,
+    pub billed_input_ms: u64,
+    /// Once settled.
+    pub billed_output_ms: Option<u64>,
+    /// Completion + 24 h.
+    #[schema(format = DateTime)]
+    pub result_expires_at: Option<String>,
+}
+
+/// Every non-2xx answer.
+#[derive(ToSchema)]
+#[schema(example = json!({"error": {"code": "budget_exceeded", "message": "this task needs 0.500000 but the tenant's budget has 0.120000 left this period", "type": "budget_error", "request_id": "req_01JDQ8Z3V4X5Y6Z7A8B9C0D1E2"}}))]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(ToSchema)]
+pub struct ErrorBody {
+    /// Stable, machine-readable: invalid_request, reference_video_invalid, reference_video_unreachable,
+    /// reference_video_forbidden, invalid_callback_url, unauthenticated, budget_exceeded, forbidden,
+    /// unknown_tenant, quality_not_allowed, task_not_found, request_in_progress, length_required,
+    /// payload_too_large, unsupported_media_type, idempotency_key_reused, rate_limited,
+    /// concurrency_limited, upstream_rate_limited, upstream_error, upstream_auth_failed,
+    /// upstream_account_exhausted, store_unavailable, upstream_timeout, not_found, method_not_allowed.
+    pub code: String,
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The one field at fault, e.g. `duration`, `video_urls[1]`, `model_params.generate_audio`.
+    pub param: Option<String>,
+    pub request_id: String,
+}
+
+#[derive(ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    pub store: String,
+    pub keys: String,
+}
