@@ -2,7 +2,7 @@
 //! error envelope in one place.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use actix_web::http::header::{ALLOW, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -49,8 +49,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("not found")]
     RouteNotFound,
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// Carries the `Allow` header value.
+    #[error("method not allowed; allowed: {0}")]
+    MethodNotAllowed(&'static str),
     /// Never shown to the caller: logged with its cause, answered as an opaque 500.
     #[error("internal error")]
     Internal(String),
@@ -78,7 +79,7 @@ impl ApiError {
             Self::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             Self::Forbidden(_) | Self::UnknownTenant(_) | Self::QualityNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::TaskNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::ConcurrencyLimited { .. } | Self::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -109,7 +110,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::RouteNotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -192,6 +193,9 @@ impl ResponseError for ApiError {
             }
             Self::ConcurrencyLimited { retry_after_secs, .. } => {
                 response.insert_header((RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            Self::MethodNotAllowed(allow) => {
+                response.insert_header((ALLOW, *allow));
             }
             Self::UpstreamRateLimited {
                 retry_after: Some(value),

@@ -62,13 +62,14 @@ impl Modify for BearerJwt {
 }))]
 pub struct CreateTaskRequest {
     /// Only models priced in the gateway's config.
+    #[schema(pattern = "^wan2\\.6-reference-video-flash$")]
     pub model: String,
     /// Refer to references as character1..character3, in the order of `video_urls`.
-    #[schema(min_length = 1, max_length = 1500)]
+    #[schema(min_length = 1, max_length = 1500, pattern = "\\S")]
     pub prompt: String,
     /// mp4 or mov, 2 to 30 s, at most 100 MB each.
     #[schema(min_items = 1, max_items = 3)]
-    pub video_urls: Vec<String>,
+    pub video_urls: Vec<VideoUrl>,
     #[schema(default = "16:9")]
     pub aspect_ratio: Option<AspectRatio>,
     #[schema(default = "720p")]
@@ -78,9 +79,14 @@ pub struct CreateTaskRequest {
     pub duration: Option<u32>,
     pub model_params: Option<ModelParams>,
     /// Kept by vidgate and relayed to, never sent upstream; https (or an allowed internal network).
-    #[schema(max_length = 2048)]
+    #[schema(max_length = 2048, pattern = "^https?://[^/?#\\s]+")]
     pub callback_url: Option<String>,
 }
+
+/// An http or https URL of an mp4 or mov file.
+#[derive(Deserialize, ToSchema)]
+#[schema(value_type = String, pattern = "^https?://[^/?#\\s]+")]
+pub struct VideoUrl(pub String);
 
 #[derive(Deserialize, ToSchema)]
 pub enum AspectRatio {

@@ -21,16 +21,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
     cfg.app_data(web::PathConfig::default().error_handler(|e, _| ApiError::invalid_body(e.to_string()).into()))
         .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::invalid_body(e.to_string()).into()))
         .app_data(web::JsonConfig::default().error_handler(|e, _| ApiError::invalid_body(e.to_string()).into()))
-        .service(resource("/healthz").route(web::get().to(health::healthz)))
-        .service(resource("/readyz").route(web::get().to(health::readyz)))
-        .service(resource("/docs").route(web::get().to(docs_redirect)))
-        .service(resource("/v1/videos/generations").route(web::post().to(generations::create)))
-        .service(resource("/v1/tasks/{task_id}").route(web::get().to(generations::get_task)));
+        .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
+        .service(resource("/readyz", "GET").route(web::get().to(health::readyz)))
+        .service(resource("/docs", "GET").route(web::get().to(docs_redirect)))
+        .service(resource("/v1/videos/generations", "POST").route(web::post().to(generations::create)))
+        .service(resource("/v1/tasks/{task_id}", "GET").route(web::get().to(generations::get_task)));
 }
 
-/// A resource whose other methods get 405 in our envelope.
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed) }))
+/// A resource whose other methods get 405 in our envelope, with `Allow` listing `allow`.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
+    }))
 }
 
 /// Unknown paths: 404 in our envelope.
@@ -40,7 +42,7 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
 
 /// The metrics route alone (the main app, or `metrics.listen`'s own server).
 pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/metrics").route(web::get().to(metrics::metrics)));
+    cfg.service(resource("/metrics", "GET").route(web::get().to(metrics::metrics)));
 }
 
 /// Swagger UI lives under `/docs/`.
