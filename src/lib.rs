@@ -9,6 +9,7 @@ pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod mock_upstream;
 pub mod openapi;
