@@ -370,7 +370,12 @@ impl Config {
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let figment = figment.merge(Env::prefixed("VIDGATE_").split("__"));
+        // Only `SECTION__KEY` names are config: Kubernetes adds `VIDGATE_PORT`-style service
+        // variables to every pod, and those must not stop the gateway.
+        let env = Env::prefixed("VIDGATE_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
+        let figment = figment.merge(env);
         let mut config: Config = figment.extract().map_err(|e| {
             let key = e.path.join(".");
             ConfigError::invalid(if key.is_empty() { "(file)".into() } else { key }, e.kind.to_string())

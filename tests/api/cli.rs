@@ -85,8 +85,15 @@ fn check_config_masks_secrets_and_token_mints_a_jwt() {
     let dir = tempfile::tempdir().expect("dir");
     let config = write_config(&dir, "");
     let path = config.to_str().expect("path");
-    let output = vidgate(&["check-config", "--config", path]).output().expect("run");
+    // Kubernetes service links add VIDGATE_PORT-style variables: they are not config.
+    let output = vidgate(&["check-config", "--config", path])
+        .env("VIDGATE_PORT", "tcp://192.0.2.1:8080")
+        .env("VIDGATE_SERVICE_HOST", "192.0.2.1")
+        .env("VIDGATE_SERVER__MAX_BODY_BYTES", "70000")
+        .output()
+        .expect("run");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("max_body_bytes = 70000"));
     let shown = String::from_utf8_lossy(&output.stdout);
     assert!(!shown.contains("sk-evo-secret-value") && !shown.contains(crate::helpers::SECRET));
     assert!(shown.contains("api_key = \"********\""));
