@@ -15,6 +15,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
+use crate::probe::Prober;
 use crate::routes;
 use crate::state::{AppState, Clock, SystemClock, TenantCache};
 use crate::store::{self, Store, StoreError, TenantSettings};
@@ -49,6 +50,10 @@ impl Application {
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
+        let prober = Prober::new(&config.probe).map_err(|reason| ConfigError::Invalid {
+            key: "probe".into(),
+            reason,
+        })?;
         let store = store::Instrumented::wrap(store::open(&config.store).await?, metrics.clone());
         seed_tenants(&config, store.as_ref()).await?;
         let state = AppState {
@@ -64,6 +69,7 @@ impl Application {
             clock,
             tenants: TenantCache::default(),
             metrics,
+            prober: Arc::new(prober),
         };
         let listen = state.config.server.listen.clone();
         let listener = TcpListener::bind(&listen).map_err(|source| StartError::Listen {

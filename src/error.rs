@@ -14,6 +14,16 @@ pub enum ApiError {
     InvalidRequest { message: String, param: Option<String> },
     #[error("{message}")]
     InvalidCallbackUrl { message: String, param: Option<String> },
+    /// A reference video the probe refused; `code` is one of `reference_video_invalid`,
+    /// `reference_video_unreachable`, `reference_video_forbidden`.
+    #[error("{message}")]
+    ReferenceVideo {
+        code: &'static str,
+        message: String,
+        param: String,
+    },
+    #[error("Content-Length is required for uploads")]
+    LengthRequired,
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -65,6 +75,15 @@ impl ApiError {
         }
     }
 
+    /// A probe refusal of the video at `param` (`video_urls[1]`, `file_url`).
+    pub fn reference_video(error: crate::probe::ProbeError, param: impl Into<String>) -> Self {
+        Self::ReferenceVideo {
+            code: error.code(),
+            message: error.to_string(),
+            param: param.into(),
+        }
+    }
+
     pub fn invalid_body(message: impl Into<String>) -> Self {
         Self::InvalidRequest {
             message: message.into(),
@@ -74,7 +93,10 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest { .. } | Self::InvalidCallbackUrl { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest { .. } | Self::InvalidCallbackUrl { .. } | Self::ReferenceVideo { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             Self::Forbidden(_) | Self::UnknownTenant(_) | Self::QualityNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -94,6 +116,8 @@ impl ApiError {
         match self {
             Self::InvalidRequest { .. } => "invalid_request",
             Self::InvalidCallbackUrl { .. } => "invalid_callback_url",
+            Self::ReferenceVideo { code, .. } => code,
+            Self::LengthRequired => "length_required",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
             Self::UnknownTenant(_) => "unknown_tenant",
@@ -134,6 +158,7 @@ impl ApiError {
     fn param(&self) -> Option<&str> {
         match self {
             Self::InvalidRequest { param, .. } | Self::InvalidCallbackUrl { param, .. } => param.as_deref(),
+            Self::ReferenceVideo { param, .. } => Some(param),
             _ => None,
         }
     }

@@ -17,6 +17,9 @@ answer carries `x-request-id`.",
     paths(
         crate::routes::generations::create,
         crate::routes::generations::get_task,
+        crate::routes::uploads::stream,
+        crate::routes::uploads::base64,
+        crate::routes::uploads::url,
         crate::routes::health::healthz,
         crate::routes::health::readyz,
         crate::routes::metrics::metrics,
@@ -25,6 +28,7 @@ answer carries `x-request-id`.",
     security(("bearer" = [])),
     tags(
         (name = "tasks", description = "Drop-in upstream routes"),
+        (name = "files", description = "Upload proxy to the upstream file host"),
         (name = "operations", description = "Health, readiness and metrics (no token)"),
     )
 )]
@@ -213,4 +217,53 @@ pub struct Readiness {
     pub status: String,
     pub store: String,
     pub keys: String,
+}
+
+/// `POST /api/v1/files/upload/stream` form (`Content-Length` required; at most 100 MB).
+#[derive(ToSchema)]
+pub struct UploadForm {
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+    pub upload_path: Option<String>,
+    pub file_name: Option<String>,
+}
+
+/// `POST /api/v1/files/upload/base64` body.
+#[derive(ToSchema)]
+pub struct Base64Upload {
+    pub base64_data: String,
+    pub file_name: Option<String>,
+    pub upload_path: Option<String>,
+}
+
+/// `POST /api/v1/files/upload/url` body: the file host fetches `file_url` (which must pass
+/// the gateway's probe rules and be a usable reference video).
+#[derive(ToSchema)]
+pub struct UrlUpload {
+    #[schema(pattern = "^https?://[^/?#\\s]+")]
+    pub file_url: String,
+    pub file_name: Option<String>,
+    pub upload_path: Option<String>,
+}
+
+/// The file host's answer, passed through; `data.file_url` goes into `video_urls`.
+#[derive(ToSchema)]
+pub struct UploadResponse {
+    pub success: bool,
+    pub code: Option<i64>,
+    pub msg: Option<String>,
+    pub data: Option<UploadedFile>,
+}
+
+#[derive(ToSchema)]
+pub struct UploadedFile {
+    pub file_id: String,
+    pub file_name: Option<String>,
+    pub file_size: Option<u64>,
+    pub mime_type: Option<String>,
+    pub file_url: String,
+    pub download_url: Option<String>,
+    pub upload_time: Option<String>,
+    /// Files expire after 72 h.
+    pub expires_at: Option<String>,
 }

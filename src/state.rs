@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::probe::Prober;
 use crate::store::{Store, StoreError, TenantRecord};
 use crate::upstream::UpstreamClient;
 
@@ -39,6 +40,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub tenants: TenantCache,
     pub metrics: Arc<Metrics>,
+    pub prober: Arc<Prober>,
 }
 
 /// Known tenants, cached briefly; unknown ones are always asked again.

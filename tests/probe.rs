@@ -123,19 +123,11 @@ impl Server {
     }
 
     fn route(&self, path: &str, route: Route) {
-        self.routes
-            .lock()
-            .expect("routes")
-            .insert(path.into(), route);
+        self.routes.lock().expect("routes").insert(path.into(), route);
     }
 
     fn hits(&self, path: &str) -> u64 {
-        self.hits
-            .lock()
-            .expect("hits")
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.hits.lock().expect("hits").get(path).copied().unwrap_or(0)
     }
 
     fn total_hits(&self) -> u64 {
@@ -168,23 +160,16 @@ impl Server {
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
         self.total_hits.fetch_add(1, Ordering::SeqCst);
-        *self
-            .hits
-            .lock()
-            .expect("hits")
-            .entry(path.clone())
-            .or_default() += 1;
+        *self.hits.lock().expect("hits").entry(path.clone()).or_default() += 1;
         let header = |name: &str| headers.get(name).cloned().unwrap_or_default();
-        self.log.lock().expect("log").push((
-            path.clone(),
-            header("range"),
-            header("if-none-match"),
-        ));
+        self.log
+            .lock()
+            .expect("log")
+            .push((path.clone(), header("range"), header("if-none-match")));
         let route = self.routes.lock().expect("routes").get(&path).cloned();
         match route {
             None => {
-                let reply =
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                let reply = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
                 socket.write_all(reply.as_bytes()).await
             }
             Some(Route::Redirect(location)) => {
@@ -193,9 +178,7 @@ impl Server {
                 );
                 socket.write_all(reply.as_bytes()).await
             }
-            Some(Route::File(body, serve)) => {
-                self.serve_file(&mut socket, &body, serve, &headers).await
-            }
+            Some(Route::File(body, serve)) => self.serve_file(&mut socket, &body, serve, &headers).await,
         }
     }
 
@@ -207,10 +190,7 @@ impl Server {
         headers: &HashMap<String, String>,
     ) -> io::Result<()> {
         let total = serve.advertised_size.unwrap_or(body.len());
-        let etag = serve
-            .etag
-            .map(|t| format!("ETag: {t}\r\n"))
-            .unwrap_or_default();
+        let etag = serve.etag.map(|t| format!("ETag: {t}\r\n")).unwrap_or_default();
         if serve.etag.is_some() && headers.get("if-none-match").map(String::as_str) == serve.etag {
             let reply = format!("HTTP/1.1 304 Not Modified\r\n{etag}Connection: close\r\n\r\n");
             return socket.write_all(reply.as_bytes()).await;
@@ -235,16 +215,13 @@ impl Server {
             }
             None => ("200 OK", 0, total, String::new()),
         };
-        let bytes: Vec<u8> = (start..end)
-            .map(|i| body.get(i).copied().unwrap_or(0))
-            .collect();
+        let bytes: Vec<u8> = (start..end).map(|i| body.get(i).copied().unwrap_or(0)).collect();
         let length = if serve.chunked {
             "Transfer-Encoding: chunked\r\n".to_string()
         } else {
             format!("Content-Length: {}\r\n", bytes.len())
         };
-        let reply =
-            format!("HTTP/1.1 {status}\r\n{length}{content_range}{etag}Connection: close\r\n\r\n");
+        let reply = format!("HTTP/1.1 {status}\r\n{length}{content_range}{etag}Connection: close\r\n\r\n");
         socket.write_all(reply.as_bytes()).await?;
         if serve.slow {
             for byte in bytes {
@@ -256,16 +233,13 @@ impl Server {
         }
         for piece in bytes.chunks(if serve.chunked { 1000 } else { 16 * 1024 }) {
             if serve.chunked {
-                socket
-                    .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
-                    .await?;
+                socket.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await?;
                 socket.write_all(piece).await?;
                 socket.write_all(b"\r\n").await?;
             } else {
                 socket.write_all(piece).await?;
             }
-            self.body_bytes
-                .fetch_add(piece.len() as u64, Ordering::SeqCst);
+            self.body_bytes.fetch_add(piece.len() as u64, Ordering::SeqCst);
         }
         if serve.chunked {
             socket.write_all(b"0\r\n\r\n").await?;
@@ -339,12 +313,7 @@ fn every_fixture_walks_to_its_known_duration_whatever_the_read_size() {
         for chunk in [1, 16, 100, 4096, data.len()] {
             let movie = walk_bytes(&data, chunk).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(
-                (
-                    movie.container,
-                    movie.duration_ms,
-                    movie.has_audio,
-                    movie.has_video
-                ),
+                (movie.container, movie.duration_ms, movie.has_audio, movie.has_video),
                 (*container, *ms, *audio, true),
                 "{name} read {chunk} bytes at a time"
             );
@@ -375,14 +344,8 @@ async fn a_faststart_mp4_with_audio_is_measured_from_one_small_range_request() {
     assert!(server.total_hits() <= 2, "{} requests", server.total_hits());
     assert!(server.body_bytes() < 64 * 1024);
     let stats = prober.stats();
-    assert!(
-        stats.requests <= 2 && stats.bytes_read < 64 * 1024,
-        "{stats:?}"
-    );
-    println!(
-        "faststart: {stats:?}, server sent {} body bytes",
-        server.body_bytes()
-    );
+    assert!(stats.requests <= 2 && stats.bytes_read < 64 * 1024, "{stats:?}");
+    println!("faststart: {stats:?}, server sent {} body bytes", server.body_bytes());
 }
 
 #[tokio::test]
@@ -401,10 +364,7 @@ async fn moov_after_a_large_mdat_is_fetched_with_at_most_three_requests() {
     let stats = prober.stats();
     assert!(server.total_hits() <= 3, "{} requests", server.total_hits());
     assert!(stats.bytes_read < 128 * 1024, "{stats:?}");
-    println!(
-        "moov at end: {stats:?}, server sent {} body bytes",
-        server.body_bytes()
-    );
+    println!("moov at end: {stats:?}, server sent {} body bytes", server.body_bytes());
 }
 
 #[tokio::test]
@@ -430,15 +390,8 @@ async fn fragmented_files_are_measured_from_mehd_or_their_fragments() {
         "fragmented_mehd_4_2s.mp4",
     ] {
         let url = server.file(&format!("/{name}"), fixture(name), Serve::default());
-        let info = prober
-            .probe(&url)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            (info.container, info.duration_ms),
-            (Container::Mp4, 4200),
-            "{name}"
-        );
+        let info = prober.probe(&url).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((info.container, info.duration_ms), (Container::Mp4, 4200), "{name}");
     }
 }
 
@@ -447,10 +400,7 @@ async fn the_duration_limits_say_what_was_found() {
     let server = Server::start().await;
     let prober = lab();
     let at_limit = server.file("/30.mp4", fixture("limit_30s.mp4"), Serve::default());
-    assert_eq!(
-        prober.probe(&at_limit).await.expect("30 s").duration_ms,
-        30_000
-    );
+    assert_eq!(prober.probe(&at_limit).await.expect("30 s").duration_ms, 30_000);
     let over = server.file("/31.mp4", fixture("over_31s.mp4"), Serve::default());
     assert_eq!(invalid(prober.probe(&over).await), "31 s, limit 30 s");
     let short = server.file("/short.mov", fixture("short_1_5s.mov"), Serve::default());
@@ -484,16 +434,10 @@ async fn a_file_over_100_mb_is_refused_by_its_advertised_size() {
     };
     let url = server.file("/big.mp4", fixture("faststart_2s_audio.mp4"), serve);
     let prober = lab();
-    assert_eq!(
-        invalid(prober.probe(&url).await),
-        "104857600 bytes, limit 100000000"
-    );
+    assert_eq!(invalid(prober.probe(&url).await), "104857600 bytes, limit 100000000");
     assert_eq!(server.total_hits(), 1);
     // A generated video has no size limit.
-    assert_eq!(
-        prober.probe_result(&url).await.expect("result").duration_ms,
-        2000
-    );
+    assert_eq!(prober.probe_result(&url).await.expect("result").duration_ms, 2000);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -511,10 +455,7 @@ async fn a_server_that_ignores_range_is_read_only_as_far_as_needed() {
         ..config(true)
     });
     let small = server.file("/small.mp4", fixture("faststart_2s_audio.mp4"), ignore);
-    assert_eq!(
-        prober.probe(&small).await.expect("faststart").duration_ms,
-        2000
-    );
+    assert_eq!(prober.probe(&small).await.expect("faststart").duration_ms, 2000);
 
     let big = with_big_mdat(&fixture("moov_end_4_2s.mp4"), 8_000_000);
     let url = server.file("/big-end.mp4", big.clone(), ignore);
@@ -528,21 +469,12 @@ async fn a_server_that_ignores_range_is_read_only_as_far_as_needed() {
     // Kept: at most the cap. Received: the cap plus what hyper already held in its read
     // buffer when reading stopped (its buffer never exceeds ~408 KiB).
     assert!(read <= (256 + 512) * 1024, "read {read} bytes past the cap");
-    assert!(
-        read < big.len() as u64 / 4,
-        "read {read} bytes: most of the file"
-    );
-    println!(
-        "ignored Range: read {read} bytes of a {} byte file",
-        big.len()
-    );
+    assert!(read < big.len() as u64 / 4, "read {read} bytes: most of the file");
+    println!("ignored Range: read {read} bytes of a {} byte file", big.len());
 
     // The same file from a server that honours Range is fine within the same cap.
     let ranged = server.file("/big-end-ranged.mp4", big, Serve::default());
-    assert_eq!(
-        prober.probe(&ranged).await.expect("ranged").duration_ms,
-        4200
-    );
+    assert_eq!(prober.probe(&ranged).await.expect("ranged").duration_ms, 4200);
 }
 
 #[tokio::test]
@@ -554,16 +486,9 @@ async fn chunked_answers_without_a_length_are_read() {
         ..Default::default()
     };
     let prober = lab();
-    for name in [
-        "faststart_2s_audio.mp4",
-        "moov_end_4_2s.mp4",
-        "fragmented_4_2s.mp4",
-    ] {
+    for name in ["faststart_2s_audio.mp4", "moov_end_4_2s.mp4", "fragmented_4_2s.mp4"] {
         let url = server.file(&format!("/{name}"), fixture(name), chunked);
-        let info = prober
-            .probe(&url)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let info = prober.probe(&url).await.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(info.duration_ms >= 2000, "{name}");
     }
 }
@@ -594,11 +519,7 @@ async fn missing_files_and_closed_ports_are_unreachable() {
     let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
-    let message = unreachable(
-        prober
-            .probe(&format!("http://127.0.0.1:{port}/v.mp4"))
-            .await,
-    );
+    let message = unreachable(prober.probe(&format!("http://127.0.0.1:{port}/v.mp4")).await);
     assert!(message.contains("cannot connect"), "{message}");
 }
 
@@ -608,11 +529,7 @@ async fn missing_files_and_closed_ports_are_unreachable() {
 #[tokio::test]
 async fn every_spelling_of_loopback_is_refused_without_a_request_unless_allowed() {
     let server = Server::start().await;
-    server.file(
-        "/v.mp4",
-        fixture("faststart_2s_audio.mp4"),
-        Serve::default(),
-    );
+    server.file("/v.mp4", fixture("faststart_2s_audio.mp4"), Serve::default());
     let port = server.port;
     let spellings = [
         "127.0.0.1",
@@ -644,10 +561,7 @@ async fn every_spelling_of_loopback_is_refused_without_a_request_unless_allowed(
     });
     for host in spellings {
         let url = format!("http://{host}:{port}/v.mp4");
-        let info = open
-            .probe(&url)
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let info = open.probe(&url).await.unwrap_or_else(|e| panic!("{url}: {e}"));
         assert_eq!(info.duration_ms, 2000);
     }
     assert!(server.total_hits() >= spellings.len() as u64);
@@ -656,11 +570,7 @@ async fn every_spelling_of_loopback_is_refused_without_a_request_unless_allowed(
 #[tokio::test]
 async fn a_name_resolving_to_loopback_is_refused_unless_private_networks_are_allowed() {
     let server = Server::start().await;
-    server.file(
-        "/v.mp4",
-        fixture("faststart_2s_audio.mp4"),
-        Serve::default(),
-    );
+    server.file("/v.mp4", fixture("faststart_2s_audio.mp4"), Serve::default());
     let url = format!("http://video.test:{}/v.mp4", server.port);
     let message = forbidden(prober(config(false)).probe(&url).await);
     assert!(message.contains("127.0.0.1"), "{message}");
@@ -678,29 +588,16 @@ fn a_name_with_any_internal_address_is_refused_whole() {
     let refused = checked_addresses("x.test", vec![public, metadata], &policy)
         .expect_err("one internal address refuses the name");
     assert_eq!(refused.ip, metadata);
-    for internal in [
-        "10.0.0.7",
-        "192.168.1.1",
-        "fd00::1",
-        "fe80::1",
-        "100.64.0.1",
-    ] {
+    for internal in ["10.0.0.7", "192.168.1.1", "fd00::1", "fe80::1", "100.64.0.1"] {
         let ip: IpAddr = internal.parse().expect("ip");
-        assert!(
-            checked_addresses("x.test", vec![ip], &policy).is_err(),
-            "{internal}"
-        );
+        assert!(checked_addresses("x.test", vec![ip], &policy).is_err(), "{internal}");
     }
 }
 
 #[tokio::test]
 async fn a_redirect_to_a_host_outside_the_allow_list_is_never_followed() {
     let server = Server::start().await;
-    server.file(
-        "/other.mp4",
-        fixture("faststart_2s_audio.mp4"),
-        Serve::default(),
-    );
+    server.file("/other.mp4", fixture("faststart_2s_audio.mp4"), Serve::default());
     server.route(
         "/start.mp4",
         Route::Redirect(format!("http://localhost:{}/other.mp4", server.port)),
@@ -715,11 +612,7 @@ async fn a_redirect_to_a_host_outside_the_allow_list_is_never_followed() {
         "{message}"
     );
     assert_eq!(server.hits("/start.mp4"), 1);
-    assert_eq!(
-        server.hits("/other.mp4"),
-        0,
-        "the second location is never fetched"
-    );
+    assert_eq!(server.hits("/other.mp4"), 0, "the second location is never fetched");
 }
 
 #[tokio::test]
@@ -774,11 +667,7 @@ async fn result_urls_skip_the_allow_list_and_the_duration_limits_but_not_the_add
 #[tokio::test]
 async fn a_second_probe_of_the_same_url_makes_no_request() {
     let server = Server::start().await;
-    let url = server.file(
-        "/v.mp4",
-        fixture("faststart_2s_audio.mp4"),
-        Serve::default(),
-    );
+    let url = server.file("/v.mp4", fixture("faststart_2s_audio.mp4"), Serve::default());
     let prober = lab();
     let first = prober.probe(&url).await.expect("first");
     let stats = prober.stats();
@@ -816,11 +705,7 @@ async fn after_the_ttl_an_unchanged_etag_revalidates_with_one_empty_answer() {
 #[tokio::test]
 async fn references_are_probed_together_and_the_first_failure_is_named_by_index() {
     let server = Server::start().await;
-    let good = server.file(
-        "/a.mp4",
-        fixture("faststart_2s_audio.mp4"),
-        Serve::default(),
-    );
+    let good = server.file("/a.mp4", fixture("faststart_2s_audio.mp4"), Serve::default());
     let other = server.file("/b.mov", fixture("clip_4_2s_audio.mov"), Serve::default());
     let long = server.file("/c.mp4", fixture("over_31s.mp4"), Serve::default());
     let prober = lab();
@@ -838,21 +723,14 @@ async fn references_are_probed_together_and_the_first_failure_is_named_by_index(
         .expect_err("the second is too long");
     assert_eq!((index, error.code()), (1, "reference_video_invalid"));
     let four = vec![good; 4];
-    assert_eq!(
-        prober.probe_references(&four).await.map_err(|e| e.0),
-        Err(3)
-    );
+    assert_eq!(prober.probe_references(&four).await.map_err(|e| e.0), Err(3));
     assert_eq!(prober.probe_references(&[]).await.map_err(|e| e.0), Err(0));
 }
 
 #[tokio::test]
 async fn one_deadline_covers_all_references() {
     let server = Server::start().await;
-    let good = server.file(
-        "/a.mp4",
-        fixture("faststart_2s_audio.mp4"),
-        Serve::default(),
-    );
+    let good = server.file("/a.mp4", fixture("faststart_2s_audio.mp4"), Serve::default());
     let slow = Serve {
         slow: true,
         ..Default::default()
@@ -871,18 +749,12 @@ async fn one_deadline_covers_all_references() {
 
 #[test]
 fn error_codes_are_the_documented_ones() {
-    assert_eq!(
-        ProbeError::Invalid(String::new()).code(),
-        "reference_video_invalid"
-    );
+    assert_eq!(ProbeError::Invalid(String::new()).code(), "reference_video_invalid");
     assert_eq!(
         ProbeError::Unreachable(String::new()).code(),
         "reference_video_unreachable"
     );
-    assert_eq!(
-        ProbeError::Forbidden(String::new()).code(),
-        "reference_video_forbidden"
-    );
+    assert_eq!(ProbeError::Forbidden(String::new()).code(), "reference_video_forbidden");
 }
 
 #[test]

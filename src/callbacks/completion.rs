@@ -7,7 +7,7 @@ use crate::billing;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{FinalizeOutcome, ReservationRecord, ReservationState, Settlement};
-use crate::upstream::TaskStatus;
+use crate::upstream::{self, TaskStatus};
 
 /// Settles a completed task or refunds a failed/cancelled one; returns the record as it
 /// stands afterwards. A running task, or one already final, is returned unchanged.
@@ -20,7 +20,7 @@ pub async fn observe(state: &AppState, record: ReservationRecord, task: &Value) 
     let outcome = match status {
         TaskStatus::Running => return Ok(record),
         TaskStatus::Completed => {
-            let settlement = settlement_for(&record, now_ms);
+            let settlement = settlement_for(state, &record, task, now_ms).await;
             if settlement.anomaly {
                 tracing::warn!(reservation_id = %record.reservation_id, "result length not measured; billing the requested length");
             }
@@ -34,19 +34,28 @@ pub async fn observe(state: &AppState, record: ReservationRecord, task: &Value) 
     Ok(outcome.record().cloned().unwrap_or(record))
 }
 
-/// The generated length is not measured yet (result probing is its own step), so the
-/// requested length is billed and flagged as an anomaly.
-fn settlement_for(record: &ReservationRecord, now_ms: i64) -> Settlement {
-    let output_ms = record.requested_output_ms;
+/// Bills the generated length, measured from the result file; when it cannot be measured,
+/// the requested length is billed and flagged as an anomaly.
+async fn settlement_for(state: &AppState, record: &ReservationRecord, task: &Value, now_ms: i64) -> Settlement {
+    let measured = match upstream::result_url(task) {
+        Some(url) => match state.prober.probe_result(url).await {
+            Ok(video) => Some(video.duration_ms),
+            Err(error) => {
+                tracing::warn!(reservation_id = %record.reservation_id, "result not measurable: {error}");
+                None
+            }
+        },
+        None => None,
+    };
+    let output_ms = measured.unwrap_or(record.requested_output_ms);
     let charge = billing::charge(&record.reference_durations_ms, output_ms, record.price_per_second);
     Settlement {
         billed_output_ms: charge.billed_output_ms,
         amount: charge.amount,
-        anomaly: true,
+        anomaly: measured.is_none(),
         now_ms,
     }
 }
-
 /// Counted on the replica whose store step moved the money, so each task counts once.
 fn record_metrics(state: &AppState, status: TaskStatus, done: &ReservationRecord) {
     let metrics = &state.metrics;

@@ -192,12 +192,12 @@ impl Walker {
                 None => return self.need(self.pos, MAX_HEADER),
             };
             let end = match header.size {
-                Some(size) => Some(self.pos.checked_add(size).ok_or_else(|| {
-                    malformed(format!("box '{}' size overflows", show(header.kind)))
-                })?),
-                None => self
-                    .file_size
-                    .or_else(|| window.at_eof.then(|| window.end())),
+                Some(size) => Some(
+                    self.pos
+                        .checked_add(size)
+                        .ok_or_else(|| malformed(format!("box '{}' size overflows", show(header.kind))))?,
+                ),
+                None => self.file_size.or_else(|| window.at_eof.then(|| window.end())),
             };
             if let (Some(end), Some(size)) = (end, self.file_size)
                 && end > size
@@ -215,12 +215,7 @@ impl Walker {
     }
 
     /// Handles the box at `self.pos`; `Some(step)` when the walk must pause or ends.
-    fn visit(
-        &mut self,
-        header: Header,
-        end: Option<u64>,
-        window: &Window<'_>,
-    ) -> Result<Option<Step>, BoxError> {
+    fn visit(&mut self, header: Header, end: Option<u64>, window: &Window<'_>) -> Result<Option<Step>, BoxError> {
         let wanted = match &header.kind {
             b"ftyp" => self.container.is_none(),
             b"moov" => self.moov.is_none(),
@@ -254,9 +249,7 @@ impl Walker {
                 }
                 return self.need(self.pos, end - self.pos).map(Some);
             };
-            let body = bytes
-                .get(to_usize(header.header_len)?..)
-                .unwrap_or_default();
+            let body = bytes.get(to_usize(header.header_len)?..).unwrap_or_default();
             match &header.kind {
                 b"ftyp" => self.container = Some(parse_ftyp(body)?),
                 b"moov" => self.moov = Some(Moov::parse(body)?),
@@ -273,9 +266,7 @@ impl Walker {
 
     fn need(&mut self, offset: u64, len: u64) -> Result<Step, BoxError> {
         if self.last_need == Some((offset, len)) {
-            return Err(malformed(format!(
-                "bytes at offset {offset} could not be read"
-            )));
+            return Err(malformed(format!("bytes at offset {offset} could not be read")));
         }
         self.last_need = Some((offset, len));
         Ok(Step::Need { offset, len })
@@ -284,9 +275,7 @@ impl Walker {
     /// Done before the end of the file: a plain movie, or fragments whose total `mehd` gave.
     fn finished_early(&self) -> Result<Option<Movie>, BoxError> {
         match (&self.container, &self.moov) {
-            (Some(container), Some(moov)) if !moov.needs_fragments() => {
-                moov.movie(*container).map(Some)
-            }
+            (Some(container), Some(moov)) if !moov.needs_fragments() => moov.movie(*container).map(Some),
             _ => Ok(None),
         }
     }
@@ -302,18 +291,14 @@ impl Walker {
 
 /// A file starts with `ftyp`, or (QuickTime from before `ftyp` existed) one of these.
 fn starts_iso_file(kind: [u8; 4]) -> bool {
-    matches!(
-        &kind,
-        b"ftyp" | b"moov" | b"mdat" | b"wide" | b"free" | b"skip"
-    )
+    matches!(&kind, b"ftyp" | b"moov" | b"mdat" | b"wide" | b"free" | b"skip")
 }
 
 /// Mp4 brands: ISO base media, MPEG-4, AVC/HEVC, DASH/CMAF, Apple's M4V/M4A, Flash's f4v.
 const MP4_BRANDS: &[&[u8; 4]] = &[
-    b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso7", b"iso8", b"iso9", b"mp41",
-    b"mp42", b"mp71", b"avc1", b"avc2", b"hvc1", b"hev1", b"av01", b"dash", b"msdh", b"msix",
-    b"cmfc", b"cmf2", b"M4V ", b"M4VH", b"M4VP", b"M4A ", b"M4B ", b"mmp4", b"f4v ", b"MSNV",
-    b"XAVC", b"NDAS",
+    b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso7", b"iso8", b"iso9", b"mp41", b"mp42", b"mp71",
+    b"avc1", b"avc2", b"hvc1", b"hev1", b"av01", b"dash", b"msdh", b"msix", b"cmfc", b"cmf2", b"M4V ", b"M4VH",
+    b"M4VP", b"M4A ", b"M4B ", b"mmp4", b"f4v ", b"MSNV", b"XAVC", b"NDAS",
 ];
 
 /// Container from the major brand, else from the compatible brands.
@@ -353,11 +338,7 @@ fn sniff_other(data: &[u8]) -> Option<&'static str> {
     let head = data.get(..data.len().min(64)).unwrap_or_default();
     let contains = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
     if starts(&[0x1a, 0x45, 0xdf, 0xa3]) {
-        return Some(if contains(b"webm") {
-            "webm"
-        } else {
-            "matroska"
-        });
+        return Some(if contains(b"webm") { "webm" } else { "matroska" });
     }
     if starts(b"RIFF") {
         return Some(match data.get(8..12) {
@@ -461,9 +442,7 @@ impl Moov {
                     self.fragment_duration = (duration > 0).then_some(duration);
                 }
                 b"trex" => {
-                    let (Some(track_id), Some(default_duration)) =
-                        (be_u32(body, 4), be_u32(body, 12))
-                    else {
+                    let (Some(track_id), Some(default_duration)) = (be_u32(body, 4), be_u32(body, 12)) else {
                         return Err(malformed("truncated trex"));
                     };
                     if self.trex.len() < MAX_TRACKS {
@@ -506,8 +485,7 @@ impl Moov {
                     track = Some((id, default.unwrap_or(trex_default)));
                 }
                 b"trun" => {
-                    let (id, default) =
-                        track.ok_or_else(|| malformed("trun before tfhd in traf"))?;
+                    let (id, default) = track.ok_or_else(|| malformed("trun before tfhd in traf"))?;
                     let sum = trun_duration(body, default)?;
                     let Some(track) = self.tracks.iter_mut().find(|t| t.id == id) else {
                         return Err(malformed(format!("fragment for unknown track {id}")));
@@ -536,9 +514,7 @@ impl Moov {
     /// `mehd` when fragmented and present; else `mvhd`, unless it is 0 or (fragmented) the
     /// tracks with their fragments run longer; then the longest track.
     fn duration_ms(&self) -> Result<u64, BoxError> {
-        let movie_ms = |d: u64| {
-            media_duration_ms(d, self.timescale).ok_or_else(|| malformed("mvhd timescale is 0"))
-        };
+        let movie_ms = |d: u64| media_duration_ms(d, self.timescale).ok_or_else(|| malformed("mvhd timescale is 0"));
         if let Some(total) = self.fragment_duration {
             return movie_ms(total);
         }
@@ -554,9 +530,8 @@ impl Moov {
                 .checked_add(track.fragment_duration)
                 .ok_or_else(|| malformed("track duration overflows"))?;
             if media > 0 {
-                let ms = media_duration_ms(media, track.media_timescale).ok_or_else(|| {
-                    malformed(format!("mdhd timescale of track {} is 0", track.id))
-                })?;
+                let ms = media_duration_ms(media, track.media_timescale)
+                    .ok_or_else(|| malformed(format!("mdhd timescale of track {} is 0", track.id)))?;
                 longest = longest.max(ms);
             }
         }
@@ -587,8 +562,7 @@ fn parse_trak(body: &[u8]) -> Result<Track, BoxError> {
                 } else {
                     be_u32(body, 12).zip(be_u32(body, 20).map(known32))
                 };
-                (track.id, track.header_duration) =
-                    parsed.ok_or_else(|| malformed("truncated tkhd"))?;
+                (track.id, track.header_duration) = parsed.ok_or_else(|| malformed("truncated tkhd"))?;
             }
             b"mdia" => parse_mdia(body, &mut track)?,
             _ => {}
@@ -607,9 +581,7 @@ fn parse_mdia(body: &[u8], track: &mut Track) -> Result<(), BoxError> {
                     parse_mvhd(body).map_err(|_| malformed("truncated mdhd"))?;
             }
             // version/flags, pre_defined (QuickTime: component type), then the handler type.
-            b"hdlr" => {
-                track.handler = fourcc(body, 8).ok_or_else(|| malformed("truncated hdlr"))?
-            }
+            b"hdlr" => track.handler = fourcc(body, 8).ok_or_else(|| malformed("truncated hdlr"))?,
             _ => {}
         }
     }
@@ -711,15 +683,13 @@ impl<'a> Iterator for Children<'a> {
 
 impl<'a> Children<'a> {
     fn next_child(&mut self) -> Result<([u8; 4], &'a [u8]), BoxError> {
-        let header = parse_header(self.rest)?.ok_or_else(|| {
-            malformed(format!("truncated box header ({} bytes)", self.rest.len()))
-        })?;
+        let header = parse_header(self.rest)?
+            .ok_or_else(|| malformed(format!("truncated box header ({} bytes)", self.rest.len())))?;
         let len = match header.size {
             Some(size) => size,
             None => self.rest.len() as u64,
         };
-        let (Ok(len), Ok(header_len)) = (usize::try_from(len), usize::try_from(header.header_len))
-        else {
+        let (Ok(len), Ok(header_len)) = (usize::try_from(len), usize::try_from(header.header_len)) else {
             return Err(malformed("box size does not fit in memory"));
         };
         let Some(whole) = self.rest.get(..len) else {
@@ -780,9 +750,7 @@ pub fn walk_bytes(data: &[u8], chunk: usize) -> Result<Movie, BoxError> {
     loop {
         let start = offset.min(size);
         let end = start.saturating_add(len.max(chunk)).min(size);
-        let slice = data
-            .get(to_usize(start)?..to_usize(end)?)
-            .unwrap_or_default();
+        let slice = data.get(to_usize(start)?..to_usize(end)?).unwrap_or_default();
         let window = Window {
             offset: start,
             data: slice,
@@ -827,10 +795,7 @@ mod tests {
     }
 
     fn ftyp(major: &[u8; 4]) -> Vec<u8> {
-        bx(
-            b"ftyp",
-            &cat(&[major.to_vec(), vec![0, 0, 2, 0], b"isom".to_vec()]),
-        )
+        bx(b"ftyp", &cat(&[major.to_vec(), vec![0, 0, 2, 0], b"isom".to_vec()]))
     }
 
     /// mvhd/mdhd version 0: flags, creation, modification, timescale, duration.
@@ -864,10 +829,7 @@ mod tests {
     }
 
     fn trak(id: u32, handler: &[u8; 4], timescale: u32, duration: u32) -> Vec<u8> {
-        let mdia = bx(
-            b"mdia",
-            &cat(&[header_v0(b"mdhd", timescale, duration), hdlr(handler)]),
-        );
+        let mdia = bx(b"mdia", &cat(&[header_v0(b"mdhd", timescale, duration), hdlr(handler)]));
         bx(b"trak", &cat(&[tkhd(id, 0), mdia]))
     }
 
@@ -895,11 +857,7 @@ mod tests {
     #[test]
     fn moov_after_a_large_mdat_with_a_64_bit_size_is_found() {
         let video = trak(1, b"vide", 600, 1800);
-        let file = cat(&[
-            ftyp(b"mp42"),
-            large_bx(b"mdat", &[0; 100]),
-            moov(1000, 3000, &[video]),
-        ]);
+        let file = cat(&[ftyp(b"mp42"), large_bx(b"mdat", &[0; 100]), moov(1000, 3000, &[video])]);
         let movie = walk(&file).expect("valid");
         assert_eq!(movie.container, Container::Mp4);
         assert_eq!(movie.duration_ms, 3000);
@@ -910,11 +868,7 @@ mod tests {
     fn a_last_box_of_size_zero_runs_to_the_end_of_the_file() {
         let mut mdat = bx(b"mdat", &[0; 50]);
         mdat[..4].copy_from_slice(&[0; 4]);
-        let file = cat(&[
-            ftyp(b"qt  "),
-            moov(600, 900, &[trak(1, b"soun", 1, 1)]),
-            mdat,
-        ]);
+        let file = cat(&[ftyp(b"qt  "), moov(600, 900, &[trak(1, b"soun", 1, 1)]), mdat]);
         let movie = walk(&file).expect("valid");
         assert_eq!((movie.container, movie.duration_ms), (Container::Mov, 1500));
         assert!(movie.has_audio);
@@ -938,10 +892,7 @@ mod tests {
             moov(
                 1000,
                 0,
-                &[
-                    trak(1, b"vide", 90_000, 378_000),
-                    trak(2, b"soun", 48_000, 96_000),
-                ],
+                &[trak(1, b"vide", 90_000, 378_000), trak(2, b"soun", 48_000, 96_000)],
             ),
         ]);
         assert_eq!(walk(&file).expect("valid").duration_ms, 4200);
@@ -976,10 +927,7 @@ mod tests {
             per_sample.extend_from_slice(&1024_u32.to_be_bytes());
         }
         let trun_samples = bx(b"trun", &per_sample);
-        let moof = bx(
-            b"moof",
-            &bx(b"traf", &cat(&[tfhd, trun_default, trun_samples])),
-        );
+        let moof = bx(b"moof", &bx(b"traf", &cat(&[tfhd, trun_default, trun_samples])));
         let moov_plain = moov(1000, 0, &[trak(1, b"vide", 1024, 0), bx(b"mvex", &trex)]);
         let file = cat(&[
             ftyp(b"iso5"),
@@ -991,15 +939,8 @@ mod tests {
         // 2 × (10 × 512 + 3 × 1024) = 16384 ticks at 1024 Hz.
         assert_eq!(walk(&file).expect("valid").duration_ms, 16_000);
 
-        let mehd = bx(
-            b"mehd",
-            &cat(&[vec![0; 4], 7_000_u32.to_be_bytes().to_vec()]),
-        );
-        let moov_mehd = moov(
-            1000,
-            0,
-            &[trak(1, b"vide", 1024, 0), bx(b"mvex", &cat(&[mehd, trex]))],
-        );
+        let mehd = bx(b"mehd", &cat(&[vec![0; 4], 7_000_u32.to_be_bytes().to_vec()]));
+        let moov_mehd = moov(1000, 0, &[trak(1, b"vide", 1024, 0), bx(b"mvex", &cat(&[mehd, trex]))]);
         let file = cat(&[ftyp(b"iso5"), moov_mehd, moof]);
         assert_eq!(walk(&file).expect("valid").duration_ms, 7_000);
     }
@@ -1020,10 +961,7 @@ mod tests {
 
     #[test]
     fn truncated_files_and_sizes_past_the_end_are_errors() {
-        let file = cat(&[
-            ftyp(b"isom"),
-            moov(1000, 2000, &[trak(1, b"vide", 1000, 2000)]),
-        ]);
+        let file = cat(&[ftyp(b"isom"), moov(1000, 2000, &[trak(1, b"vide", 1000, 2000)])]);
         for cut in 1..file.len() {
             assert!(walk(&file[..cut]).is_err(), "cut at {cut}");
         }
@@ -1083,10 +1021,7 @@ mod tests {
             Err(BoxError::OtherContainer(name)) => name,
             other => panic!("expected another container, got {other:?}"),
         };
-        assert_eq!(
-            other(b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01webm...."),
-            "webm"
-        );
+        assert_eq!(other(b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01webm...."), "webm");
         assert_eq!(other(b"RIFF\0\0\0\0AVI LIST"), "avi");
         assert_eq!(other(b"<!DOCTYPE html><html>"), "html");
         assert_eq!(other(&bx(b"ftyp", b"heic\0\0\0\0mif1heic")), "heif");
@@ -1103,12 +1038,10 @@ mod tests {
     /// Random box trees, sometimes corrupted.
     fn tree(depth: u32) -> BoxedStrategy<Vec<u8>> {
         let kinds = prop::sample::select(vec![
-            *b"moov", *b"trak", *b"mdia", *b"mvhd", *b"mdhd", *b"tkhd", *b"hdlr", *b"mvex",
-            *b"mehd", *b"trex", *b"moof", *b"traf", *b"tfhd", *b"trun", *b"mdat", *b"free",
-            *b"ftyp", *b"udta",
+            *b"moov", *b"trak", *b"mdia", *b"mvhd", *b"mdhd", *b"tkhd", *b"hdlr", *b"mvex", *b"mehd", *b"trex",
+            *b"moof", *b"traf", *b"tfhd", *b"trun", *b"mdat", *b"free", *b"ftyp", *b"udta",
         ]);
-        let leaf = (kinds.clone(), prop::collection::vec(any::<u8>(), 0..40))
-            .prop_map(|(kind, body)| bx(&kind, &body));
+        let leaf = (kinds.clone(), prop::collection::vec(any::<u8>(), 0..40)).prop_map(|(kind, body)| bx(&kind, &body));
         if depth == 0 {
             return leaf.boxed();
         }

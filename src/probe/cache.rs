@@ -53,9 +53,7 @@ impl ProbeCache {
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // A panic elsewhere while holding the lock leaves a consistent map (every update
         // is a single insert or remove), so a poisoned lock is still usable.
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn lookup(&self, key: &str, now: Instant) -> Lookup {
@@ -78,13 +76,7 @@ impl ProbeCache {
         }
     }
 
-    pub(crate) fn store(
-        &self,
-        key: &str,
-        measured: Measured,
-        validator: Option<Validator>,
-        now: Instant,
-    ) {
+    pub(crate) fn store(&self, key: &str, measured: Measured, validator: Option<Validator>, now: Instant) {
         if self.ttl.is_zero() {
             return;
         }
@@ -93,10 +85,7 @@ impl ProbeCache {
             let ttl = self.ttl;
             entries.retain(|_, e| now.saturating_duration_since(e.stored_at) < ttl);
             if entries.len() >= self.capacity {
-                let oldest = entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.stored_at)
-                    .map(|(k, _)| k.clone());
+                let oldest = entries.iter().min_by_key(|(_, e)| e.stored_at).map(|(k, _)| k.clone());
                 if let Some(oldest) = oldest {
                     entries.remove(&oldest);
                 }
@@ -160,12 +149,7 @@ mod tests {
         let cache = ProbeCache::new(Duration::from_secs(60), 3);
         let t0 = Instant::now();
         for i in 0..10_u64 {
-            cache.store(
-                &format!("u{i}"),
-                measured(i),
-                None,
-                t0 + Duration::from_millis(i),
-            );
+            cache.store(&format!("u{i}"), measured(i), None, t0 + Duration::from_millis(i));
         }
         assert_eq!(cache.entries().len(), 3);
         // The newest survive.

@@ -56,11 +56,7 @@ pub struct AddressRefused {
 
 /// The addresses of `host`, refused whole when any one is not allowed: a name with one
 /// public and one internal address must not be usable to reach the internal one.
-pub fn checked_addresses(
-    host: &str,
-    ips: Vec<IpAddr>,
-    policy: &AddressPolicy,
-) -> Result<Vec<IpAddr>, AddressRefused> {
+pub fn checked_addresses(host: &str, ips: Vec<IpAddr>, policy: &AddressPolicy) -> Result<Vec<IpAddr>, AddressRefused> {
     match ips.iter().find(|ip| !policy.address_allowed(**ip)) {
         Some(ip) => Err(AddressRefused {
             host: host.to_string(),
@@ -85,16 +81,11 @@ impl reqwest::dns::Resolve for CheckingResolver {
         Box::pin(async move {
             let ips = inner.resolve(&host).await?;
             if ips.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{host:?} has no addresses"),
-                )
-                .into());
+                return Err(io::Error::new(io::ErrorKind::NotFound, format!("{host:?} has no addresses")).into());
             }
             let ips = checked_addresses(&host, ips, &policy)?;
             // Port 0: reqwest puts the URL's port (or the scheme's default) in its place.
-            let addrs: reqwest::dns::Addrs =
-                Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            let addrs: reqwest::dns::Addrs = Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
             Ok(addrs)
         })
     }
@@ -152,11 +143,7 @@ impl std::fmt::Debug for SafeHttp {
 impl SafeHttp {
     /// `https_only`: plain http only towards `allowed_networks` or when private networks are
     /// allowed (see `check_url`).
-    pub fn new(
-        policy: AddressPolicy,
-        https_only: bool,
-        resolver: Arc<dyn Resolver>,
-    ) -> Result<Self, String> {
+    pub fn new(policy: AddressPolicy, https_only: bool, resolver: Arc<dyn Resolver>) -> Result<Self, String> {
         let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -236,27 +223,20 @@ impl SafeHttp {
                 return Ok(Fetched { response, url });
             };
             if hops == MAX_REDIRECTS {
-                return Err(FetchError::Unreachable(format!(
-                    "more than {MAX_REDIRECTS} redirects"
-                )));
+                return Err(FetchError::Unreachable(format!("more than {MAX_REDIRECTS} redirects")));
             }
             hops += 1;
             let target = location
                 .to_str()
                 .ok()
                 .and_then(|location| url.join(location).ok())
-                .ok_or_else(|| {
-                    FetchError::Unreachable(format!("redirect {status} with an unusable Location"))
-                })?;
+                .ok_or_else(|| FetchError::Unreachable(format!("redirect {status} with an unusable Location")))?;
             url = self.check(target.as_str()).map_err(|e| match e {
-                FetchError::Refused(reason) => {
-                    FetchError::Refused(format!("redirect refused: {reason}"))
-                }
+                FetchError::Refused(reason) => FetchError::Refused(format!("redirect refused: {reason}")),
                 other => other,
             })?;
             if status == StatusCode::SEE_OTHER
-                || (method == Method::POST
-                    && matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND))
+                || (method == Method::POST && matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND))
             {
                 (method, body) = (Method::GET, None);
             }

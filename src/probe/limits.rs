@@ -29,9 +29,7 @@ pub(crate) fn reference(measured: &Measured) -> Result<VideoInfo, ProbeError> {
     }
     let ms = measured.movie.duration_ms;
     if ms == 0 {
-        return Err(ProbeError::Invalid(
-            "no duration in the video header".into(),
-        ));
+        return Err(ProbeError::Invalid("no duration in the video header".into()));
     }
     if ms < MIN_REFERENCE_MS {
         return Err(ProbeError::Invalid(format!(
@@ -53,9 +51,7 @@ pub(crate) fn reference(measured: &Measured) -> Result<VideoInfo, ProbeError> {
 /// A generated video: any positive duration.
 pub(crate) fn result(measured: &Measured) -> Result<VideoInfo, ProbeError> {
     if measured.movie.duration_ms == 0 {
-        return Err(ProbeError::Invalid(
-            "no duration in the video header".into(),
-        ));
+        return Err(ProbeError::Invalid("no duration in the video header".into()));
     }
     Ok(measured.info())
 }
@@ -103,14 +99,8 @@ mod tests {
 
     #[test]
     fn reference_limits_say_what_was_found() {
-        assert_eq!(
-            message(reference(&measured(31_200, None))),
-            "31.2 s, limit 30 s"
-        );
-        assert_eq!(
-            message(reference(&measured(1_500, None))),
-            "1.5 s, minimum 2 s"
-        );
+        assert_eq!(message(reference(&measured(31_200, None))), "31.2 s, limit 30 s");
+        assert_eq!(message(reference(&measured(1_500, None))), "1.5 s, minimum 2 s");
         assert_eq!(
             message(reference(&measured(5_000, Some(104_857_600)))),
             "104857600 bytes, limit 100000000"

@@ -126,6 +126,9 @@ enum Kind {
     Reference,
     /// The upstream's generated video: any host (addresses still checked), any duration.
     Result,
+    /// A file a caller uploaded to the upstream's file host: that host is trusted like a
+    /// result's (addresses still checked), the reference limits apply.
+    Upload,
 }
 
 /// Measures videos behind URLs. `Send + Sync`; share it in an `Arc`.
@@ -147,10 +150,7 @@ impl Prober {
     }
 
     /// As [`Prober::new`] with another resolver (tests map names to loopback with it).
-    pub fn with_resolver(
-        config: &ProbeConfig,
-        resolver: Arc<dyn Resolver>,
-    ) -> Result<Self, String> {
+    pub fn with_resolver(config: &ProbeConfig, resolver: Arc<dyn Resolver>) -> Result<Self, String> {
         let policy = AddressPolicy {
             allowed_hosts: config.allowed_hosts.clone(),
             allowed_networks: Vec::new(),
@@ -173,10 +173,7 @@ impl Prober {
     /// Probes 1–3 reference videos concurrently under one overall timeout
     /// (`config.timeout_ms`), applying the limits; on failure returns the index of the
     /// first failing URL.
-    pub async fn probe_references(
-        &self,
-        urls: &[String],
-    ) -> Result<Vec<VideoInfo>, (usize, ProbeError)> {
+    pub async fn probe_references(&self, urls: &[String]) -> Result<Vec<VideoInfo>, (usize, ProbeError)> {
         if urls.is_empty() || urls.len() > limits::MAX_REFERENCES {
             let index = urls.len().min(limits::MAX_REFERENCES);
             return Err((
@@ -191,11 +188,7 @@ impl Prober {
         // One deadline for all: each probe stops at it, so the first failure by index is
         // well defined even when the time runs out.
         let deadline = Instant::now() + self.timeout;
-        let outcomes = join_all(
-            urls.iter()
-                .map(|url| self.probe_until(url, Kind::Reference, deadline)),
-        )
-        .await;
+        let outcomes = join_all(urls.iter().map(|url| self.probe_until(url, Kind::Reference, deadline))).await;
         outcomes
             .into_iter()
             .enumerate()
@@ -212,8 +205,12 @@ impl Prober {
     /// A generated video: host allow-list bypassed (addresses still checked), any positive
     /// duration.
     pub async fn probe_result(&self, url: &str) -> Result<VideoInfo, ProbeError> {
-        self.probe_until(url, Kind::Result, Instant::now() + self.timeout)
-            .await
+        self.probe_until(url, Kind::Result, Instant::now() + self.timeout).await
+    }
+
+    /// A file just uploaded to the upstream's file host, checked as a reference video.
+    pub async fn probe_upload(&self, url: &str) -> Result<VideoInfo, ProbeError> {
+        self.probe_until(url, Kind::Upload, Instant::now() + self.timeout).await
     }
 
     pub fn stats(&self) -> ProbeStats {
@@ -225,40 +222,25 @@ impl Prober {
         }
     }
 
-    async fn probe_until(
-        &self,
-        raw_url: &str,
-        kind: Kind,
-        deadline: Instant,
-    ) -> Result<VideoInfo, ProbeError> {
+    async fn probe_until(&self, raw_url: &str, kind: Kind, deadline: Instant) -> Result<VideoInfo, ProbeError> {
         let http = match kind {
             Kind::Reference => &self.references,
-            Kind::Result => &self.results,
+            Kind::Result | Kind::Upload => &self.results,
         };
         // The rules first, even for a cached URL: the cache is shared by both kinds.
         let url = http.check(raw_url)?;
         let measuring = self.measure(http, url.as_str(), kind);
-        let measured = tokio::time::timeout_at(deadline, measuring)
-            .await
-            .map_err(|_| {
-                ProbeError::Unreachable(format!(
-                    "no complete answer within {} ms",
-                    self.timeout.as_millis()
-                ))
-            })??;
+        let measured = tokio::time::timeout_at(deadline, measuring).await.map_err(|_| {
+            ProbeError::Unreachable(format!("no complete answer within {} ms", self.timeout.as_millis()))
+        })??;
         match kind {
-            Kind::Reference => limits::reference(&measured),
+            Kind::Reference | Kind::Upload => limits::reference(&measured),
             Kind::Result => limits::result(&measured),
         }
     }
 
     /// From the cache, or from the network (revalidating a stale entry on the way).
-    async fn measure(
-        &self,
-        http: &SafeHttp,
-        url: &str,
-        kind: Kind,
-    ) -> Result<Measured, ProbeError> {
+    async fn measure(&self, http: &SafeHttp, url: &str, kind: Kind) -> Result<Measured, ProbeError> {
         let revalidate = match self.cache.lookup(url, std::time::Instant::now()) {
             Lookup::Fresh(measured) => {
                 self.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -311,7 +293,7 @@ impl Prober {
                 return Ok(Walked::NotModified);
             }
             // Refuse a too-big reference as soon as the size is known, before reading on.
-            if let (Kind::Reference, Some(size)) = (kind, reader.file_size()) {
+            if let (Kind::Reference | Kind::Upload, Some(size)) = (kind, reader.file_size()) {
                 limits::check_reference_size(size)?;
             }
             match walker

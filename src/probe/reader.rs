@@ -8,8 +8,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use reqwest::header::{
-    ACCEPT_ENCODING, CONTENT_RANGE, ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    LAST_MODIFIED, RANGE,
+    ACCEPT_ENCODING, CONTENT_RANGE, ETAG, HeaderMap, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+    RANGE,
 };
 use reqwest::{Method, StatusCode};
 
@@ -185,12 +185,8 @@ impl<'a> RangeReader<'a> {
                 self.at_eof = true;
                 Ok(Fill::Ready)
             }
-            StatusCode::NOT_MODIFIED if self.requests == 1 && self.revalidate.is_some() => {
-                Ok(Fill::NotModified)
-            }
-            status => Err(ProbeError::Unreachable(format!(
-                "the server answered {status}"
-            ))),
+            StatusCode::NOT_MODIFIED if self.requests == 1 && self.revalidate.is_some() => Ok(Fill::NotModified),
+            status => Err(ProbeError::Unreachable(format!("the server answered {status}"))),
         }
     }
 
@@ -212,21 +208,14 @@ impl<'a> RangeReader<'a> {
                 None => {}
             }
         }
-        let fetched = self
-            .http
-            .send(Method::GET, &self.url, &headers, None)
-            .await?;
+        let fetched = self.http.send(Method::GET, &self.url, &headers, None).await?;
         // Later ranges go straight to where the redirects led.
         self.url = fetched.url.to_string();
         Ok(fetched.response)
     }
 
     /// Appends at most `limit` body bytes to the window; the rest is never read.
-    async fn read_body(
-        &mut self,
-        mut response: reqwest::Response,
-        limit: u64,
-    ) -> Result<(), ProbeError> {
+    async fn read_body(&mut self, mut response: reqwest::Response, limit: u64) -> Result<(), ProbeError> {
         let mut taken = 0_u64;
         while taken < limit {
             let Some(chunk) = response.chunk().await.map_err(read_error)? else {
@@ -234,8 +223,7 @@ impl<'a> RangeReader<'a> {
             };
             self.count(chunk.len());
             let keep = usize::try_from(limit - taken).map_or(chunk.len(), |n| n.min(chunk.len()));
-            self.window
-                .extend_from_slice(chunk.get(..keep).unwrap_or_default());
+            self.window.extend_from_slice(chunk.get(..keep).unwrap_or_default());
             taken += keep as u64;
         }
         Ok(())
@@ -255,8 +243,7 @@ impl<'a> RangeReader<'a> {
                     self.count(chunk.len());
                     let room = self.budget.saturating_sub(self.window.len() as u64);
                     let keep = usize::try_from(room).map_or(chunk.len(), |n| n.min(chunk.len()));
-                    self.window
-                        .extend_from_slice(chunk.get(..keep).unwrap_or_default());
+                    self.window.extend_from_slice(chunk.get(..keep).unwrap_or_default());
                 }
                 None => {
                     self.at_eof = true;
@@ -307,8 +294,7 @@ impl<'a> RangeReader<'a> {
 }
 
 fn header(value: &str) -> Result<HeaderValue, ProbeError> {
-    HeaderValue::from_str(value)
-        .map_err(|_| ProbeError::Unreachable(format!("cannot send header value {value:?}")))
+    HeaderValue::from_str(value).map_err(|_| ProbeError::Unreachable(format!("cannot send header value {value:?}")))
 }
 
 fn read_error(error: reqwest::Error) -> ProbeError {
@@ -343,10 +329,7 @@ mod tests {
 
     #[test]
     fn content_range_forms_are_read() {
-        assert_eq!(
-            range_of("bytes 0-99/1000"),
-            Some((Some(0), Some(99), Some(1000)))
-        );
+        assert_eq!(range_of("bytes 0-99/1000"), Some((Some(0), Some(99), Some(1000))));
         assert_eq!(range_of("bytes 5-9/*"), Some((Some(5), Some(9), None)));
         assert_eq!(range_of("bytes */1000"), Some((None, None, Some(1000))));
         assert_eq!(range_of("bytes x-9/10"), None);

@@ -24,7 +24,7 @@ use crate::upstream;
     request_body = crate::openapi::CreateTaskRequest,
     responses(
         (status = 200, description = "The upstream task, with the money held for it", body = crate::openapi::TaskResponse),
-        (status = 400, description = "Invalid request (`invalid_request`, `invalid_callback_url`)", body = crate::openapi::ErrorEnvelope),
+        (status = 400, description = "`invalid_request`, `invalid_callback_url`, `reference_video_invalid`, `reference_video_unreachable`, `reference_video_forbidden`", body = crate::openapi::ErrorEnvelope),
         (status = 401, description = "`unauthenticated`", body = crate::openapi::ErrorEnvelope),
         (status = 402, description = "`budget_exceeded`", body = crate::openapi::ErrorEnvelope),
         (status = 403, description = "`forbidden`, `unknown_tenant`, `quality_not_allowed`", body = crate::openapi::ErrorEnvelope),
@@ -48,7 +48,8 @@ pub async fn create(
     if let Some(url) = &request.callback_url {
         callbacks::check_callback_url(url, &state.config.callbacks)?;
     }
-    let reservation = reserve(&state, &caller, &request).await?;
+    let durations = probe_references(&state, &request).await?;
+    let reservation = reserve(&state, &caller, &request, durations).await?;
     let task = forward(&state, &request, &reservation).await?;
     let task_id = upstream::task_id(&task).ok_or_else(|| {
         tracing::error!(reservation_id = %reservation.reservation_id, "upstream created a task without an id; hold left for the reconciler");
@@ -101,16 +102,36 @@ pub async fn get_task(
     Ok(HttpResponse::Ok().json(with_vidgate(task, &record)))
 }
 
-/// Until reference videos are probed, the hold assumes every reference bills its full
-/// per-video cap: an upper bound, so the budget check never lets a task through too cheaply.
-fn assumed_reference_durations_ms(count: usize) -> Vec<u64> {
-    vec![billing::per_video_cap_ms(count); count]
+/// Measures every reference video before any money is held; a refusal names its
+/// `video_urls[i]` and what was found.
+async fn probe_references(state: &AppState, request: &CreateRequest) -> Result<Vec<u64>, ApiError> {
+    let started = state.prober.stats().bytes_read;
+    let outcome = state.prober.probe_references(&request.video_urls).await;
+    state
+        .metrics
+        .probe_bytes
+        .inc_by(state.prober.stats().bytes_read.saturating_sub(started));
+    match outcome {
+        Ok(videos) => {
+            state
+                .metrics
+                .probes
+                .with_label_values(&["ok"])
+                .inc_by(videos.len() as u64);
+            Ok(videos.iter().map(|v| v.duration_ms).collect())
+        }
+        Err((index, error)) => {
+            state.metrics.probes.with_label_values(&[error.code()]).inc();
+            Err(ApiError::reference_video(error, format!("video_urls[{index}]")))
+        }
+    }
 }
 
 async fn reserve(
     state: &AppState,
     caller: &TenantCaller,
     request: &CreateRequest,
+    durations: Vec<u64>,
 ) -> Result<ReservationRecord, ApiError> {
     let config = &state.config;
     let price = config
@@ -121,7 +142,6 @@ async fn reserve(
                 "quality",
             )
         })?;
-    let durations = assumed_reference_durations_ms(request.video_urls.len());
     let output_ms = u64::from(request.duration) * 1000;
     let charge = billing::charge(&durations, output_ms, price);
     let now = state.clock.now();

@@ -5,6 +5,7 @@ pub(crate) mod generations;
 pub mod guard;
 pub(crate) mod health;
 pub mod metrics;
+pub(crate) mod uploads;
 pub mod validate;
 mod view;
 
@@ -25,7 +26,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
         .service(resource("/readyz", "GET").route(web::get().to(health::readyz)))
         .service(resource("/docs", "GET").route(web::get().to(docs_redirect)))
         .service(resource("/v1/videos/generations", "POST").route(web::post().to(generations::create)))
-        .service(resource("/v1/tasks/{task_id}", "GET").route(web::get().to(generations::get_task)));
+        .service(resource("/v1/tasks/{task_id}", "GET").route(web::get().to(generations::get_task)))
+        .service(resource("/api/v1/files/upload/stream", "POST").route(web::post().to(uploads::stream)))
+        .service(resource("/api/v1/files/upload/base64", "POST").route(web::post().to(uploads::base64)))
+        .service(resource("/api/v1/files/upload/url", "POST").route(web::post().to(uploads::url)));
 }
 
 /// A resource whose other methods get 405 in our envelope, with `Allow` listing `allow`.

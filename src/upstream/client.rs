@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
@@ -16,12 +16,15 @@ use crate::metrics::Metrics;
 /// Attempts for an idempotent read that meets 429/502/503 (the first try included).
 const READ_ATTEMPTS: u32 = 3;
 const READ_BACKOFF: Duration = Duration::from_millis(200);
+/// 100 MB at a slow 2 Mbit/s still fits; the configured timeout is for API calls.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Holds the company key; cloning shares the connection pool.
 #[derive(Clone)]
 pub struct UpstreamClient {
     http: reqwest::Client,
     base_url: String,
+    files_base_url: String,
     api_key: SecretString,
     timeout_ms: u64,
     metrics: Arc<Metrics>,
@@ -40,6 +43,7 @@ impl UpstreamClient {
         Ok(Self {
             http,
             base_url: config.base_url.trim_end_matches('/').to_string(),
+            files_base_url: config.files_base_url.trim_end_matches('/').to_string(),
             api_key: config.api_key.clone(),
             timeout_ms: config.timeout_ms,
             metrics,
@@ -73,6 +77,36 @@ impl UpstreamClient {
                 other => return other,
             }
         }
+    }
+
+    /// Streams an upload body (multipart or base64 JSON) to the file host as it arrives;
+    /// `path` is the file host's route, e.g. `/api/v1/files/upload/stream`.
+    pub async fn upload_stream(
+        &self,
+        path: &str,
+        content_type: &str,
+        length: u64,
+        body: reqwest::Body,
+    ) -> Result<Value, UpstreamError> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.files_base_url))
+            .header(AUTHORIZATION, self.bearer())
+            .header(CONTENT_TYPE, content_type)
+            .header(CONTENT_LENGTH, length)
+            .timeout(UPLOAD_TIMEOUT)
+            .body(body);
+        self.send("upload", request).await
+    }
+
+    /// A small JSON call to the file host (`/api/v1/files/upload/url`).
+    pub async fn upload_json(&self, path: &str, body: &Value) -> Result<Value, UpstreamError> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.files_base_url))
+            .header(AUTHORIZATION, self.bearer())
+            .json(body);
+        self.send("upload", request).await
     }
 
     fn bearer(&self) -> String {

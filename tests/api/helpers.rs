@@ -29,6 +29,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub config: Config,
     pub state: AppState,
+    /// A 5 s reference video on the mock's file host.
+    pub reference: String,
     handle: ServerHandle,
     _dir: Arc<tempfile::TempDir>,
 }
@@ -52,6 +54,8 @@ pub fn test_config(backend: Backend, mock: &MockServer, dir: &tempfile::TempDir)
     config.auth.hs256_secret = SecretString::from(SECRET.to_string());
     config.store.path = dir.path().join("vidgate.redb");
     config.store.key_prefix = format!("test:{}:", ulid::Ulid::new());
+    // Reference videos and results live on the mock's loopback file host.
+    config.probe.allow_private_networks = true;
     if let Backend::Redis = backend {
         config.store.backend = StoreBackend::Redis;
         config.store.redis_url = crate::support::redis::shared().url();
@@ -85,6 +89,7 @@ pub async fn spawn_app_with(backend: Backend, mock: MockOptions, adjust: impl Fn
 }
 
 async fn start(config: Config, mock: Arc<MockServer>, dir: Arc<tempfile::TempDir>) -> TestApp {
+    let reference = upload_reference(&mock, 5000).await;
     let app = Application::build(config.clone()).await.expect("gateway starts");
     let base = format!("http://{}", app.addr());
     let handle = app.handle();
@@ -96,6 +101,7 @@ async fn start(config: Config, mock: Arc<MockServer>, dir: Arc<tempfile::TempDir
         client: reqwest::Client::new(),
         config,
         state,
+        reference,
         handle,
         _dir: dir,
     }
@@ -127,7 +133,7 @@ impl TestApp {
 
     /// A reference-video URL on the mock's own (loopback) file host.
     pub fn reference_url(&self) -> String {
-        format!("{}/files/uploads/reference.mp4", self.mock.base_url())
+        self.reference.clone()
     }
 
     pub fn create_body(&self, prompt: &str) -> Value {
@@ -210,4 +216,22 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str, pa
         assert_eq!(body["error"]["param"], param, "body: {body}");
     }
     body
+}
+
+/// Puts a real mp4 of `duration_ms` on the mock's file host; returns its URL.
+pub async fn upload_reference(mock: &MockServer, duration_ms: u64) -> String {
+    use base64::Engine;
+    let video = vidgate::mock_upstream::mp4_with_duration(duration_ms);
+    let body = json!({"base64_data": base64::engine::general_purpose::STANDARD.encode(video), "file_name": "ref.mp4"});
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/files/upload/base64", mock.base_url()))
+        .bearer_auth(MockOptions::default().api_key)
+        .json(&body)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    answer["data"]["file_url"].as_str().expect("file_url").to_string()
 }

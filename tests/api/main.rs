@@ -5,6 +5,7 @@ mod cli;
 mod contract;
 mod helpers;
 mod money;
+mod references;
 mod store_conformance;
 mod support;
 mod tasks;
