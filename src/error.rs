@@ -189,8 +189,12 @@ struct ErrorBody<'a> {
 }
 
 /// The `code` of an error response, left in its extensions for the access log and metrics.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
+#[derive(Debug, Clone)]
+pub struct ErrorCode {
+    pub code: &'static str,
+    /// What the caller was told (never a token or a secret), for the access log.
+    pub message: String,
+}
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
@@ -231,7 +235,10 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let mut response = response.json(body);
-        response.extensions_mut().insert(ErrorCode(self.code()));
+        response.extensions_mut().insert(ErrorCode {
+            code: self.code(),
+            message: self.public_message(),
+        });
         response
     }
 }

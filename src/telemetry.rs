@@ -78,7 +78,8 @@ pub async fn request_context(
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
     }
     let status = response.status().as_u16();
-    let code = response.response().extensions().get::<ErrorCode>().map(|c| c.0);
+    let error = response.response().extensions().get::<ErrorCode>().cloned();
+    let code = error.as_ref().map(|e| e.code);
     if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
         state.metrics.observe_http(&route, &method, status, started.elapsed());
         if let Some(code) = code.filter(|_| status < 500) {
@@ -93,6 +94,7 @@ pub async fn request_context(
         tracing::info!(
             status,
             code,
+            error = error.as_ref().map(|e| e.message.as_str()),
             latency_ms = started.elapsed().as_millis() as u64,
             "request done"
         );

@@ -169,7 +169,11 @@ fn video_urls(map: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
 fn duration(map: &Map<String, Value>) -> Result<u32, ApiError> {
     match map.get("duration") {
         None | Some(Value::Null) => Ok(5),
-        Some(Value::Number(n)) => match n.as_u64() {
+        // JSON has no integer type of its own: 6.0 is the integer 6 (as JSON Schema agrees).
+        Some(Value::Number(n)) => match n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as u64))
+        {
             Some(d @ 2..=10) => Ok(d as u32),
             _ => Err(ApiError::invalid(
                 format!("duration must be an integer from 2 to 10 (got {n})"),
@@ -255,6 +259,7 @@ mod tests {
         assert_eq!(param_of(with("quality", json!("4k"))).as_deref(), Some("quality"));
         assert_eq!(param_of(with("duration", json!(11))).as_deref(), Some("duration"));
         assert_eq!(param_of(with("duration", json!(5.5))).as_deref(), Some("duration"));
+        assert_eq!(param_of(with("duration", json!(6.0))), None);
         assert_eq!(
             param_of(with("model_params", json!({"generate_audio": "yes"}))).as_deref(),
             Some("model_params.generate_audio")
