@@ -1,10 +1,13 @@
 //! HTTP routes: thin handlers that read as validate → authorize → reserve → forward → bind.
 
+mod admin;
 mod body;
 mod generations;
 pub mod guard;
 mod health;
 pub mod metrics;
+mod query;
+mod usage;
 pub mod validate;
 mod view;
 
@@ -24,7 +27,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
         .service(resource("/healthz").route(web::get().to(health::healthz)))
         .service(resource("/readyz").route(web::get().to(health::readyz)))
         .service(resource("/v1/videos/generations").route(web::post().to(generations::create)))
-        .service(resource("/v1/tasks/{task_id}").route(web::get().to(generations::get_task)));
+        .service(resource("/v1/tasks/{task_id}").route(web::get().to(generations::get_task)))
+        .service(resource("/v1/usage").route(web::get().to(usage::usage)))
+        .service(resource("/v1/admin/usage").route(web::get().to(admin::usage)))
+        .service(resource("/v1/admin/ledger").route(web::get().to(admin::ledger)))
+        .service(resource("/v1/admin/tenants").route(web::get().to(admin::list_tenants)))
+        .service(resource("/v1/admin/tenants/{id}").route(web::put().to(admin::put_tenant)));
 }
 
 /// A resource whose other methods get 405 in our envelope.

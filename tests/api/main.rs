@@ -4,6 +4,7 @@ mod auth;
 mod cli;
 mod helpers;
 mod money;
+mod reports;
 mod store_conformance;
 mod support;
 mod tasks;
