@@ -1,5 +1,7 @@
 //! The one integration-test binary: modules by feature, all over real HTTP on loopback.
 
+mod admin;
+mod alerts;
 mod auth;
 mod cli;
 mod helpers;
