@@ -43,7 +43,7 @@ pub async fn tenant_usage(
     period: &Period,
     currency: &str,
 ) -> Result<TenantUsage, StoreError> {
-    let bucket = store.usage(&tenant.id, &period.token()).await?;
+    let bucket = store.usage(&tenant.id, &period.token(), false).await?;
     let total = bucket.total();
     let budget = budget_of(tenant, period);
     Ok(TenantUsage {
@@ -151,7 +151,7 @@ pub async fn admin_usage(
         GroupBy::Tenant | GroupBy::User => {
             stream::iter(tenants)
                 .map(|tenant| async {
-                    let bucket = store.usage(&tenant.id, &token).await?;
+                    let bucket = store.usage(&tenant.id, &token, group_by == GroupBy::User).await?;
                     Ok::<_, StoreError>(rows_of(tenant, period, &bucket, group_by))
                 })
                 .buffered(READ_CONCURRENCY)
@@ -162,7 +162,7 @@ pub async fn admin_usage(
             let days: Vec<(&TenantRecord, String)> = days_with_usage(store, tenants, period).await?;
             let rows: Vec<UsageRow> = stream::iter(days)
                 .map(|(tenant, day)| async move {
-                    let bucket = store.usage(&tenant.id, &day).await?;
+                    let bucket = store.usage(&tenant.id, &day, false).await?;
                     let mut row = UsageRow::new(&tenant.id, &bucket.total());
                     row.day = Some(day);
                     Ok::<_, StoreError>(row)

@@ -219,12 +219,15 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn usage(&self, tenant: &str, bucket: &str) -> Result<UsageBucket, StoreError> {
+    async fn usage(&self, tenant: &str, bucket: &str, by_user: bool) -> Result<UsageBucket, StoreError> {
         let (tenant, bucket) = (tenant.to_string(), bucket.to_string());
         self.read(move |tx| {
             let aggregates = tx.open_table(AGGREGATES).map_err(db_error)?;
             let by_kind = aggregate_fields(&aggregates, &aggregate_key(&bucket, &tenant, 't', ""))?;
-            let by_user = aggregate_fields(&aggregates, &aggregate_key(&bucket, &tenant, 'u', ""))?;
+            let by_user = match by_user {
+                true => aggregate_fields(&aggregates, &aggregate_key(&bucket, &tenant, 'u', ""))?,
+                false => Vec::new(),
+            };
             Ok(UsageBucket::from_fields(by_kind, by_user))
         })
         .await

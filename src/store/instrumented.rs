@@ -93,8 +93,8 @@ impl Store for Instrumented {
             .await
     }
 
-    async fn usage(&self, tenant: &str, bucket: &str) -> Result<UsageBucket, StoreError> {
-        self.timed("usage", self.inner.usage(tenant, bucket)).await
+    async fn usage(&self, tenant: &str, bucket: &str, by_user: bool) -> Result<UsageBucket, StoreError> {
+        self.timed("usage", self.inner.usage(tenant, bucket, by_user)).await
     }
 
     async fn usage_days(&self, tenant: &str) -> Result<Vec<String>, StoreError> {

@@ -57,6 +57,8 @@ pub struct LedgerEntry {
     pub billed_output_ms: u64,
     pub amount: Micros,
     pub currency: String,
+    /// The create's request id on every entry of a reservation (one search finds a task's
+    /// whole story in the logs); the admin request's on a budget change.
     pub request_id: String,
     /// Who made a budget change: the admin's `sub`, or `config`.
     pub actor: String,

@@ -421,8 +421,9 @@ pub trait Store: Send + Sync + 'static {
     /// Spent and reserved of a tenant in a period key (as `PeriodKeys::for_kind` gives).
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError>;
 
-    /// A tenant's usage aggregates in one bucket: a day, week, month key or `total`.
-    async fn usage(&self, tenant: &str, bucket: &str) -> Result<UsageBucket, StoreError>;
+    /// A tenant's usage aggregates in one bucket: a day, week, month key or `total`; by
+    /// user too when `by_user` (else `by_user` is left empty: the bigger half of a bucket).
+    async fn usage(&self, tenant: &str, bucket: &str, by_user: bool) -> Result<UsageBucket, StoreError>;
 
     /// The days (`2026-11-25`) on which a tenant reserved anything, in order.
     async fn usage_days(&self, tenant: &str) -> Result<Vec<String>, StoreError>;

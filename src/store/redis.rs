@@ -281,13 +281,18 @@ impl Store for RedisStore {
         })
     }
 
-    async fn usage(&self, tenant: &str, bucket: &str) -> Result<UsageBucket, StoreError> {
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("HGETALL")
+    async fn usage(&self, tenant: &str, bucket: &str, by_user: bool) -> Result<UsageBucket, StoreError> {
+        let by_kind = cmd("HGETALL")
             .arg(format!("{}agg:{bucket}:{tenant}", self.prefix))
+            .clone();
+        if !by_user {
+            return Ok(UsageBucket::from_fields(self.query::<Fields64>(&by_kind).await?, []));
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.add_command(by_kind)
             .cmd("HGETALL")
             .arg(format!("{}aggu:{bucket}:{tenant}", self.prefix));
-        let (by_kind, by_user): (Vec<(String, i64)>, Vec<(String, i64)>) =
+        let (by_kind, by_user): (Fields64, Fields64) =
             pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
         Ok(UsageBucket::from_fields(by_kind, by_user))
     }
@@ -400,6 +405,8 @@ fn parse<T: FromRedisValue>(value: Option<Value>) -> Result<T, StoreError> {
 
 /// A hash as HGETALL gives it: (field, value) pairs.
 type Fields = Vec<(String, String)>;
+/// A hash of counters.
+type Fields64 = Vec<(String, i64)>;
 
 /// A reply `{status}` or `{status, HGETALL of a record}`.
 fn status(reply: Vec<Value>) -> Result<(String, Option<Fields>), StoreError> {

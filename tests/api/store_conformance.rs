@@ -650,7 +650,7 @@ async fn aggregates_follow_each_step_by_bucket_quality_and_user(store: Arc<dyn S
     store.refund("r2", NOW_MS).await.unwrap();
 
     for bucket in ["2026-11-25", "2026-W48", "2026-11", "total"] {
-        let usage = store.usage(TENANT, bucket).await.unwrap();
+        let usage = store.usage(TENANT, bucket, true).await.unwrap();
         let total = usage.total();
         assert_eq!(
             (
@@ -682,7 +682,7 @@ async fn aggregates_follow_each_step_by_bucket_quality_and_user(store: Arc<dyn S
         assert_eq!(usage.by_user["ann"].reserved, 100_000);
         assert_eq!(usage.by_user["bob"].tasks.refunded, 1);
     }
-    assert_eq!(store.usage(TENANT, "2026-12").await.unwrap().total().spent, 0);
+    assert_eq!(store.usage(TENANT, "2026-12", false).await.unwrap().total().spent, 0);
     assert_eq!(store.usage_days(TENANT).await.unwrap(), vec!["2026-11-25".to_string()]);
 }
 
