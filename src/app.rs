@@ -55,7 +55,7 @@ impl Application {
             reason,
         })?;
         let store = store::Instrumented::wrap(store::open(&config.store).await?, metrics.clone());
-        seed_tenants(&config, store.as_ref()).await?;
+        seed_tenants(&config, store.as_ref(), clock.now().timestamp_millis()).await?;
         let state = AppState {
             auth: Arc::new(Authenticator::from_config(&config.auth).await?),
             upstream: UpstreamClient::new(&config.upstream, metrics.clone()).map_err(|reason| {
@@ -174,15 +174,15 @@ fn metrics_server(state: AppState, listener: TcpListener) -> std::io::Result<Ser
 }
 
 /// Inserts config tenants; re-applies an entry only when it changed since last applied, so
-/// admin changes persist until the config entry itself changes.
-async fn seed_tenants(config: &Config, store: &dyn Store) -> Result<(), StartError> {
+/// admin changes persist until the config entry itself changes. Each write is audited.
+async fn seed_tenants(config: &Config, store: &dyn Store, now_ms: i64) -> Result<(), StartError> {
     for (i, entry) in config.tenants.iter().enumerate() {
         let settings = TenantSettings::from_config(entry).map_err(|reason| ConfigError::Invalid {
             key: format!("tenants[{i}]"),
             reason,
         })?;
         let hash = config_hash(entry);
-        if store.apply_config_tenant(&entry.id, &settings, &hash).await? {
+        if store.apply_config_tenant(&entry.id, &settings, &hash, now_ms).await? {
             tracing::info!(tenant = %entry.id, "tenant settings applied from config");
         }
     }

@@ -450,6 +450,11 @@ impl Config {
                 "each threshold must be in (0, 1]",
             ));
         }
+        if !self.alerts.webhook_url.is_empty() {
+            let policy = crate::callbacks::policy(&self.callbacks);
+            crate::probe::address::check_url(&self.alerts.webhook_url, &policy, true)
+                .map_err(|refusal| ConfigError::invalid("alerts.webhook_url", refusal.to_string()))?;
+        }
         self.validate_pricing()?;
         self.validate_tenants()
     }

@@ -2,6 +2,7 @@
 //! team: JWT auth per tenant, budgets in money held before the upstream call and settled
 //! on measured seconds, limits, callbacks, metrics.
 
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod billing;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod mock_upstream;
 pub mod openapi;
 pub mod probe;
+pub mod reports;
 pub mod routes;
 pub mod state;
 pub mod store;

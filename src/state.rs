@@ -61,6 +61,11 @@ impl TenantCache {
         Ok(fresh)
     }
 
+    /// Forgets a tenant, so the next lookup reads the store (after an admin change here).
+    pub fn invalidate(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
     fn cached(&self, id: &str) -> Option<TenantRecord> {
         let entries = self.lock();
         let (record, at) = entries.get(id)?;

@@ -138,4 +138,120 @@ mod tests {
         assert_eq!(media_duration_ms(2, 3), Some(667));
         assert_eq!(media_duration_ms(5, 0), None);
     }
+
+    /// The upstream's billing rules and list prices (`upstream-api.md`), one row per case:
+    /// (reference durations ms, output ms, price per second in micros, billed input ms, amount).
+    #[test]
+    fn the_upstreams_worked_examples_and_list_prices() {
+        const P720_AUDIO: Micros = 50_000;
+        const P720_SILENT: Micros = 25_000;
+        const P1080_AUDIO: Micros = 75_000;
+        const P1080_SILENT: Micros = 37_500;
+        let table: &[(&[u64], u64, Micros, u64, Micros)] = &[
+            // 1 video: min(d, 5 s).
+            (&[3300], 5000, P720_AUDIO, 3300, 415_000),
+            (&[8000], 5000, P720_AUDIO, 5000, 500_000),
+            (&[5000], 10_000, P720_SILENT, 5000, 375_000),
+            // 2 videos: min(d, 2.5 s) each.
+            (&[2000, 4000], 5000, P1080_AUDIO, 4500, 712_500),
+            (&[3000, 3000], 2000, P1080_SILENT, 5000, 262_500),
+            // 3 videos: min(d, 1.65 s) each; every video is at least 2 s, so always 4.95 s.
+            (&[2000, 2000, 2000], 5000, P720_AUDIO, 4950, 497_500),
+            (&[9000, 9000, 9000], 10_000, P1080_SILENT, 4950, 560_625),
+            (&[2000, 3000, 60_000], 10_000, P1080_AUDIO, 4950, 1_121_250),
+            // Half a micro-unit rounds up, once per task: 0.0375 × 2.013 s = 0.0754875.
+            (&[13], 2000, P1080_SILENT, 13, 75_488),
+        ];
+        for &(durations, output_ms, price, input_ms, amount) in table {
+            let charge = charge(durations, output_ms, price);
+            assert_eq!(
+                (charge.billed_input_ms, charge.billed_output_ms, charge.amount),
+                (input_ms, output_ms, amount),
+                "{durations:?} + {output_ms} ms at {price}"
+            );
+        }
+        // List prices (USD per second) as the config's decimal strings give them.
+        let list = [
+            ("0.05", P720_AUDIO),
+            ("0.025", P720_SILENT),
+            ("0.075", P1080_AUDIO),
+            ("0.0375", P1080_SILENT),
+        ];
+        for (text, micros) in list {
+            assert_eq!(parse_money(text), Ok(micros));
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// 1 to 3 reference videos of 0 to 120 s.
+        fn references() -> impl Strategy<Value = Vec<u64>> {
+            proptest::collection::vec(0u64..120_000, 1..=3)
+        }
+
+        proptest! {
+            #[test]
+            fn the_input_total_never_exceeds_five_seconds(durations in references()) {
+                prop_assert!(billed_input_ms(&durations) <= INPUT_CAP_MS);
+            }
+
+            #[test]
+            fn the_input_is_monotone_in_each_duration(durations in references(), which in 0usize..3, extra in 0u64..60_000) {
+                let which = which % durations.len();
+                let mut longer = durations.clone();
+                longer[which] += extra;
+                prop_assert!(billed_input_ms(&longer) >= billed_input_ms(&durations));
+            }
+
+            #[test]
+            fn the_cost_is_monotone_in_output_and_price(
+                durations in references(),
+                output_ms in 0u64..20_000,
+                extra_ms in 0u64..20_000,
+                price in 0i64..10_000_000,
+                extra_price in 0i64..1_000_000,
+            ) {
+                let base = charge(&durations, output_ms, price).amount;
+                prop_assert!(base >= 0);
+                prop_assert!(charge(&durations, output_ms + extra_ms, price).amount >= base);
+                prop_assert!(charge(&durations, output_ms, price + extra_price).amount >= base);
+            }
+
+            #[test]
+            fn generating_exactly_the_requested_length_settles_at_the_hold(
+                durations in references(),
+                seconds in 2u64..=10,
+                price in 0i64..10_000_000,
+            ) {
+                let requested_ms = seconds * 1000;
+                let hold = charge(&durations, requested_ms, price);
+                let settlement = charge(&durations, requested_ms, price);
+                prop_assert_eq!(hold, settlement);
+            }
+
+            #[test]
+            fn rounding_happens_once_and_half_up(price in 0i64..100_000_000, input_ms in 0u64..5001, output_ms in 0u64..20_000) {
+                let exact = i128::from(price) * i128::from(input_ms + output_ms);
+                let amount = i128::from(cost_micros(price, input_ms, output_ms));
+                // amount × 1000 is within half a micro-unit of the exact cost, ties rounding up.
+                prop_assert!(amount * 1000 - exact <= 500 && exact - amount * 1000 < 500);
+            }
+
+            #[test]
+            fn media_durations_round_half_up(duration in 0u64..1_000_000_000, timescale in 1u32..1_000_000) {
+                let ms = i128::from(media_duration_ms(duration, timescale).unwrap_or(u64::MAX));
+                let exact = i128::from(duration) * 1000;
+                let ts = i128::from(timescale);
+                prop_assert!(ms * ts - exact <= ts / 2 && exact - ms * ts <= (ts - 1) / 2);
+            }
+
+            #[test]
+            fn money_formats_and_parses_back(micros in 0i64..1_000_000_000_000_000) {
+                prop_assert_eq!(parse_money(&format_money(micros)), Ok(micros));
+            }
+        }
+    }
 }

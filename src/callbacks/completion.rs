@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::alerts;
 use crate::billing;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -30,6 +31,7 @@ pub async fn observe(state: &AppState, record: ReservationRecord, task: &Value) 
     };
     if let FinalizeOutcome::Applied(done) = &outcome {
         record_metrics(state, status, done);
+        alerts::check(state, done);
     }
     Ok(outcome.record().cloned().unwrap_or(record))
 }

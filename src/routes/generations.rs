@@ -8,6 +8,7 @@ use super::body::read_json;
 use super::guard::TenantCaller;
 use super::validate::{CreateRequest, parse_create};
 use super::view::with_vidgate;
+use crate::alerts;
 use crate::billing;
 use crate::callbacks;
 use crate::error::ApiError;
@@ -50,6 +51,7 @@ pub async fn create(
     }
     let durations = probe_references(&state, &request).await?;
     let reservation = reserve(&state, &caller, &request, durations).await?;
+    alerts::check(&state, &reservation);
     let task = forward(&state, &request, &reservation).await?;
     let task_id = upstream::task_id(&task).ok_or_else(|| {
         tracing::error!(reservation_id = %reservation.reservation_id, "upstream created a task without an id; hold left for the reconciler");

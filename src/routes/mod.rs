@@ -1,11 +1,14 @@
 //! HTTP routes: thin handlers that read as validate → authorize → reserve → forward → bind.
 
+pub(crate) mod admin;
 mod body;
 pub(crate) mod generations;
 pub mod guard;
 pub(crate) mod health;
 pub mod metrics;
+mod query;
 pub(crate) mod uploads;
+pub(crate) mod usage;
 pub mod validate;
 mod view;
 
@@ -29,7 +32,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
         .service(resource("/v1/tasks/{task_id}", "GET").route(web::get().to(generations::get_task)))
         .service(resource("/api/v1/files/upload/stream", "POST").route(web::post().to(uploads::stream)))
         .service(resource("/api/v1/files/upload/base64", "POST").route(web::post().to(uploads::base64)))
-        .service(resource("/api/v1/files/upload/url", "POST").route(web::post().to(uploads::url)));
+        .service(resource("/api/v1/files/upload/url", "POST").route(web::post().to(uploads::url)))
+        .service(resource("/v1/usage", "GET").route(web::get().to(usage::usage)))
+        .service(resource("/v1/admin/usage", "GET").route(web::get().to(admin::usage)))
+        .service(resource("/v1/admin/ledger", "GET").route(web::get().to(admin::ledger)))
+        .service(resource("/v1/admin/tenants", "GET").route(web::get().to(admin::list_tenants)))
+        .service(resource("/v1/admin/tenants/{id}", "PUT").route(web::put().to(admin::put_tenant)));
 }
 
 /// A resource whose other methods get 405 in our envelope, with `Allow` listing `allow`.

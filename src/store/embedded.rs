@@ -1,4 +1,5 @@
-//! Embedded store (redb): durable on disk, for one node; every write is one transaction.
+//! Embedded store (redb): durable on disk, for one node; every write is one transaction,
+//! which also appends the step's ledger entries and updates its usage aggregates.
 
 use std::path::Path;
 
@@ -6,6 +7,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, Ta
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::tenants::{self, TenantWrite};
 use super::*;
 
 /// Tenant id → `TenantRecord` as JSON.
@@ -16,6 +18,18 @@ const RESERVATIONS: TableDefinition<&str, &str> = TableDefinition::new("reservat
 const TASKS: TableDefinition<&str, &str> = TableDefinition::new("tasks");
 /// Money and in-flight counters, named as in the Redis layout (see `CounterKeys`).
 const COUNTERS: TableDefinition<&str, i64> = TableDefinition::new("counters");
+/// (tenant, ms, seq) → `LedgerEntry` as JSON, positioned as `append` says.
+const LEDGER: TableDefinition<(&str, u64, u64), &str> = TableDefinition::new("ledger");
+/// `bucket␟tenant␟t␟field` (by quality/audio) or `bucket␟tenant␟u␟field` (by user) → count;
+/// fields as in `usage`, so one bucket of one tenant is one key range.
+const AGGREGATES: TableDefinition<&str, i64> = TableDefinition::new("aggregates");
+/// `tenant␟day` for every day a tenant reserved on.
+const DAYS: TableDefinition<&str, ()> = TableDefinition::new("days");
+/// `tenant␟period␟threshold` of every budget alert claimed.
+const ALERTS: TableDefinition<&str, ()> = TableDefinition::new("alerts");
+
+/// Separates the parts of a composite string key; tenant ids and period keys never hold it.
+const SEP: char = '\u{1f}';
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -37,6 +51,10 @@ impl EmbeddedStore {
         tx.open_table(RESERVATIONS).map_err(db_error)?;
         tx.open_table(TASKS).map_err(db_error)?;
         tx.open_table(COUNTERS).map_err(db_error)?;
+        tx.open_table(LEDGER).map_err(db_error)?;
+        tx.open_table(AGGREGATES).map_err(db_error)?;
+        tx.open_table(DAYS).map_err(db_error)?;
+        tx.open_table(ALERTS).map_err(db_error)?;
         tx.commit().map_err(db_error)?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -78,20 +96,52 @@ impl Store for EmbeddedStore {
         id: &str,
         settings: &TenantSettings,
         config_hash: &str,
+        now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let record = TenantRecord {
-            id: id.to_string(),
-            settings: settings.clone(),
-            config_hash: config_hash.to_string(),
-        };
+        let (id, settings, config_hash) = (id.to_string(), settings.clone(), config_hash.to_string());
         self.write(move |tx| {
-            let mut tenants = tx.open_table(TENANTS).map_err(db_error)?;
-            let stored: Option<TenantRecord> = get_json(&tenants, &record.id)?;
-            if stored.is_some_and(|stored| stored.config_hash == record.config_hash) {
-                return Ok(false);
+            let write = TenantWrite::Config {
+                settings: &settings,
+                config_hash: &config_hash,
+                now_ms,
+            };
+            Ok(write_tenant(tx, &id, &write)?.is_some())
+        })
+        .await
+    }
+
+    async fn update_tenant(&self, id: &str, change: &TenantChange) -> Result<TenantUpdate, StoreError> {
+        let (id, change) = (id.to_string(), change.clone());
+        self.write(move |tx| {
+            let stored: Option<TenantRecord> = get_json(&tx.open_table(TENANTS).map_err(db_error)?, &id)?;
+            match write_tenant(tx, &id, &TenantWrite::Admin(&change))? {
+                Some(record) => Ok(TenantUpdate {
+                    record,
+                    created: stored.is_none(),
+                    changed: true,
+                }),
+                None => Ok(TenantUpdate {
+                    record: stored.ok_or_else(|| StoreError::Corrupt(format!("tenant {id} vanished")))?,
+                    created: false,
+                    changed: false,
+                }),
             }
-            put_json(&mut tenants, &record.id, &record)?;
-            Ok(true)
+        })
+        .await
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        self.read(|tx| {
+            let tenants = tx.open_table(TENANTS).map_err(db_error)?;
+            let mut out = Vec::new();
+            for item in tenants.iter().map_err(db_error)? {
+                let (id, json) = item.map_err(db_error)?;
+                out.push(
+                    serde_json::from_str(json.value())
+                        .map_err(|e| StoreError::Corrupt(format!("tenant {}: {e}", id.value())))?,
+                );
+            }
+            Ok(out)
         })
         .await
     }
@@ -168,6 +218,149 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn usage(&self, tenant: &str, bucket: &str, by_user: bool) -> Result<UsageBucket, StoreError> {
+        let (tenant, bucket) = (tenant.to_string(), bucket.to_string());
+        self.read(move |tx| {
+            let aggregates = tx.open_table(AGGREGATES).map_err(db_error)?;
+            let by_kind = aggregate_fields(&aggregates, &aggregate_key(&bucket, &tenant, 't', ""))?;
+            let by_user = match by_user {
+                true => aggregate_fields(&aggregates, &aggregate_key(&bucket, &tenant, 'u', ""))?,
+                false => Vec::new(),
+            };
+            Ok(UsageBucket::from_fields(by_kind, by_user))
+        })
+        .await
+    }
+
+    async fn usage_days(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = format!("{tenant}{SEP}");
+        self.read(move |tx| {
+            let days = tx.open_table(DAYS).map_err(db_error)?;
+            let mut out = Vec::new();
+            for item in days.range(prefix.as_str()..).map_err(db_error)? {
+                let (key, _) = item.map_err(db_error)?;
+                match key.value().strip_prefix(prefix.as_str()) {
+                    Some(day) => out.push(day.to_string()),
+                    None => break,
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ledger_range(
+        &self,
+        tenant: &str,
+        start: LedgerPosition,
+        end_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<LedgerRow>, StoreError> {
+        let tenant = tenant.to_string();
+        self.read(move |tx| {
+            let ledger = tx.open_table(LEDGER).map_err(db_error)?;
+            if start.ms >= end_ms {
+                return Ok(Vec::new());
+            }
+            let range = (tenant.as_str(), start.ms, start.seq)..(tenant.as_str(), end_ms, 0);
+            let mut rows = Vec::new();
+            for item in ledger.range(range).map_err(db_error)?.take(limit) {
+                let (key, json) = item.map_err(db_error)?;
+                let (_, ms, seq) = key.value();
+                let entry = serde_json::from_str(json.value())
+                    .map_err(|e| StoreError::Corrupt(format!("ledger entry {ms}-{seq}: {e}")))?;
+                rows.push(LedgerRow {
+                    position: LedgerPosition { ms, seq },
+                    entry,
+                });
+            }
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn claim_alert(&self, tenant: &str, period: &str, threshold_ppm: u32) -> Result<bool, StoreError> {
+        let key = format!("{tenant}{SEP}{period}{SEP}{threshold_ppm}");
+        self.write(move |tx| {
+            let mut alerts = tx.open_table(ALERTS).map_err(db_error)?;
+            Ok(alerts.insert(key.as_str(), ()).map_err(db_error)?.is_none())
+        })
+        .await
+    }
+}
+
+/// Applies a tenant write planned by `tenants::plan` with its audit entry; the record
+/// written, or `None` when there was nothing to write.
+fn write_tenant(tx: &WriteTransaction, id: &str, write: &TenantWrite<'_>) -> Result<Option<TenantRecord>, StoreError> {
+    let mut tenants = tx.open_table(TENANTS).map_err(db_error)?;
+    let stored: Option<TenantRecord> = get_json(&tenants, id)?;
+    let Some((record, entry)) = tenants::plan(id, write, stored.as_ref()) else {
+        return Ok(None);
+    };
+    put_json(&mut tenants, id, &record)?;
+    append(tx, &entry)?;
+    Ok(Some(record))
+}
+
+/// Appends one ledger entry to its tenant's ledger at the position Redis would give it: its
+/// time, or the tenant's last ms if that is later (so the ledger is in write order), numbered
+/// within the ms.
+fn append(tx: &WriteTransaction, entry: &LedgerEntry) -> Result<(), StoreError> {
+    let mut ledger = tx.open_table(LEDGER).map_err(db_error)?;
+    let tenant = entry.tenant.as_str();
+    let last = ledger
+        .range((tenant, 0, 0)..=(tenant, u64::MAX, u64::MAX))
+        .map_err(db_error)?
+        .next_back()
+        .transpose()
+        .map_err(db_error)?
+        .map(|(key, _)| {
+            let (_, ms, seq) = key.value();
+            (ms, seq)
+        });
+    let ms = u64::try_from(entry.time_ms).unwrap_or(0);
+    let (ms, seq) = match last {
+        Some((last_ms, last_seq)) if last_ms >= ms => (last_ms, last_seq.saturating_add(1)),
+        _ => (ms, 0),
+    };
+    let json = serde_json::to_string(entry).map_err(|e| StoreError::Corrupt(format!("ledger entry: {e}")))?;
+    ledger.insert((tenant, ms, seq), json.as_str()).map_err(db_error)?;
+    Ok(())
+}
+
+/// Adds a step's deltas to every bucket of its task, by quality/audio and by user.
+fn aggregate(tx: &WriteTransaction, record: &ReservationRecord, deltas: &[(&str, i64)]) -> Result<(), StoreError> {
+    let mut aggregates = tx.open_table(AGGREGATES).map_err(db_error)?;
+    for bucket in usage::buckets(record) {
+        for (metric, delta) in deltas {
+            let by_kind = aggregate_key(bucket, &record.tenant, 't', &usage::tenant_field(metric, record));
+            add(&mut aggregates, &by_kind, *delta)?;
+            let by_user = aggregate_key(bucket, &record.tenant, 'u', &usage::user_field(metric, record));
+            add(&mut aggregates, &by_user, *delta)?;
+        }
+    }
+    Ok(())
+}
+
+fn aggregate_key(bucket: &str, tenant: &str, group: char, field: &str) -> String {
+    format!("{bucket}{SEP}{tenant}{SEP}{group}{SEP}{field}")
+}
+
+/// Every (field, value) under `prefix`.
+fn aggregate_fields(
+    table: &impl ReadableTable<&'static str, i64>,
+    prefix: &str,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut out = Vec::new();
+    for item in table.range(prefix..).map_err(db_error)? {
+        let (key, value) = item.map_err(db_error)?;
+        match key.value().strip_prefix(prefix) {
+            Some(field) => out.push((field.to_string(), value.value())),
+            None => break,
+        }
+    }
+    Ok(out)
 }
 
 /// The reserve step inside its write transaction.
@@ -191,6 +384,14 @@ fn reserve_in(tx: &WriteTransaction, request: &ReserveRequest) -> Result<Reserve
     add(&mut counters, &keys.reserved, request.amount)?;
     add(&mut counters, &keys.user_reserved, request.amount)?;
     add(&mut counters, &keys.in_flight, 1)?;
+    drop(counters);
+    append(tx, &reserve_entry(&record))?;
+    aggregate(tx, &record, &usage::reserve_deltas(&record))?;
+    let day = format!("{}{SEP}{}", record.tenant, record.periods.day);
+    tx.open_table(DAYS)
+        .map_err(db_error)?
+        .insert(day.as_str(), ())
+        .map_err(db_error)?;
     Ok(ReserveOutcome::Reserved(record))
 }
 
@@ -242,6 +443,11 @@ fn finish_in(tx: &WriteTransaction, reservation_id: &str, finish: &Finish) -> Re
     add(&mut counters, &keys.spent, finish.charged)?;
     add(&mut counters, &keys.user_spent, finish.charged)?;
     add(&mut counters, &keys.in_flight, -1)?;
+    drop(counters);
+    for entry in finish.entries(&record) {
+        append(tx, &entry)?;
+    }
+    aggregate(tx, &record, &usage::finish_deltas(&record, finish.charged()))?;
     Ok(FinalizeOutcome::Applied(record))
 }
 

@@ -37,16 +37,30 @@ impl Store for Instrumented {
         self.timed("ping", self.inner.ping()).await
     }
 
-    async fn apply_config_tenant(&self, id: &str, settings: &TenantSettings, hash: &str) -> Result<bool, StoreError> {
+    async fn apply_config_tenant(
+        &self,
+        id: &str,
+        settings: &TenantSettings,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         self.timed(
             "apply_config_tenant",
-            self.inner.apply_config_tenant(id, settings, hash),
+            self.inner.apply_config_tenant(id, settings, hash, now_ms),
         )
         .await
     }
 
+    async fn update_tenant(&self, id: &str, change: &TenantChange) -> Result<TenantUpdate, StoreError> {
+        self.timed("update_tenant", self.inner.update_tenant(id, change)).await
+    }
+
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
         self.timed("tenant", self.inner.tenant(id)).await
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        self.timed("tenants", self.inner.tenants()).await
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
@@ -76,6 +90,30 @@ impl Store for Instrumented {
 
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError> {
         self.timed("period_usage", self.inner.period_usage(tenant, period))
+            .await
+    }
+
+    async fn usage(&self, tenant: &str, bucket: &str, by_user: bool) -> Result<UsageBucket, StoreError> {
+        self.timed("usage", self.inner.usage(tenant, bucket, by_user)).await
+    }
+
+    async fn usage_days(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        self.timed("usage_days", self.inner.usage_days(tenant)).await
+    }
+
+    async fn ledger_range(
+        &self,
+        tenant: &str,
+        start: LedgerPosition,
+        end_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<LedgerRow>, StoreError> {
+        self.timed("ledger_range", self.inner.ledger_range(tenant, start, end_ms, limit))
+            .await
+    }
+
+    async fn claim_alert(&self, tenant: &str, period: &str, threshold_ppm: u32) -> Result<bool, StoreError> {
+        self.timed("claim_alert", self.inner.claim_alert(tenant, period, threshold_ppm))
             .await
     }
 }

@@ -1,12 +1,24 @@
-//! What the gateway keeps: tenants, reservations (the money held for a task) and task
-//! ownership. Every step that moves money is one atomic store operation, idempotent by
-//! reservation id. Two backends: embedded (redb, one node) and Redis (many replicas).
+//! What the gateway keeps: tenants, reservations (the money held for a task), task
+//! ownership, the ledger and usage aggregates. Every step that moves money is one atomic
+//! store operation, idempotent by reservation id, that also appends its ledger entries and
+//! updates the aggregates. Two backends: embedded (redb, one node) and Redis (many replicas).
 
 pub mod embedded;
 mod instrumented;
+mod ledger;
+mod period;
 pub mod redis;
+mod tenants;
+pub mod usage;
 
 pub use instrumented::Instrumented;
+pub use ledger::{
+    LedgerCursor, LedgerEntry, LedgerKind, LedgerPage, LedgerPosition, LedgerQuery, LedgerRow, UNMEASURED_NOTE,
+    ledger_page,
+};
+pub use period::Period;
+pub use tenants::{TenantChange, TenantPatch, TenantUpdate};
+pub use usage::{TaskCounts, Totals, UsageBucket};
 
 use std::sync::Arc;
 
@@ -154,6 +166,8 @@ pub struct ReservationRecord {
     pub state: ReservationState,
     /// The period the task is booked to (the one it was reserved in).
     pub period: String,
+    /// Every period key at reservation time: the usage buckets the task counts in.
+    pub periods: PeriodKeys,
     pub model: String,
     pub quality: String,
     pub audio: bool,
@@ -183,6 +197,7 @@ impl ReservationRecord {
             task_id: None,
             state: ReservationState::Reserved,
             period: period.to_string(),
+            periods: request.periods.clone(),
             model: request.model.clone(),
             quality: request.quality.clone(),
             audio: request.audio,
@@ -206,9 +221,15 @@ impl ReservationRecord {
 const RESULT_TTL_MS: i64 = 86_400_000;
 
 /// What a final step writes onto a `reserved` record. Field names match
-/// `ReservationRecord`, so the Redis backend writes it as hash fields unchanged.
+/// `ReservationRecord`, so the Redis backend writes it as hash fields unchanged (the
+/// skipped fields only steer the ledger).
 #[derive(Debug, Clone, Serialize)]
 struct Finish {
+    #[serde(skip)]
+    kind: LedgerKind,
+    /// Set when the settlement is flagged: the note of its `anomaly` entry.
+    #[serde(skip)]
+    anomaly: Option<&'static str>,
     state: ReservationState,
     /// Also what the step adds to spent.
     charged: Micros,
@@ -222,6 +243,8 @@ struct Finish {
 impl Finish {
     fn settle(settlement: &Settlement) -> Self {
         Self {
+            kind: LedgerKind::Settle,
+            anomaly: settlement.anomaly.then_some(UNMEASURED_NOTE),
             state: ReservationState::Settled,
             charged: settlement.amount,
             billed_output_ms: Some(settlement.billed_output_ms),
@@ -232,6 +255,8 @@ impl Finish {
 
     fn refund(now_ms: i64) -> Self {
         Self {
+            kind: LedgerKind::Refund,
+            anomaly: None,
             state: ReservationState::Refunded,
             charged: 0,
             billed_output_ms: None,
@@ -247,6 +272,45 @@ impl Finish {
         record.finished_ms = Some(self.finished_ms);
         record.result_expires_ms = self.result_expires_ms.or(record.result_expires_ms);
     }
+
+    /// The ledger entries of this step on `record` (already applied): the step's own, plus
+    /// an `anomaly` repeating a flagged settlement.
+    fn entries(&self, record: &ReservationRecord) -> Vec<LedgerEntry> {
+        let entry = match self.kind {
+            LedgerKind::Refund => {
+                LedgerEntry::for_reservation(self.kind, record, (0, 0), record.reserved, self.finished_ms)
+            }
+            kind => LedgerEntry::for_reservation(
+                kind,
+                record,
+                (record.billed_input_ms, self.billed_output_ms.unwrap_or(0)),
+                self.charged,
+                self.finished_ms,
+            ),
+        };
+        let anomaly = self.anomaly.map(|note| LedgerEntry {
+            kind: LedgerKind::Anomaly,
+            note: note.to_string(),
+            ..entry.clone()
+        });
+        std::iter::once(entry).chain(anomaly).collect()
+    }
+
+    /// Charged money for the aggregates: `None` for a refund.
+    fn charged(&self) -> Option<Micros> {
+        (self.kind != LedgerKind::Refund).then_some(self.charged)
+    }
+}
+
+/// The ledger entry of a hold.
+fn reserve_entry(record: &ReservationRecord) -> LedgerEntry {
+    LedgerEntry::for_reservation(
+        LedgerKind::Reserve,
+        record,
+        (record.billed_input_ms, record.requested_output_ms),
+        record.reserved,
+        record.created_ms,
+    )
 }
 
 /// Why a reservation was refused.
@@ -316,15 +380,24 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Inserts the tenant, or re-applies its settings when `config_hash` differs from the
-    /// stored one. Returns true when something was written.
+    /// stored one, with a `budget_change` entry by `config`. Returns true when it wrote.
     async fn apply_config_tenant(
         &self,
         id: &str,
         settings: &TenantSettings,
         config_hash: &str,
+        now_ms: i64,
     ) -> Result<bool, StoreError>;
 
+    /// An admin's partial change (creating the tenant if missing) and its `budget_change`
+    /// entry, atomically; a change that changes nothing writes nothing. The config hash is
+    /// kept, so the change persists until the config entry itself changes.
+    async fn update_tenant(&self, id: &str, change: &TenantChange) -> Result<TenantUpdate, StoreError>;
+
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError>;
+
+    /// Every tenant, by id.
+    async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError>;
 
     /// One atomic step: tenant exists, quality allowed, concurrency cap, tenant and user
     /// budgets (spent + reserved + amount ≤ budget), then hold the amount. Idempotent: a
@@ -347,6 +420,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Spent and reserved of a tenant in a period key (as `PeriodKeys::for_kind` gives).
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError>;
+
+    /// A tenant's usage aggregates in one bucket: a day, week, month key or `total`; by
+    /// user too when `by_user` (else `by_user` is left empty: the bigger half of a bucket).
+    async fn usage(&self, tenant: &str, bucket: &str, by_user: bool) -> Result<UsageBucket, StoreError>;
+
+    /// The days (`2026-11-25`) on which a tenant reserved anything, in order.
+    async fn usage_days(&self, tenant: &str) -> Result<Vec<String>, StoreError>;
+
+    /// One tenant's ledger rows with position ≥ `start` and ms < `end_ms`, in order, at most
+    /// `limit` (see `ledger_page` for reading across tenants).
+    async fn ledger_range(
+        &self,
+        tenant: &str,
+        start: LedgerPosition,
+        end_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<LedgerRow>, StoreError>;
+
+    /// Claims a budget alert (threshold in millionths of the budget) for a tenant and
+    /// period: true for exactly one caller across all replicas.
+    async fn claim_alert(&self, tenant: &str, period: &str, threshold_ppm: u32) -> Result<bool, StoreError>;
 }
 
 /// Opens the configured backend.

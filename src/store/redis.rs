@@ -1,13 +1,20 @@
 //! Redis store: shared by all replicas; one Lua script per money step.
 //!
 //! Keys (all under the configured prefix `P`):
-//! - `P tenant:{id}`: `TenantRecord` as JSON;
+//! - `P tenant:{id}`: `TenantRecord` as JSON; `P tenants`: set of every tenant id;
 //! - `P res:{reservation_id}`: hash of `ReservationRecord` fields, each value JSON-encoded,
 //!   so scripts read and write single fields without re-encoding the record;
 //! - `P task:{task_id}`: reservation id;
 //! - `P spent:{tenant}:{period}`, `P reserved:{tenant}:{period}`,
 //!   `P uspent:{tenant}:{period}:{user}`, `P ureserved:{tenant}:{period}:{user}`: micro-units;
-//! - `P inflight:{tenant}`: reservations not yet final.
+//! - `P inflight:{tenant}`: reservations not yet final;
+//! - `P ledger:{tenant}`: stream, one entry per ledger line, field `e` = `LedgerEntry` JSON,
+//!   id `{ms}-{seq}` = the entry time (kept increasing per tenant) and Redis's sequence; never
+//!   trimmed (the ledger is the record of account);
+//! - `P agg:{bucket}:{tenant}` (fields `metric|quality|audio`) and `P aggu:{bucket}:{tenant}`
+//!   (fields `metric|quality|audio|user`): usage aggregates, bucket = the reservation's day,
+//!   ISO week, month or `total` (see `usage`); `P days:{tenant}`: set of days with usage;
+//! - `P alert:{tenant}:{period}:{threshold_ppm}`: a budget alert claimed (`SET NX`).
 //!
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
@@ -18,6 +25,7 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, Cmd, FromRedisValue, RedisError, Script, ScriptInvocation, Value, cmd, from_redis_value};
 use serde::Serialize;
 
+use super::tenants::{self, TenantWrite};
 use super::*;
 
 /// How long `connect` waits for a first answer.
@@ -34,7 +42,7 @@ pub struct RedisStore {
 }
 
 struct Scripts {
-    apply_tenant: Script,
+    put_tenant: Script,
     reserve: Script,
     bind: Script,
     finish: Script,
@@ -43,7 +51,10 @@ struct Scripts {
 impl Scripts {
     fn load() -> Self {
         Self {
-            apply_tenant: Script::new(include_str!("lua/apply_tenant.lua")),
+            put_tenant: Script::new(concat!(
+                include_str!("lua/keys.lua"),
+                include_str!("lua/put_tenant.lua")
+            )),
             reserve: Script::new(concat!(include_str!("lua/keys.lua"), include_str!("lua/reserve.lua"))),
             bind: Script::new(include_str!("lua/bind.lua")),
             finish: Script::new(concat!(include_str!("lua/keys.lua"), include_str!("lua/finish.lua"))),
@@ -99,6 +110,10 @@ impl RedisStore {
         invocation
             .arg(&self.prefix)
             .arg(finish.charged)
+            .arg(finish.kind.as_str())
+            .arg(finish.billed_output_ms.unwrap_or(0))
+            .arg(finish.finished_ms)
+            .arg(finish.anomaly.unwrap_or(""))
             .arg(json_fields(finish)?);
         match status(self.invoke(&invocation).await?)? {
             (status, None) if status == "not_found" => Ok(FinalizeOutcome::NotFound),
@@ -120,16 +135,49 @@ impl Store for RedisStore {
         id: &str,
         settings: &TenantSettings,
         config_hash: &str,
+        now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let record = TenantRecord {
-            id: id.to_string(),
-            settings: settings.clone(),
-            config_hash: config_hash.to_string(),
+        let write = TenantWrite::Config {
+            settings,
+            config_hash,
+            now_ms,
         };
-        let json = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(format!("tenant {id}: {e}")))?;
-        let mut invocation = self.scripts.apply_tenant.key(self.key("tenant", id));
-        invocation.arg(json).arg(config_hash);
-        self.invoke(&invocation).await
+        Ok(self.write_tenant(id, &write).await?.1.is_some())
+    }
+
+    async fn update_tenant(&self, id: &str, change: &TenantChange) -> Result<TenantUpdate, StoreError> {
+        match self.write_tenant(id, &TenantWrite::Admin(change)).await? {
+            (stored, Some(record)) => Ok(TenantUpdate {
+                record,
+                created: stored.is_none(),
+                changed: true,
+            }),
+            (Some(stored), None) => Ok(TenantUpdate {
+                record: stored,
+                created: false,
+                changed: false,
+            }),
+            (None, None) => Err(StoreError::Corrupt(format!(
+                "tenant {id}: nothing stored and nothing to write"
+            ))),
+        }
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        let mut ids: Vec<String> = self
+            .query(cmd("SMEMBERS").arg(format!("{}tenants", self.prefix)))
+            .await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.key("tenant", id)).collect();
+        let records: Vec<Option<String>> = self.query(cmd("MGET").arg(keys)).await?;
+        records
+            .into_iter()
+            .flatten()
+            .map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("tenant record: {e}"))))
+            .collect()
     }
 
     async fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
@@ -139,8 +187,11 @@ impl Store for RedisStore {
     }
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
-        // The script books the record to the tenant's period, which only it can read.
-        let fields = json_fields(&ReservationRecord::hold(request, ""))?;
+        // The script books the record to the tenant's period, which only it can read; the
+        // ledger entry does not name the period.
+        let hold = ReservationRecord::hold(request, "");
+        let entry = serde_json::to_string(&reserve_entry(&hold)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let fields = json_fields(&hold)?;
         let periods = &request.periods;
         let mut invocation = self.scripts.reserve.key(self.key("tenant", &request.tenant));
         invocation
@@ -153,6 +204,9 @@ impl Store for RedisStore {
             .arg(&periods.month)
             .arg(&periods.week)
             .arg(&periods.day)
+            .arg(if request.audio { "1" } else { "0" })
+            .arg(request.now_ms)
+            .arg(entry)
             .arg(fields);
         let mut reply = self.invoke::<Vec<Value>>(&invocation).await?.into_iter();
         let status: String = parse(reply.next())?;
@@ -226,6 +280,113 @@ impl Store for RedisStore {
             in_flight: in_flight.unwrap_or(0),
         })
     }
+
+    async fn usage(&self, tenant: &str, bucket: &str, by_user: bool) -> Result<UsageBucket, StoreError> {
+        let by_kind = cmd("HGETALL")
+            .arg(format!("{}agg:{bucket}:{tenant}", self.prefix))
+            .clone();
+        if !by_user {
+            return Ok(UsageBucket::from_fields(self.query::<Fields64>(&by_kind).await?, []));
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.add_command(by_kind)
+            .cmd("HGETALL")
+            .arg(format!("{}aggu:{bucket}:{tenant}", self.prefix));
+        let (by_kind, by_user): (Fields64, Fields64) =
+            pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(UsageBucket::from_fields(by_kind, by_user))
+    }
+
+    async fn usage_days(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        let mut days: Vec<String> = self.query(cmd("SMEMBERS").arg(self.key("days", tenant))).await?;
+        days.sort();
+        Ok(days)
+    }
+
+    async fn ledger_range(
+        &self,
+        tenant: &str,
+        start: LedgerPosition,
+        end_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<LedgerRow>, StoreError> {
+        if start.ms >= end_ms || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut xrange = cmd("XRANGE");
+        xrange
+            .arg(self.key("ledger", tenant))
+            .arg(format!("{}-{}", start.ms, start.seq))
+            .arg(format!("({end_ms}-0"))
+            .arg("COUNT")
+            .arg(limit);
+        let entries: Vec<(String, Vec<(String, String)>)> = self.query(&xrange).await?;
+        entries
+            .into_iter()
+            .map(|(id, fields)| ledger_row(&id, fields))
+            .collect()
+    }
+
+    async fn claim_alert(&self, tenant: &str, period: &str, threshold_ppm: u32) -> Result<bool, StoreError> {
+        let key = format!("{}alert:{tenant}:{period}:{threshold_ppm}", self.prefix);
+        let claimed: Option<String> = self.query(cmd("SET").arg(key).arg(1).arg("NX")).await?;
+        Ok(claimed.is_some())
+    }
+}
+
+impl RedisStore {
+    /// Plans from the stored record and writes with `put_tenant.lua` if it is still the one
+    /// read; retries on a concurrent change. Returns (stored before, written).
+    async fn write_tenant(
+        &self,
+        id: &str,
+        write: &TenantWrite<'_>,
+    ) -> Result<(Option<TenantRecord>, Option<TenantRecord>), StoreError> {
+        const ATTEMPTS: usize = 20;
+        for _ in 0..ATTEMPTS {
+            let raw: Option<String> = self.query(cmd("GET").arg(self.key("tenant", id))).await?;
+            let stored: Option<TenantRecord> = raw
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("tenant {id}: {e}")))?;
+            let Some((record, entry)) = tenants::plan(id, write, stored.as_ref()) else {
+                return Ok((stored, None));
+            };
+            let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("tenant {id}: {e}"));
+            let mut invocation = self.scripts.put_tenant.key(self.key("tenant", id));
+            invocation
+                .key(format!("{}tenants", self.prefix))
+                .arg(&self.prefix)
+                .arg(id)
+                .arg(raw.unwrap_or_default())
+                .arg(serde_json::to_string(&record).map_err(corrupt)?)
+                .arg(entry.time_ms)
+                .arg(serde_json::to_string(&entry).map_err(corrupt)?);
+            if self.invoke::<i64>(&invocation).await? == 1 {
+                return Ok((stored, Some(record)));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "tenant {id} kept changing during {ATTEMPTS} attempts to write it"
+        )))
+    }
+}
+
+/// A stream entry `{ms}-{seq}` with field `e` as a ledger row.
+fn ledger_row(id: &str, fields: Vec<(String, String)>) -> Result<LedgerRow, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("ledger entry {id}: {what}"));
+    let (ms, seq) = id.split_once('-').ok_or_else(|| corrupt("bad id"))?;
+    let position = LedgerPosition {
+        ms: ms.parse().map_err(|_| corrupt("bad id"))?,
+        seq: seq.parse().map_err(|_| corrupt("bad id"))?,
+    };
+    let json = fields
+        .into_iter()
+        .find_map(|(name, value)| (name == "e").then_some(value))
+        .ok_or_else(|| corrupt("no field e"))?;
+    let entry = serde_json::from_str(&json).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(LedgerRow { position, entry })
 }
 
 fn unavailable(error: RedisError) -> StoreError {
@@ -244,6 +405,8 @@ fn parse<T: FromRedisValue>(value: Option<Value>) -> Result<T, StoreError> {
 
 /// A hash as HGETALL gives it: (field, value) pairs.
 type Fields = Vec<(String, String)>;
+/// A hash of counters.
+type Fields64 = Vec<(String, i64)>;
 
 /// A reply `{status}` or `{status, HGETALL of a record}`.
 fn status(reply: Vec<Value>) -> Result<(String, Option<Fields>), StoreError> {

@@ -1,7 +1,7 @@
 //! Test harness: a gateway on port 0 in front of a fresh mock upstream, with a chosen store
 //! backend, a random key prefix, and typed helpers for the calls tests make.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use vidgate::app::Application;
 use vidgate::config::{Config, StoreBackend, TenantConfig};
 use vidgate::mock_upstream::{MockOptions, MockServer};
-use vidgate::state::AppState;
+use vidgate::state::{AppState, Clock, SystemClock};
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 pub const MODEL: &str = "wan2.6-reference-video-flash";
@@ -31,8 +31,34 @@ pub struct TestApp {
     pub state: AppState,
     /// A 5 s reference video on the mock's file host.
     pub reference: String,
+    pub clock: Arc<dyn Clock>,
     handle: ServerHandle,
     _dir: Arc<tempfile::TempDir>,
+}
+
+/// A clock tests set by hand, to cross period boundaries.
+pub struct ManualClock(Mutex<chrono::DateTime<chrono::Utc>>);
+
+impl ManualClock {
+    pub fn at(rfc3339: &str) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(parse_time(rfc3339))))
+    }
+
+    pub fn set(&self, rfc3339: &str) {
+        *self.0.lock().unwrap() = parse_time(rfc3339);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+fn parse_time(rfc3339: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .expect("an RFC 3339 time")
+        .to_utc()
 }
 
 /// Options for the mock upstream behind a test gateway.
@@ -81,16 +107,28 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// A gateway with a fresh mock upstream; `adjust` edits the config before start.
 pub async fn spawn_app_with(backend: Backend, mock: MockOptions, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with_clock(backend, mock, Arc::new(SystemClock), adjust).await
+}
+
+/// As `spawn_app_with`, on the given clock.
+pub async fn spawn_app_with_clock(
+    backend: Backend,
+    mock: MockOptions,
+    clock: Arc<dyn Clock>,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
     let mock = Arc::new(MockServer::start(mock).await.expect("mock upstream starts"));
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut config = test_config(backend, &mock, &dir);
     adjust(&mut config);
-    start(config, mock, dir).await
+    start(config, mock, dir, clock).await
 }
 
-async fn start(config: Config, mock: Arc<MockServer>, dir: Arc<tempfile::TempDir>) -> TestApp {
+async fn start(config: Config, mock: Arc<MockServer>, dir: Arc<tempfile::TempDir>, clock: Arc<dyn Clock>) -> TestApp {
     let reference = upload_reference(&mock, 5000).await;
-    let app = Application::build(config.clone()).await.expect("gateway starts");
+    let app = Application::build_with_clock(config.clone(), clock.clone())
+        .await
+        .expect("gateway starts");
     let base = format!("http://{}", app.addr());
     let handle = app.handle();
     let state = app.state().clone();
@@ -102,6 +140,7 @@ async fn start(config: Config, mock: Arc<MockServer>, dir: Arc<tempfile::TempDir
         config,
         state,
         reference,
+        clock,
         handle,
         _dir: dir,
     }
@@ -110,8 +149,14 @@ async fn start(config: Config, mock: Arc<MockServer>, dir: Arc<tempfile::TempDir
 impl TestApp {
     /// Stops this gateway and starts a new one on the same config and store (a restart).
     pub async fn restart(self) -> TestApp {
+        self.restart_with(|_| {}).await
+    }
+
+    /// A restart with `adjust` applied to the config first (an operator's edit).
+    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Config)) -> TestApp {
         self.handle.stop(true).await;
-        let (config, mock, dir) = (self.config, self.mock, self._dir);
+        adjust(&mut self.config);
+        let (config, mock, dir, clock) = (self.config, self.mock, self._dir, self.clock);
         // redb allows one open handle per file: wait until the old server dropped its state.
         for _ in 0..100 {
             if Arc::strong_count(&self.state.store) == 1 {
@@ -120,7 +165,7 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         drop(self.state);
-        start(config, mock, dir).await
+        start(config, mock, dir, clock).await
     }
 
     pub fn token(&self, tenant: &str) -> String {
@@ -129,6 +174,45 @@ impl TestApp {
 
     pub fn token_for(&self, tenant: &str, user: &str) -> String {
         sign(&json!({"sub": user, "tenant": tenant, "aud": "vidgate", "exp": now() + 3600}))
+    }
+
+    /// A token with roles (`finance`, `admin`) and maybe no tenant.
+    pub fn token_with_roles(&self, tenant: Option<&str>, user: &str, roles: &[&str]) -> String {
+        let mut claims = json!({"sub": user, "roles": roles, "aud": "vidgate", "exp": now() + 3600});
+        if let Some(tenant) = tenant {
+            claims["tenant"] = json!(tenant);
+        }
+        sign(&claims)
+    }
+
+    pub fn finance_token(&self) -> String {
+        self.token_with_roles(None, "fin", &["finance"])
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.token_with_roles(None, "root", &["admin"])
+    }
+
+    /// `GET path` (with its query string) with a bearer token.
+    pub async fn get(&self, path_and_query: &str, token: &str) -> Response {
+        self.client
+            .get(format!("{}{path_and_query}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    /// `GET path` answered 200 with JSON.
+    pub async fn get_json(&self, path_and_query: &str, token: &str) -> Value {
+        let response = self.get(path_and_query, token).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{path_and_query}: {:?}",
+            response.text().await
+        );
+        response.json().await.expect("json")
     }
 
     /// A reference-video URL on the mock's own (loopback) file host.
@@ -220,11 +304,16 @@ pub async fn assert_error(response: Response, status: StatusCode, code: &str, pa
 
 /// Puts a real mp4 of `duration_ms` on the mock's file host; returns its URL.
 pub async fn upload_reference(mock: &MockServer, duration_ms: u64) -> String {
+    upload_reference_to(&mock.base_url(), duration_ms).await
+}
+
+/// As `upload_reference`, for a mock upstream running as its own process at `base_url`.
+pub async fn upload_reference_to(base_url: &str, duration_ms: u64) -> String {
     use base64::Engine;
     let video = vidgate::mock_upstream::mp4_with_duration(duration_ms);
     let body = json!({"base64_data": base64::engine::general_purpose::STANDARD.encode(video), "file_name": "ref.mp4"});
     let answer: Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/files/upload/base64", mock.base_url()))
+        .post(format!("{base_url}/api/v1/files/upload/base64"))
         .bearer_auth(MockOptions::default().api_key)
         .json(&body)
         .send()

@@ -1,11 +1,16 @@
 //! The one integration-test binary: modules by feature, all over real HTTP on loopback.
 
+mod admin;
+mod alerts;
 mod auth;
 mod cli;
 mod contract;
+mod drift;
 mod helpers;
 mod money;
+mod overspend;
 mod references;
+mod reports;
 mod store_conformance;
 mod support;
 mod tasks;

@@ -8,8 +8,9 @@ use vidgate::config::PeriodKind;
 use vidgate::store::embedded::EmbeddedStore;
 use vidgate::store::redis::RedisStore;
 use vidgate::store::{
-    FinalizeOutcome, PeriodKeys, ReservationRecord, ReservationState, ReserveOutcome, ReserveRefusal, ReserveRequest,
-    Settlement, Store, StoreError, TenantSettings,
+    FinalizeOutcome, LedgerEntry, LedgerKind, LedgerQuery, PeriodKeys, ReservationRecord, ReservationState,
+    ReserveOutcome, ReserveRefusal, ReserveRequest, Settlement, Store, StoreError, TenantChange, TenantPatch,
+    TenantSettings, UNMEASURED_NOTE, ledger_page,
 };
 
 use crate::support;
@@ -86,6 +87,13 @@ for_both_backends!(
     config_is_reapplied_only_when_its_hash_changes,
     concurrent_reservers_never_exceed_the_budget,
     concurrent_reservers_never_exceed_the_concurrency_cap,
+    every_money_step_appends_its_ledger_entries,
+    repeated_and_refused_steps_write_no_ledger_entry,
+    aggregates_follow_each_step_by_bucket_quality_and_user,
+    admin_changes_create_and_change_tenants_with_an_audit_entry,
+    config_writes_are_audited_and_admin_changes_survive_an_unchanged_config,
+    the_ledger_pages_across_tenants_in_time_order,
+    an_alert_is_claimed_once_even_by_concurrent_claimers,
 );
 
 const TENANT: &str = "acme";
@@ -141,7 +149,12 @@ fn settlement(amount: i64) -> Settlement {
 }
 
 async fn with_tenant(store: &dyn Store, settings: TenantSettings) {
-    assert!(store.apply_config_tenant(TENANT, &settings, "hash-1").await.unwrap());
+    assert!(
+        store
+            .apply_config_tenant(TENANT, &settings, "hash-1", NOW_MS)
+            .await
+            .unwrap()
+    );
 }
 
 async fn reserved(store: &dyn Store, request: &ReserveRequest) -> ReservationRecord {
@@ -447,23 +460,379 @@ async fn a_bound_task_finds_its_reservation(store: Arc<dyn Store>) {
 
 async fn config_is_reapplied_only_when_its_hash_changes(store: Arc<dyn Store>) {
     let first = settings();
-    assert!(store.apply_config_tenant(TENANT, &first, "hash-1").await.unwrap());
-    assert!(!store.apply_config_tenant(TENANT, &first, "hash-1").await.unwrap());
+    assert!(
+        store
+            .apply_config_tenant(TENANT, &first, "hash-1", NOW_MS)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .apply_config_tenant(TENANT, &first, "hash-1", NOW_MS)
+            .await
+            .unwrap()
+    );
 
     // Same hash, other settings (as if an admin had changed them): the stored ones stay.
     let other = TenantSettings {
         budget: Some(5),
         ..settings()
     };
-    assert!(!store.apply_config_tenant(TENANT, &other, "hash-1").await.unwrap());
+    assert!(
+        !store
+            .apply_config_tenant(TENANT, &other, "hash-1", NOW_MS)
+            .await
+            .unwrap()
+    );
     assert_eq!(store.tenant(TENANT).await.unwrap().unwrap().settings, first);
 
-    assert!(store.apply_config_tenant(TENANT, &other, "hash-2").await.unwrap());
+    assert!(
+        store
+            .apply_config_tenant(TENANT, &other, "hash-2", NOW_MS)
+            .await
+            .unwrap()
+    );
     let tenant = store.tenant(TENANT).await.unwrap().unwrap();
     assert_eq!(
         (tenant.id.as_str(), &tenant.settings, tenant.config_hash.as_str()),
         (TENANT, &other, "hash-2")
     );
+}
+
+/// Every ledger entry of `tenant` (or of all tenants), read page by page.
+async fn ledger(store: &dyn Store, tenant: Option<&str>) -> Vec<LedgerEntry> {
+    let mut query = LedgerQuery {
+        tenant: tenant.map(str::to_string),
+        from_ms: 0,
+        to_ms: u64::MAX,
+        cursor: None,
+        limit: 2,
+    };
+    let mut entries = Vec::new();
+    loop {
+        let page = ledger_page(store, &query).await.unwrap();
+        entries.extend(page.rows.into_iter().map(|row| row.entry));
+        match page.next {
+            Some(next) => query.cursor = Some(next),
+            None => return entries,
+        }
+    }
+}
+
+/// The money entries of `tenant`, as (kind, reservation, amount).
+async fn money_entries(store: &dyn Store) -> Vec<(LedgerKind, String, i64)> {
+    ledger(store, Some(TENANT))
+        .await
+        .into_iter()
+        .filter(|e| e.kind != LedgerKind::BudgetChange)
+        .map(|e| (e.kind, e.reservation_id, e.amount))
+        .collect()
+}
+
+async fn every_money_step_appends_its_ledger_entries(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    store.bind("r1", "task-1").await.unwrap();
+    store.settle("r1", &settlement(405_000)).await.unwrap();
+    reserved(&*store, &request("r2", "bob", 250_000)).await;
+    store.refund("r2", NOW_MS + 5000).await.unwrap();
+    reserved(&*store, &request("r3", "bob", 415_000)).await;
+    let unmeasured = Settlement {
+        billed_output_ms: 5000,
+        anomaly: true,
+        ..settlement(415_000)
+    };
+    store.settle("r3", &unmeasured).await.unwrap();
+
+    let entries: Vec<LedgerEntry> = ledger(&*store, Some(TENANT))
+        .await
+        .into_iter()
+        .filter(|e| e.kind != LedgerKind::BudgetChange)
+        .collect();
+    let reserve = LedgerEntry {
+        time_ms: NOW_MS,
+        kind: LedgerKind::Reserve,
+        tenant: TENANT.into(),
+        user: "ann".into(),
+        reservation_id: "r1".into(),
+        task_id: String::new(),
+        model: "wan2.6-reference-video-flash".into(),
+        quality: "720p".into(),
+        audio: Some(true),
+        billed_input_ms: 3300,
+        billed_output_ms: 5000,
+        amount: 415_000,
+        currency: "USD".into(),
+        request_id: "req-r1".into(),
+        actor: String::new(),
+        note: String::new(),
+    };
+    let settle = LedgerEntry {
+        time_ms: NOW_MS + 60_000,
+        kind: LedgerKind::Settle,
+        task_id: "task-1".into(),
+        billed_output_ms: 4800,
+        amount: 405_000,
+        ..reserve.clone()
+    };
+    // In the order written, whatever the step times.
+    assert_eq!(entries[0], reserve);
+    assert_eq!(entries[1], settle);
+    let refund = &entries[3];
+    assert_eq!(
+        (
+            refund.kind,
+            refund.reservation_id.as_str(),
+            refund.amount,
+            refund.billed_input_ms,
+            refund.billed_output_ms
+        ),
+        (LedgerKind::Refund, "r2", 250_000, 0, 0)
+    );
+    assert_eq!((refund.time_ms, refund.user.as_str()), (NOW_MS + 5000, "bob"));
+    let (flagged, anomaly) = (&entries[5], &entries[6]);
+    assert_eq!(
+        (flagged.kind, flagged.amount, flagged.note.as_str()),
+        (LedgerKind::Settle, 415_000, "")
+    );
+    assert_eq!(
+        anomaly,
+        &LedgerEntry {
+            kind: LedgerKind::Anomaly,
+            note: UNMEASURED_NOTE.into(),
+            ..flagged.clone()
+        }
+    );
+    assert_eq!(entries.len(), 7);
+}
+
+async fn repeated_and_refused_steps_write_no_ledger_entry(store: Arc<dyn Store>) {
+    with_tenant(
+        &*store,
+        TenantSettings {
+            budget: Some(500_000),
+            ..settings()
+        },
+    )
+    .await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    refusal(&*store, &request("r2", "ann", 100_000)).await;
+    store.settle("r1", &settlement(405_000)).await.unwrap();
+    store.settle("r1", &settlement(405_000)).await.unwrap();
+    store.refund("r1", NOW_MS).await.unwrap();
+    store.settle("nope", &settlement(1)).await.unwrap();
+    assert_eq!(
+        money_entries(&*store).await,
+        vec![
+            (LedgerKind::Reserve, "r1".to_string(), 415_000),
+            (LedgerKind::Settle, "r1".to_string(), 405_000)
+        ]
+    );
+}
+
+async fn aggregates_follow_each_step_by_bucket_quality_and_user(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    let silent = ReserveRequest {
+        quality: "1080p".into(),
+        audio: false,
+        ..request("r2", "bob", 300_000)
+    };
+    reserved(&*store, &silent).await;
+    reserved(&*store, &request("r3", "ann", 100_000)).await;
+    // Settled in December, still counted on the day it was reserved.
+    let late = Settlement {
+        now_ms: NOW_MS + 10 * 86_400_000,
+        ..settlement(405_000)
+    };
+    store.settle("r1", &late).await.unwrap();
+    store.refund("r2", NOW_MS).await.unwrap();
+
+    for bucket in ["2026-11-25", "2026-W48", "2026-11", "total"] {
+        let usage = store.usage(TENANT, bucket, true).await.unwrap();
+        let total = usage.total();
+        assert_eq!(
+            (
+                total.spent,
+                total.reserved,
+                total.billed_input_ms,
+                total.billed_output_ms
+            ),
+            (405_000, 100_000, 3300, 4800),
+            "{bucket}"
+        );
+        assert_eq!(
+            (
+                total.tasks.reserved,
+                total.tasks.settled,
+                total.tasks.refunded,
+                total.tasks.expired
+            ),
+            (1, 1, 1, 0)
+        );
+        let audio = usage.by_kind[&("720p".to_string(), true)];
+        assert_eq!(
+            (audio.spent, audio.reserved, audio.tasks.settled),
+            (405_000, 100_000, 1)
+        );
+        let silent = usage.by_kind[&("1080p".to_string(), false)];
+        assert_eq!((silent.spent, silent.reserved, silent.tasks.refunded), (0, 0, 1));
+        assert_eq!(usage.by_user["ann"].spent, 405_000);
+        assert_eq!(usage.by_user["ann"].reserved, 100_000);
+        assert_eq!(usage.by_user["bob"].tasks.refunded, 1);
+    }
+    assert_eq!(store.usage(TENANT, "2026-12", false).await.unwrap().total().spent, 0);
+    assert_eq!(store.usage_days(TENANT).await.unwrap(), vec!["2026-11-25".to_string()]);
+}
+
+fn patch_budget(budget: i64, actor: &str) -> TenantChange {
+    TenantChange {
+        patch: TenantPatch {
+            budget: Some(Some(budget)),
+            ..TenantPatch::default()
+        },
+        actor: actor.into(),
+        request_id: "req-admin".into(),
+        now_ms: NOW_MS + 1000,
+    }
+}
+
+async fn admin_changes_create_and_change_tenants_with_an_audit_entry(store: Arc<dyn Store>) {
+    let created = store
+        .update_tenant("fresh", &patch_budget(7_000_000, "root"))
+        .await
+        .unwrap();
+    assert!(created.created && created.changed);
+    assert_eq!(created.record.settings.budget, Some(7_000_000));
+    assert_eq!(
+        created.record.settings.max_concurrent_tasks, 5,
+        "the [[tenants]] defaults"
+    );
+    let changed = store
+        .update_tenant("fresh", &patch_budget(8_000_000, "root"))
+        .await
+        .unwrap();
+    assert!(!changed.created && changed.changed);
+    let same = store
+        .update_tenant("fresh", &patch_budget(8_000_000, "root"))
+        .await
+        .unwrap();
+    assert!(!same.changed);
+    assert_eq!(same.record, changed.record);
+    assert_eq!(store.tenant("fresh").await.unwrap(), Some(changed.record));
+    with_tenant(&*store, settings()).await;
+    let ids: Vec<String> = store.tenants().await.unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(ids, vec![TENANT.to_string(), "fresh".to_string()]);
+
+    let audit = ledger(&*store, Some("fresh")).await;
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert!(
+        audit
+            .iter()
+            .all(|e| e.kind == LedgerKind::BudgetChange && e.actor == "root")
+    );
+    assert_eq!(
+        (audit[1].note.as_str(), audit[1].time_ms),
+        (r#"{"budget":"8.000000"}"#, NOW_MS + 1000)
+    );
+    assert_eq!(audit[1].request_id, "req-admin");
+    assert!(audit[0].note.contains(r#""created":true"#), "{}", audit[0].note);
+}
+
+async fn config_writes_are_audited_and_admin_changes_survive_an_unchanged_config(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    store
+        .update_tenant(TENANT, &patch_budget(9_000_000, "root"))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .apply_config_tenant(TENANT, &settings(), "hash-1", NOW_MS)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.tenant(TENANT).await.unwrap().unwrap().settings.budget,
+        Some(9_000_000)
+    );
+    let edited = TenantSettings {
+        max_concurrent_tasks: 3,
+        ..settings()
+    };
+    assert!(
+        store
+            .apply_config_tenant(TENANT, &edited, "hash-2", NOW_MS + 2000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.tenant(TENANT).await.unwrap().unwrap().settings, edited);
+
+    let audit = ledger(&*store, Some(TENANT)).await;
+    let who: Vec<&str> = audit.iter().map(|e| e.actor.as_str()).collect();
+    assert_eq!(who, vec!["config", "root", "config"]);
+    // The config took back the budget the admin had set, and set its own cap.
+    assert_eq!(audit[2].note, r#"{"budget":"","max_concurrent_tasks":3}"#);
+}
+
+async fn the_ledger_pages_across_tenants_in_time_order(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    store
+        .apply_config_tenant("other", &settings(), "h", NOW_MS)
+        .await
+        .unwrap();
+    for (i, tenant) in [TENANT, "other", TENANT, "other", "other"].into_iter().enumerate() {
+        let request = ReserveRequest {
+            tenant: tenant.into(),
+            now_ms: NOW_MS + 1000 * i as i64,
+            ..request(&format!("r{i}"), "ann", 1)
+        };
+        reserved(&*store, &request).await;
+    }
+    let all = ledger(&*store, None).await;
+    let order: Vec<(&str, &str)> = all
+        .iter()
+        .map(|e| (e.tenant.as_str(), e.reservation_id.as_str()))
+        .collect();
+    // Both budget changes share NOW_MS with r0: r0 comes second in its tenant's ledger, and
+    // entries at the same position go by tenant.
+    assert_eq!(
+        order,
+        vec![
+            (TENANT, ""),
+            ("other", ""),
+            (TENANT, "r0"),
+            ("other", "r1"),
+            (TENANT, "r2"),
+            ("other", "r3"),
+            ("other", "r4")
+        ]
+    );
+    let window = LedgerQuery {
+        tenant: Some("other".into()),
+        from_ms: (NOW_MS + 1000) as u64,
+        to_ms: (NOW_MS + 4000) as u64,
+        cursor: None,
+        limit: 10,
+    };
+    let page = ledger_page(&*store, &window).await.unwrap();
+    let ids: Vec<&str> = page.rows.iter().map(|r| r.entry.reservation_id.as_str()).collect();
+    assert_eq!((ids, page.next), (vec!["r1", "r3"], None));
+}
+
+async fn an_alert_is_claimed_once_even_by_concurrent_claimers(store: Arc<dyn Store>) {
+    let claims = (0..20).map(|_| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.claim_alert(TENANT, "2026-11", 800_000).await.unwrap() })
+    });
+    let mut won = 0;
+    for claim in claims.collect::<Vec<_>>() {
+        won += usize::from(claim.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    assert!(store.claim_alert(TENANT, "2026-11", 950_000).await.unwrap());
+    assert!(store.claim_alert(TENANT, "2026-12", 800_000).await.unwrap());
+    assert!(!store.claim_alert(TENANT, "2026-11", 950_000).await.unwrap());
 }
 
 /// 50 reserves at once; returns how many were held.

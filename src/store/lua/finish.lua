@@ -1,7 +1,10 @@
 -- Settle or refund, once: only a 'reserved' record moves; money moves in the record's own
--- period. Runs after keys.lua.
+-- period, the aggregates in its reservation buckets; the ledger gets the step's entry (and
+-- an 'anomaly' repeating a flagged settlement), built as LedgerEntry::for_reservation does.
+-- Runs after keys.lua.
 -- KEYS[1] reservation hash. ARGV[1] key prefix, ARGV[2] amount charged (added to spent),
--- ARGV[3..] record fields and JSON values to write.
+-- ARGV[3] kind ('settle' or 'refund'), ARGV[4] billed output ms, ARGV[5] entry time ms,
+-- ARGV[6] anomaly note ('' when none), ARGV[7..] record fields and JSON values to write.
 -- Replies {'not_found'}, {'already_final', HGETALL} or {'applied', HGETALL}.
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
@@ -11,13 +14,51 @@ if state ~= '"reserved"' then
   return {'already_final', redis.call('HGETALL', KEYS[1])}
 end
 
-local record = redis.call('HMGET', KEYS[1], 'tenant', 'user', 'period', 'reserved')
-local keys = counter_keys(ARGV[1], cjson.decode(record[1]), cjson.decode(record[2]), cjson.decode(record[3]))
-local hold = record[4]
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+local names = {'tenant', 'user', 'period', 'reserved', 'periods', 'quality', 'audio', 'billed_input_ms',
+  'reservation_id', 'task_id', 'model', 'currency', 'request_id'}
+local values = redis.call('HMGET', KEYS[1], unpack(names))
+local record = {}
+for i, name in ipairs(names) do
+  record[name] = cjson.decode(values[i])
+end
+local keys = counter_keys(ARGV[1], record.tenant, record.user, record.period)
+local hold = record.reserved
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('DECRBY', keys.reserved, hold)
 redis.call('DECRBY', keys.user_reserved, hold)
 redis.call('INCRBY', keys.spent, ARGV[2])
 redis.call('INCRBY', keys.user_spent, ARGV[2])
 redis.call('DECR', keys.in_flight)
+
+local settle = ARGV[3] ~= 'refund'
+local deltas = {reserved = -hold, n_reserved = -1}
+local entry = {
+  time_ms = tonumber(ARGV[5]), kind = ARGV[3], tenant = record.tenant, user = record.user,
+  reservation_id = record.reservation_id, task_id = record.task_id, model = record.model,
+  quality = record.quality, audio = record.audio, billed_input_ms = 0, billed_output_ms = 0,
+  amount = hold, currency = record.currency, request_id = record.request_id, actor = '', note = '',
+}
+if entry.task_id == cjson.null then
+  entry.task_id = ''
+end
+if settle then
+  deltas.spent = ARGV[2]
+  deltas.input_ms = record.billed_input_ms
+  deltas.output_ms = ARGV[4]
+  deltas.n_settled = 1
+  entry.billed_input_ms = record.billed_input_ms
+  entry.billed_output_ms = tonumber(ARGV[4])
+  entry.amount = tonumber(ARGV[2])
+else
+  deltas.n_refunded = 1
+end
+local periods = record.periods
+aggregate(ARGV[1], record.tenant, record.user, record.quality, record.audio,
+  {periods.day, periods.week, periods.month, 'total'}, deltas)
+ledger_append(ARGV[1], record.tenant, ARGV[5], cjson.encode(entry))
+if ARGV[6] ~= '' then
+  entry.kind = 'anomaly'
+  entry.note = ARGV[6]
+  ledger_append(ARGV[1], record.tenant, ARGV[5], cjson.encode(entry))
+end
 return {'applied', redis.call('HGETALL', KEYS[1])}

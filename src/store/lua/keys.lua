@@ -1,5 +1,6 @@
 -- Shared head of the money scripts: counter key names (redis.rs names the same keys for
--- period_usage) and reading a counter.
+-- period_usage), reading a counter, appending to a tenant's ledger stream and updating the
+-- usage aggregates (field names as in usage.rs).
 local function counter_keys(prefix, tenant, user, period)
   return {
     spent = prefix .. 'spent:' .. tenant .. ':' .. period,
@@ -12,4 +13,31 @@ end
 
 local function counter(key)
   return tonumber(redis.call('GET', key) or '0')
+end
+
+-- XADD at the entry's ms, or at the stream's last ms if that is later (stream ids must
+-- grow; a replica whose clock is behind must not fail the step). Redis numbers the entries
+-- within one ms. The entry is one field `e`: the LedgerEntry JSON.
+local function ledger_append(prefix, tenant, time_ms, entry_json)
+  local stream = prefix .. 'ledger:' .. tenant
+  local ms = math.max(tonumber(time_ms), 0)
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if last then
+    ms = math.max(ms, tonumber(string.match(last[1], '^(%d+)-')))
+  end
+  redis.call('XADD', stream, string.format('%d-*', ms), 'e', entry_json)
+end
+
+-- Adds {metric = delta} to the task's buckets (reservation day, week, month and total), by
+-- quality/audio (`agg:`) and by user (`aggu:`).
+local function aggregate(prefix, tenant, user, quality, audio, buckets, deltas)
+  local kind = '|' .. quality .. '|' .. (audio and '1' or '0')
+  for _, bucket in ipairs(buckets) do
+    local by_kind = prefix .. 'agg:' .. bucket .. ':' .. tenant
+    local by_user = prefix .. 'aggu:' .. bucket .. ':' .. tenant
+    for metric, delta in pairs(deltas) do
+      redis.call('HINCRBY', by_kind, metric .. kind, delta)
+      redis.call('HINCRBY', by_user, metric .. kind .. '|' .. user, delta)
+    end
+  end
 end

@@ -1,8 +1,10 @@
 -- One atomic hold: tenant, idempotency, quality, concurrency cap, tenant and user budgets,
--- then the record and the counters. Runs after keys.lua.
+-- then the record, the counters, the aggregates and the `reserve` ledger entry. Runs after
+-- keys.lua.
 -- KEYS[1] tenant record, KEYS[2] reservation hash.
 -- ARGV[1] key prefix, ARGV[2] tenant, ARGV[3] user, ARGV[4] quality, ARGV[5] amount,
--- ARGV[6..8] month, week and day period keys, ARGV[9..] record fields and JSON values.
+-- ARGV[6..8] month, week and day period keys, ARGV[9] audio ('1'/'0'), ARGV[10] entry time
+-- ms, ARGV[11] entry JSON, ARGV[12..] record fields and JSON values.
 -- Replies {status, ...}: 'reserved' + HGETALL, 'unknown_tenant', 'quality_not_allowed',
 -- 'concurrency_limited' + max, 'budget_exceeded' + remaining + user scope (0/1).
 local tenant_json = redis.call('GET', KEYS[1])
@@ -52,10 +54,14 @@ if remaining then
   return {'budget_exceeded', remaining, 1}
 end
 
-redis.call('HSET', KEYS[2], unpack(ARGV, 9))
+redis.call('HSET', KEYS[2], unpack(ARGV, 12))
 -- The caller cannot know the tenant's period kind; the script books the hold to it.
 redis.call('HSET', KEYS[2], 'period', cjson.encode(period))
 redis.call('INCRBY', keys.reserved, ARGV[5])
 redis.call('INCRBY', keys.user_reserved, ARGV[5])
 redis.call('INCR', keys.in_flight)
+aggregate(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[9] == '1', {ARGV[8], ARGV[7], ARGV[6], 'total'},
+  {reserved = ARGV[5], n_reserved = 1})
+redis.call('SADD', ARGV[1] .. 'days:' .. ARGV[2], ARGV[8])
+ledger_append(ARGV[1], ARGV[2], ARGV[10], ARGV[11])
 return {'reserved', redis.call('HGETALL', KEYS[2])}

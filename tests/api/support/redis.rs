@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -23,15 +23,36 @@ pub fn shared() -> &'static RedisServer {
 impl RedisServer {
     /// A private server on a free loopback port.
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        Self::start_on(port)
+        Self::start_on(free_port())
     }
 
     /// A server on `port`, answering PING before this returns.
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, None)
+    }
+
+    /// A private server that keeps its data in `dir` (AOF, fsync on every write), so a
+    /// server started again there after a kill has everything acknowledged before it.
+    pub fn start_persistent(dir: &Path) -> Self {
+        Self::start_with(free_port(), Some(dir))
+    }
+
+    pub fn start_persistent_on(port: u16, dir: &Path) -> Self {
+        Self::start_with(port, Some(dir))
+    }
+
+    fn start_with(port: u16, data_dir: Option<&Path>) -> Self {
+        let persistence: Vec<String> = match data_dir {
+            Some(dir) => vec![
+                "--appendonly".into(),
+                "yes".into(),
+                "--appendfsync".into(),
+                "always".into(),
+                "--dir".into(),
+                dir.display().to_string(),
+            ],
+            None => vec!["--appendonly".into(), "no".into()],
+        };
         let binary = redis_server_binary();
         // `exec` keeps the shell's pid for redis-server, so `kill` below and `Drop` reach it;
         // the background loop kills it once the test process is gone (statics never drop).
@@ -46,16 +67,8 @@ impl RedisServer {
         let child = Command::new("sh")
             .args(["-c", script, "sh", &std::process::id().to_string()])
             .arg(binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(&persistence)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -103,6 +116,13 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
 }
 
 fn answers_ping(port: u16) -> bool {

@@ -1,0 +1,172 @@
+//! Budget alerts: each `[alerts]` threshold of a tenant's budget fires once per tenant and
+//! period across all replicas (claimed in the store), posted to a Slack-compatible webhook
+//! in the background with retries, and always logged.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::billing::{Micros, format_money};
+use crate::callbacks;
+use crate::config::Config;
+use crate::probe::address::check_url;
+use crate::state::AppState;
+use crate::store::{ReservationRecord, StoreError};
+
+/// Thresholds are compared in millionths of the budget, in integers.
+const PPM: i128 = 1_000_000;
+
+/// After a step moved `record`'s money: checks its tenant's period in the background.
+pub fn check(state: &AppState, record: &ReservationRecord) {
+    let (state, tenant, period) = (state.clone(), record.tenant.clone(), record.period.clone());
+    tokio::spawn(async move {
+        if let Err(error) = fire_crossed(&state, &tenant, &period).await {
+            tracing::error!(tenant = %tenant, period = %period, "budget alert check failed: {error}");
+        }
+    });
+}
+
+/// A threshold as millionths of the budget (0.8 → 800 000).
+pub fn threshold_ppm(threshold: f64) -> u32 {
+    // Validated to (0, 1] at startup, so the product fits.
+    (threshold * 1e6).round() as u32
+}
+
+/// Fires every threshold that spent + reserved has reached and no replica has claimed yet.
+/// Reserved money counts: it is committed, and the 100 % alert then matches the first 402.
+async fn fire_crossed(state: &AppState, tenant: &str, period: &str) -> Result<(), StoreError> {
+    let Some(record) = state.tenants.get(state.store.as_ref(), tenant).await? else {
+        return Ok(());
+    };
+    let Some(budget) = record.settings.budget.filter(|b| *b > 0) else {
+        return Ok(());
+    };
+    let usage = state.store.period_usage(tenant, period).await?;
+    let used = usage.spent.saturating_add(usage.reserved);
+    let mut thresholds: Vec<u32> = state
+        .config
+        .alerts
+        .thresholds
+        .iter()
+        .map(|t| threshold_ppm(*t))
+        .collect();
+    thresholds.sort_unstable();
+    thresholds.dedup();
+    for ppm in thresholds {
+        if i128::from(used) * PPM < i128::from(budget) * i128::from(ppm) {
+            break;
+        }
+        if state.store.claim_alert(tenant, period, ppm).await? {
+            let text = message(tenant, period, ppm, budget, usage.spent, usage.reserved, &state.config);
+            tracing::warn!(tenant = %tenant, period = %period, threshold_ppm = ppm, "budget alert: {text}");
+            deliver(&state.config, text).await;
+        }
+    }
+    Ok(())
+}
+
+fn message(
+    tenant: &str,
+    period: &str,
+    ppm: u32,
+    budget: Micros,
+    spent: Micros,
+    reserved: Micros,
+    config: &Config,
+) -> String {
+    let currency = &config.pricing.currency;
+    let percent = f64::from(ppm) / 10_000.0;
+    format!(
+        "vidgate: tenant {tenant} reached {percent}% of its budget for {period}: {} of {} {currency} used ({} spent, {} held for running tasks)",
+        format_money(spent.saturating_add(reserved)),
+        format_money(budget),
+        format_money(spent),
+        format_money(reserved),
+    )
+}
+
+/// Posts `{"text": ...}` to `alerts.webhook_url` with the callback retry delays; every
+/// outcome is logged. Nothing to post to: the log line above is the alert.
+async fn deliver(config: &Config, text: String) {
+    let url = &config.alerts.webhook_url;
+    if url.is_empty() {
+        return;
+    }
+    // Only the literal address is checked here: names are resolved by reqwest. Seam for the
+    // DNS-checked fetcher (resolve, check every address, connect to the checked one) being
+    // written for probing: use it here once it exists.
+    if let Err(refusal) = check_url(url, &callbacks::policy(&config.callbacks), true) {
+        tracing::error!("budget alert not sent: alerts.webhook_url refused: {refusal}");
+        return;
+    }
+    let Some(client) = client() else {
+        tracing::error!("budget alert not sent: no HTTP client");
+        return;
+    };
+    let body = json!({ "text": text });
+    let timeout = Duration::from_millis(config.callbacks.timeout_ms);
+    let delays = std::iter::once(0).chain(config.callbacks.retry_delays_ms.iter().copied());
+    let mut attempts = 0;
+    for delay in delays {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        attempts += 1;
+        match client.post(url).json(&body).timeout(timeout).send().await {
+            Ok(response) if response.status().is_success() => {
+                tracing::info!(attempts, "budget alert delivered");
+                return;
+            }
+            Ok(response) => {
+                tracing::warn!(attempt = attempts, status = %response.status(), "budget alert webhook refused")
+            }
+            Err(error) => tracing::warn!(attempt = attempts, "budget alert webhook unreachable: {error}"),
+        }
+    }
+    tracing::error!(attempts, "budget alert NOT delivered: {text}");
+}
+
+/// One client for every alert: no redirects (a redirect could lead to an internal address)
+/// and no proxy from the environment.
+fn client() -> Option<&'static reqwest::Client> {
+    static CLIENT: OnceLock<Option<reqwest::Client>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .build()
+                .map_err(|e| tracing::error!("cannot build the alert HTTP client: {e}"))
+                .ok()
+        })
+        .as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_become_exact_millionths() {
+        assert_eq!(threshold_ppm(0.8), 800_000);
+        assert_eq!(threshold_ppm(0.95), 950_000);
+        assert_eq!(threshold_ppm(1.0), 1_000_000);
+        assert_eq!(threshold_ppm(0.333_333_7), 333_334);
+    }
+
+    #[test]
+    fn the_message_says_who_how_much_and_of_what() {
+        let text = message(
+            "mkt",
+            "2026-11",
+            950_000,
+            500_000_000,
+            470_000_000,
+            5_000_000,
+            &Config::default(),
+        );
+        assert_eq!(
+            text,
+            "vidgate: tenant mkt reached 95% of its budget for 2026-11: 475.000000 of 500.000000 USD used (470.000000 spent, 5.000000 held for running tasks)"
+        );
+    }
+}
