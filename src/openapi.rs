@@ -20,6 +20,11 @@ answer carries `x-request-id`.",
         crate::routes::uploads::stream,
         crate::routes::uploads::base64,
         crate::routes::uploads::url,
+        crate::routes::usage::usage,
+        crate::routes::admin::usage,
+        crate::routes::admin::ledger,
+        crate::routes::admin::list_tenants,
+        crate::routes::admin::put_tenant,
         crate::routes::health::healthz,
         crate::routes::health::readyz,
         crate::routes::metrics::metrics,
@@ -29,6 +34,8 @@ answer carries `x-request-id`.",
     tags(
         (name = "tasks", description = "Drop-in upstream routes"),
         (name = "files", description = "Upload proxy to the upstream file host"),
+        (name = "usage", description = "Spend: a team's own, and every team's for finance (roles finance/admin)"),
+        (name = "admin", description = "Tenant management (role admin)"),
         (name = "operations", description = "Health, readiness and metrics (no token)"),
     )
 )]
@@ -266,4 +273,55 @@ pub struct UploadedFile {
     pub upload_time: Option<String>,
     /// Files expire after 72 h.
     pub expires_at: Option<String>,
+}
+
+/// `GET /v1/admin/ledger` (JSON): one page; `next_cursor` (also the `x-next-cursor` header)
+/// fetches the next.
+#[derive(ToSchema)]
+pub struct LedgerPage {
+    pub entries: Vec<crate::reports::LedgerLine<'static>>,
+    pub next_cursor: Option<String>,
+}
+
+/// A tenant's settings as stored (money as decimal strings; "" = no cap).
+#[derive(ToSchema)]
+#[schema(example = json!({"id": "marketing", "budget": "500.000000", "period": "month", "creates_per_minute": 60,
+    "creates_burst": 10, "reads_per_minute": 600, "reads_burst": 100, "max_concurrent_tasks": 5, "user_budget": "",
+    "user_creates_per_minute": 0, "allowed_qualities": ["720p", "1080p"]}))]
+pub struct TenantView {
+    pub id: String,
+    pub budget: String,
+    /// `month` | `week` | `day` | `total`.
+    pub period: String,
+    pub creates_per_minute: u32,
+    pub creates_burst: u32,
+    pub reads_per_minute: u32,
+    pub reads_burst: u32,
+    pub max_concurrent_tasks: u32,
+    pub user_budget: String,
+    pub user_creates_per_minute: u32,
+    pub allowed_qualities: Vec<String>,
+}
+
+#[derive(ToSchema)]
+pub struct TenantList {
+    pub tenants: Vec<TenantView>,
+}
+
+/// `PUT /v1/admin/tenants/{id}` body: any `[[tenants]]` fields; the others are kept.
+#[derive(ToSchema)]
+#[schema(example = json!({"budget": "750.00", "max_concurrent_tasks": 8}))]
+pub struct TenantPatchBody {
+    pub id: Option<String>,
+    /// Currency units with at most 6 decimals; "" or null removes the cap.
+    pub budget: Option<String>,
+    pub period: Option<String>,
+    pub creates_per_minute: Option<u32>,
+    pub creates_burst: Option<u32>,
+    pub reads_per_minute: Option<u32>,
+    pub reads_burst: Option<u32>,
+    pub max_concurrent_tasks: Option<u32>,
+    pub user_budget: Option<String>,
+    pub user_creates_per_minute: Option<u32>,
+    pub allowed_qualities: Option<Vec<String>>,
 }

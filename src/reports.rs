@@ -12,7 +12,7 @@ use crate::store::{LedgerEntry, Period, Store, StoreError, TaskCounts, TenantRec
 const READ_CONCURRENCY: usize = 32;
 
 /// `GET /v1/usage`: one tenant's period.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantUsage {
     pub tenant: String,
     pub period: String,
@@ -26,7 +26,7 @@ pub struct TenantUsage {
     pub tasks: TaskCounts,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Breakdown {
     pub quality: String,
     pub audio: bool,
@@ -83,7 +83,7 @@ fn remaining(budget: Micros, total: &Totals) -> Micros {
     budget.saturating_sub(total.spent).saturating_sub(total.reserved).max(0)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
     Tenant,
@@ -92,7 +92,7 @@ pub enum GroupBy {
 }
 
 /// `GET /v1/admin/usage`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AdminUsage {
     pub period: String,
     pub currency: String,
@@ -100,7 +100,7 @@ pub struct AdminUsage {
     pub rows: Vec<UsageRow>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsageRow {
     pub tenant: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -226,7 +226,7 @@ async fn days_with_usage<'a>(
 }
 
 /// A ledger entry as the API shows it: money as a decimal string, time as RFC 3339 UTC.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LedgerLine<'a> {
     pub time: String,
     pub kind: &'static str,

@@ -23,6 +23,21 @@ const MAX_LEDGER_LIMIT: usize = 1000;
 const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
 
 /// `GET /v1/admin/usage?period=P&tenant=T&group_by=tenant|user|day&format=json|csv`.
+#[utoipa::path(get, path = "/v1/admin/usage", tag = "usage",
+    params(
+        ("period" = Option<String>, Query, description = "`2026-11`, `2026-W48`, `2026-11-25` or `total`; default: this month"),
+        ("tenant" = Option<String>, Query, description = "One tenant; default: all"),
+        ("group_by" = Option<String>, Query, description = "`tenant` (default), `user` or `day`"),
+        ("format" = Option<String>, Query, description = "`json` (default) or `csv`"),
+    ),
+    responses(
+        (status = 200, description = "Usage rows (JSON, or CSV with a header row)", content(
+            (crate::reports::AdminUsage = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "`invalid_request` (a parameter, named in `param`)", body = crate::openapi::ErrorEnvelope),
+        (status = 401, description = "`unauthenticated`", body = crate::openapi::ErrorEnvelope),
+        (status = 403, description = "`forbidden` (role missing), `unknown_tenant`", body = crate::openapi::ErrorEnvelope),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::ErrorEnvelope),
+    ))]
 pub async fn usage(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     require_finance(&caller)?;
     let params = QueryParams::parse(&req, &["period", "tenant", "group_by", "format"])?;
@@ -55,6 +70,23 @@ pub async fn usage(state: web::Data<AppState>, caller: Caller, req: HttpRequest)
 }
 
 /// `GET /v1/admin/ledger?tenant=T&from=RFC3339&to=RFC3339&limit=N&cursor=C&format=json|csv`.
+#[utoipa::path(get, path = "/v1/admin/ledger", tag = "usage",
+    params(
+        ("tenant" = Option<String>, Query, description = "One tenant; default: all"),
+        ("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("limit" = Option<u32>, Query, description = "Rows per page, 1 to 1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("format" = Option<String>, Query, description = "`json` (default) or `csv`"),
+    ),
+    responses(
+        (status = 200, description = "One page of ledger entries", content(
+            (crate::openapi::LedgerPage = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "`invalid_request` (a parameter, named in `param`)", body = crate::openapi::ErrorEnvelope),
+        (status = 401, description = "`unauthenticated`", body = crate::openapi::ErrorEnvelope),
+        (status = 403, description = "`forbidden` (role missing), `unknown_tenant`", body = crate::openapi::ErrorEnvelope),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::ErrorEnvelope),
+    ))]
 pub async fn ledger(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     require_finance(&caller)?;
     let params = QueryParams::parse(&req, &["tenant", "from", "to", "limit", "cursor", "format"])?;
@@ -85,6 +117,13 @@ pub async fn ledger(state: web::Data<AppState>, caller: Caller, req: HttpRequest
 }
 
 /// `GET /v1/admin/tenants`.
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin",
+    responses(
+        (status = 200, description = "Every tenant with its settings", body = crate::openapi::TenantList),
+        (status = 401, description = "`unauthenticated`", body = crate::openapi::ErrorEnvelope),
+        (status = 403, description = "`forbidden` (role missing), `unknown_tenant`", body = crate::openapi::ErrorEnvelope),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::ErrorEnvelope),
+    ))]
 pub async fn list_tenants(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     require_admin(&caller)?;
     let tenants: Vec<Value> = state.store.tenants().await?.iter().map(tenant_view).collect();
@@ -92,6 +131,19 @@ pub async fn list_tenants(state: web::Data<AppState>, caller: Caller) -> Result<
 }
 
 /// `PUT /v1/admin/tenants/{id}`: a partial `[[tenants]]` entry; creates the tenant if missing.
+#[utoipa::path(put, path = "/v1/admin/tenants/{id}", tag = "admin",
+    params(("id" = String, Path, description = "Tenant id: 1-64 of a-z, A-Z, 0-9, '-', '_', '.'")),
+    request_body = crate::openapi::TenantPatchBody,
+    responses(
+        (status = 200, description = "Changed (audited in the ledger)", body = crate::openapi::TenantView),
+        (status = 201, description = "Created", body = crate::openapi::TenantView),
+        (status = 400, description = "`invalid_request` (a parameter, named in `param`)", body = crate::openapi::ErrorEnvelope),
+        (status = 401, description = "`unauthenticated`", body = crate::openapi::ErrorEnvelope),
+        (status = 403, description = "`forbidden` (role missing), `unknown_tenant`", body = crate::openapi::ErrorEnvelope),
+        (status = 413, description = "`payload_too_large`", body = crate::openapi::ErrorEnvelope),
+        (status = 415, description = "`unsupported_media_type`", body = crate::openapi::ErrorEnvelope),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::ErrorEnvelope),
+    ))]
 pub async fn put_tenant(
     state: web::Data<AppState>,
     caller: Caller,

@@ -9,6 +9,16 @@ use crate::reports;
 use crate::state::AppState;
 use crate::store::Period;
 
+/// `GET /v1/usage[?period=P]`: the caller's tenant.
+#[utoipa::path(get, path = "/v1/usage", tag = "usage",
+    params(("period" = Option<String>, Query, description = "`2026-11`, `2026-W48`, `2026-11-25` or `total`; default: the tenant's current period")),
+    responses(
+        (status = 200, description = "Budget, spent, reserved and remaining, by quality/audio", body = crate::reports::TenantUsage),
+        (status = 400, description = "`invalid_request` (a parameter, named in `param`)", body = crate::openapi::ErrorEnvelope),
+        (status = 401, description = "`unauthenticated`", body = crate::openapi::ErrorEnvelope),
+        (status = 403, description = "`forbidden` (role missing), `unknown_tenant`", body = crate::openapi::ErrorEnvelope),
+        (status = 503, description = "`store_unavailable`", body = crate::openapi::ErrorEnvelope),
+    ))]
 pub async fn usage(
     state: web::Data<AppState>,
     caller: TenantCaller,

@@ -20,7 +20,7 @@ pub const TASKS_REFUNDED: &str = "n_refunded";
 pub const TASKS_EXPIRED: &str = "n_expired";
 
 /// Tasks of a bucket by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TaskCounts {
     pub reserved: i64,
     pub settled: i64,
