@@ -100,8 +100,10 @@ async fn task(store: &dyn Store, i: usize, tasks: usize, tenants: usize, rng_see
         amount: hold.amount,
         callback_url: None,
         now_ms,
+        idempotency: None,
+        rate: Vec::new(),
     };
-    let ReserveOutcome::Reserved(_) = store.reserve(&request).await.expect("reserve") else {
+    let ReserveOutcome::Reserved(_) = store.reserve(&request).await.expect("reserve").outcome else {
         panic!("bench tenants have no cap");
     };
     if rng.random_bool(0.9) {

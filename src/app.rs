@@ -70,6 +70,7 @@ impl Application {
             tenants: TenantCache::default(),
             metrics,
             prober: Arc::new(prober),
+            prelimit: Arc::default(),
         };
         let listen = state.config.server.listen.clone();
         let listener = TcpListener::bind(&listen).map_err(|source| StartError::Listen {
@@ -146,6 +147,7 @@ fn http_server(state: AppState, listener: TcpListener) -> std::io::Result<Server
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap(from_fn(routes::limit::limit_reads))
             .wrap(from_fn(routes::guard::authenticate))
             .wrap(from_fn(telemetry::request_context))
             .configure(|cfg| routes::configure(cfg, serve_metrics))

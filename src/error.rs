@@ -38,6 +38,17 @@ pub enum ApiError {
     TaskNotFound(String),
     #[error("{message}")]
     ConcurrencyLimited { message: String, retry_after_secs: u64 },
+    /// A request-rate limit: the decision gives `Retry-After` and the `RateLimit` headers.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        policy: crate::limits::Policy,
+        decision: crate::limits::RateDecision,
+    },
+    #[error("the first request with this Idempotency-Key is still running, or its outcome is being resolved")]
+    RequestInProgress,
+    #[error("this Idempotency-Key was used with a different body")]
+    IdempotencyKeyReused,
     #[error("{message}")]
     UpstreamRateLimited {
         message: String,
@@ -104,7 +115,11 @@ impl ApiError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::ConcurrencyLimited { .. } | Self::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::ConcurrencyLimited { .. } | Self::RateLimited { .. } | Self::UpstreamRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::RequestInProgress => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UpstreamError(_) | Self::UpstreamAuthFailed(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamAccountExhausted(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -125,6 +140,9 @@ impl ApiError {
             Self::BudgetExceeded(_) => "budget_exceeded",
             Self::TaskNotFound(_) => "task_not_found",
             Self::ConcurrencyLimited { .. } => "concurrency_limited",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::RequestInProgress => "request_in_progress",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
             Self::UpstreamError(_) => "upstream_error",
             Self::UpstreamAuthFailed(_) => "upstream_auth_failed",
@@ -144,7 +162,7 @@ impl ApiError {
             Self::Unauthenticated(_) => "authentication_error",
             Self::BudgetExceeded(_) => "budget_error",
             Self::Forbidden(_) | Self::UnknownTenant(_) | Self::QualityNotAllowed(_) => "permission_error",
-            Self::ConcurrencyLimited { .. } => "rate_limit_error",
+            Self::ConcurrencyLimited { .. } | Self::RateLimited { .. } => "rate_limit_error",
             Self::UpstreamRateLimited { .. }
             | Self::UpstreamError(_)
             | Self::UpstreamAuthFailed(_)
@@ -225,6 +243,15 @@ impl ResponseError for ApiError {
             }
             Self::MethodNotAllowed(allow) => {
                 response.insert_header((ALLOW, *allow));
+            }
+            Self::RateLimited { policy, decision, .. } => {
+                response.insert_header((RETRY_AFTER, decision.retry_after_secs().to_string()));
+                for header in decision.headers(*policy) {
+                    response.insert_header(header);
+                }
+            }
+            Self::RequestInProgress => {
+                response.insert_header((RETRY_AFTER, "1"));
             }
             Self::UpstreamRateLimited {
                 retry_after: Some(value),

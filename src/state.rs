@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::limits::LocalLimiter;
 use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::store::{Store, StoreError, TenantRecord};
@@ -41,6 +42,8 @@ pub struct AppState {
     pub tenants: TenantCache,
     pub metrics: Arc<Metrics>,
     pub prober: Arc<Prober>,
+    /// The in-process shield in front of the probe (limits set above the store's).
+    pub prelimit: Arc<LocalLimiter>,
 }
 
 /// Known tenants, cached briefly; unknown ones are always asked again.

@@ -23,7 +23,7 @@ pub struct LocalLimiter {
 impl LocalLimiter {
     /// Checks the limits in order (tenant, then user) and stops at the first refusal; governor
     /// cannot peek, so a request the user limit refuses has still used a tenant slot.
-    pub fn check(&self, checks: &[RateCheck]) -> RateDecision {
+    pub fn check(&self, checks: &[RateCheck]) -> Option<RateDecision> {
         let mut decision: Option<RateDecision> = None;
         for check in checks {
             let this = self.check_one(check);
@@ -32,13 +32,7 @@ impl LocalLimiter {
                 break;
             }
         }
-        decision.unwrap_or(RateDecision {
-            allowed: true,
-            remaining: u32::MAX,
-            retry_after_ms: 0,
-            reset_ms: 0,
-            per_minute: 0,
-        })
+        decision
     }
 
     fn check_one(&self, check: &RateCheck) -> RateDecision {
@@ -95,10 +89,10 @@ mod tests {
             burst: 3,
         };
         let admitted = (0..10)
-            .filter(|_| limiter.check(std::slice::from_ref(&check)).allowed)
+            .filter(|_| limiter.check(std::slice::from_ref(&check)).is_some_and(|d| d.allowed))
             .count();
         assert_eq!(admitted, 3);
-        let refused = limiter.check(std::slice::from_ref(&check));
+        let refused = limiter.check(std::slice::from_ref(&check)).expect("one check");
         assert!(!refused.allowed);
         assert!((1..=1000).contains(&refused.retry_after_ms), "{refused:?}");
         assert_eq!(refused.retry_after_secs(), 1);
@@ -117,8 +111,8 @@ mod tests {
             per_minute: 60,
             burst: 1,
         };
-        assert!(limiter.check(std::slice::from_ref(&a)).allowed);
-        assert!(!limiter.check(std::slice::from_ref(&a)).allowed);
-        assert!(limiter.check(std::slice::from_ref(&b)).allowed);
+        assert!(limiter.check(std::slice::from_ref(&a)).is_some_and(|d| d.allowed));
+        assert!(!limiter.check(std::slice::from_ref(&a)).is_some_and(|d| d.allowed));
+        assert!(limiter.check(std::slice::from_ref(&b)).is_some_and(|d| d.allowed));
     }
 }

@@ -3,19 +3,26 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::body::read_json;
 use super::guard::TenantCaller;
+use super::limit;
 use super::validate::{CreateRequest, parse_create};
 use super::view::with_vidgate;
 use crate::alerts;
 use crate::billing;
 use crate::callbacks;
 use crate::error::ApiError;
+use crate::limits::{Policy, RateCheck, RateDecision};
 use crate::state::AppState;
-use crate::store::{FinalizeOutcome, PeriodKeys, ReservationRecord, ReserveOutcome, ReserveRefusal, ReserveRequest};
+use crate::store::{
+    FinalizeOutcome, IdempotencyClaim, PeriodKeys, ReservationRecord, ReserveOutcome, ReserveRefusal, ReserveRequest,
+};
 use crate::telemetry::current_request_id;
 use crate::upstream;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// `POST /v1/videos/generations`: validate → reserve → forward → bind.
 #[utoipa::path(
@@ -46,11 +53,17 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_json(&req, payload, state.config.server.max_body_bytes).await?;
     let request = parse_create(&body, |model| state.config.pricing.models.contains_key(model))?;
+    let idempotency = idempotency_claim(&req, &body, &state)?;
     if let Some(url) = &request.callback_url {
         callbacks::check_callback_url(url, &state.config.callbacks)?;
     }
+    let rate = limit::caller_checks(&state, &caller, Policy::Creates).await?;
+    prelimit(&state, &rate)?;
     let durations = probe_references(&state, &request).await?;
-    let reservation = reserve(&state, &caller, &request, durations).await?;
+    let (reservation, decision) = match reserve(&state, &caller, &request, durations, idempotency, rate).await? {
+        Held::Replay(record) => return replay(&record),
+        Held::New(record, decision) => (record, decision),
+    };
     alerts::check(&state, &reservation);
     let task = forward(&state, &request, &reservation).await?;
     let task_id = upstream::task_id(&task).ok_or_else(|| {
@@ -62,11 +75,13 @@ pub async fn create(
         .tasks
         .with_label_values(&[&caller.tenant, "created"])
         .inc();
-    let record = state.store.bind(&reservation.reservation_id, task_id).await.map_err(|e| {
+    let record = state.store.bind(&reservation.reservation_id, task_id, &task.to_string()).await.map_err(|e| {
         tracing::error!(reservation_id = %reservation.reservation_id, task_id, "task created upstream but not bound: {e}");
         ApiError::from(e)
     })?;
-    Ok(HttpResponse::Ok().json(with_vidgate(task, &record.unwrap_or(reservation))))
+    let mut response = HttpResponse::Ok();
+    limit::add_headers(&mut response, Policy::Creates, decision);
+    Ok(response.json(with_vidgate(task, &record.unwrap_or(reservation))))
 }
 
 /// `GET /v1/tasks/{task_id}`: the owner's tenant only; a final state settles or refunds.
@@ -93,15 +108,76 @@ pub async fn get_task(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let task_id = path.into_inner();
-    let record = state
-        .store
-        .task(&task_id)
-        .await?
+    let rate = limit::caller_checks(&state, &caller, Policy::Reads).await?;
+    let read = state.store.read_task(&task_id, &rate).await?;
+    if let Some(decision) = read.rate.filter(|d| !d.allowed) {
+        return Err(limit::refusal(Policy::Reads, decision));
+    }
+    let record = read
+        .record
         .filter(|r| r.tenant == caller.tenant)
         .ok_or_else(|| ApiError::TaskNotFound(task_id.clone()))?;
     let task = state.upstream.get_task(&task_id).await?;
     let record = callbacks::observe(&state, record, &task).await?;
-    Ok(HttpResponse::Ok().json(with_vidgate(task, &record)))
+    let mut response = HttpResponse::Ok();
+    limit::add_headers(&mut response, Policy::Reads, read.rate);
+    Ok(response.json(with_vidgate(task, &record)))
+}
+
+/// The `Idempotency-Key` header (1–255 printable characters) with the body's hash.
+fn idempotency_claim(req: &HttpRequest, body: &Value, state: &AppState) -> Result<Option<IdempotencyClaim>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Idempotency-Key must be 1 to 255 printable characters",
+                "Idempotency-Key",
+            )
+        })?;
+    // serde_json keeps object keys sorted, so this text is canonical for equal bodies.
+    let body_hash = Sha256::digest(body.to_string().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Some(IdempotencyClaim {
+        key: key.to_string(),
+        body_hash,
+        ttl_ms: state.config.idempotency.ttl_secs.saturating_mul(1000),
+    }))
+}
+
+/// The in-process shield in front of the probe and the store: generous (twice the
+/// tenant's limits), so only a flood meets it; the store step holds the real limit.
+fn prelimit(state: &AppState, rate: &[RateCheck]) -> Result<(), ApiError> {
+    let doubled: Vec<RateCheck> = rate
+        .iter()
+        .map(|c| RateCheck {
+            key: c.key.clone(),
+            per_minute: c.per_minute.saturating_mul(2),
+            burst: c.burst.saturating_mul(2),
+        })
+        .collect();
+    match state.prelimit.check(&doubled) {
+        Some(decision) if !decision.allowed => Err(limit::refusal(Policy::Creates, decision)),
+        _ => Ok(()),
+    }
+}
+
+/// An idempotent retry: the first request's answer, with the task's money as it stands.
+fn replay(record: &ReservationRecord) -> Result<HttpResponse, ApiError> {
+    let task: Value = record
+        .created_task
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok())
+        .ok_or_else(|| ApiError::Internal(format!("reservation {} has no stored answer", record.reservation_id)))?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("idempotent-replayed", "true"))
+        .json(with_vidgate(task, record)))
 }
 
 /// Measures every reference video before any money is held; a refusal names its
@@ -129,12 +205,24 @@ async fn probe_references(state: &AppState, request: &CreateRequest) -> Result<V
     }
 }
 
+/// What the store step gave a create.
+// Built once per create and matched at once: boxing the record would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Held {
+    /// A new hold, and the rate decision for the headers.
+    New(ReservationRecord, Option<RateDecision>),
+    /// The idempotency key's first request already created the task.
+    Replay(ReservationRecord),
+}
+
 async fn reserve(
     state: &AppState,
     caller: &TenantCaller,
     request: &CreateRequest,
     durations: Vec<u64>,
-) -> Result<ReservationRecord, ApiError> {
+    idempotency: Option<IdempotencyClaim>,
+    rate: Vec<RateCheck>,
+) -> Result<Held, ApiError> {
     let config = &state.config;
     let price = config
         .price_per_second(&request.model, &request.quality, request.generate_audio)
@@ -164,9 +252,13 @@ async fn reserve(
         amount: charge.amount,
         callback_url: request.callback_url.clone(),
         now_ms: now.timestamp_millis(),
+        idempotency,
+        rate,
     };
-    match state.store.reserve(&reserve).await? {
-        ReserveOutcome::Reserved(record) => Ok(record),
+    let receipt = state.store.reserve(&reserve).await?;
+    match receipt.outcome {
+        ReserveOutcome::Reserved(record) => Ok(Held::New(record, receipt.rate)),
+        ReserveOutcome::Replay(record) => Ok(Held::Replay(record)),
         ReserveOutcome::Refused(refusal) => Err(refused(refusal, caller, request, reserve.amount)),
     }
 }
@@ -185,6 +277,9 @@ fn refused(refusal: ReserveRefusal, caller: &TenantCaller, request: &CreateReque
             message: format!("at most {max} tasks of this tenant may run at once; retry when one ends"),
             retry_after_secs: 5,
         },
+        ReserveRefusal::RateLimited(decision) => limit::refusal(Policy::Creates, decision),
+        ReserveRefusal::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+        ReserveRefusal::RequestInProgress => ApiError::RequestInProgress,
     }
 }
 

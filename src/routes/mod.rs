@@ -5,6 +5,7 @@ mod body;
 pub(crate) mod generations;
 pub mod guard;
 pub(crate) mod health;
+pub mod limit;
 pub mod metrics;
 mod query;
 pub(crate) mod uploads;

@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::tenants::{self, TenantWrite};
 use super::*;
+use crate::limits::LocalLimiter;
 
 /// Tenant id → `TenantRecord` as JSON.
 const TENANTS: TableDefinition<&str, &str> = TableDefinition::new("tenants");
@@ -27,12 +28,16 @@ const AGGREGATES: TableDefinition<&str, i64> = TableDefinition::new("aggregates"
 const DAYS: TableDefinition<&str, ()> = TableDefinition::new("days");
 /// `tenant␟period␟threshold` of every budget alert claimed.
 const ALERTS: TableDefinition<&str, ()> = TableDefinition::new("alerts");
+/// tenant \0 idempotency key → JSON `Claim`.
+const IDEMPOTENCY: TableDefinition<&str, &str> = TableDefinition::new("idempotency");
 
 /// Separates the parts of a composite string key; tenant ids and period keys never hold it.
 const SEP: char = '\u{1f}';
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// Rate limits live in process: one node only.
+    limiter: Arc<LocalLimiter>,
 }
 
 impl EmbeddedStore {
@@ -55,8 +60,12 @@ impl EmbeddedStore {
         tx.open_table(AGGREGATES).map_err(db_error)?;
         tx.open_table(DAYS).map_err(db_error)?;
         tx.open_table(ALERTS).map_err(db_error)?;
+        tx.open_table(IDEMPOTENCY).map_err(db_error)?;
         tx.commit().map_err(db_error)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            limiter: Arc::default(),
+        })
     }
 
     /// Runs `op` in one write transaction on the blocking pool; commits when it returns Ok.
@@ -152,13 +161,34 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
-        let request = request.clone();
-        self.write(move |tx| reserve_in(tx, &request)).await
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveReceipt, StoreError> {
+        let (request, limiter) = (request.clone(), Arc::clone(&self.limiter));
+        self.write(move |tx| reserve_in(tx, &request, &limiter)).await
     }
 
-    async fn bind(&self, reservation_id: &str, task_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+    async fn read_task(&self, task_id: &str, rate: &[RateCheck]) -> Result<TaskRead, StoreError> {
+        let rate = self.check_rate(rate).await?;
+        if rate.is_some_and(|d| !d.allowed) {
+            return Ok(TaskRead { rate, record: None });
+        }
+        Ok(TaskRead {
+            rate,
+            record: self.task(task_id).await?,
+        })
+    }
+
+    async fn check_rate(&self, rate: &[RateCheck]) -> Result<Option<RateDecision>, StoreError> {
+        Ok(self.limiter.check(rate))
+    }
+
+    async fn bind(
+        &self,
+        reservation_id: &str,
+        task_id: &str,
+        created_task: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError> {
         let (reservation_id, task_id) = (reservation_id.to_string(), task_id.to_string());
+        let created_task = created_task.to_string();
         self.write(move |tx| {
             let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
             let Some(mut record) = get_json::<ReservationRecord>(&reservations, &reservation_id)? else {
@@ -167,6 +197,7 @@ impl Store for EmbeddedStore {
             // A reservation pays for one upstream task: the first bind wins.
             if record.task_id.is_none() {
                 record.task_id = Some(task_id.clone());
+                record.created_task = Some(created_task);
                 put_json(&mut reservations, &reservation_id, &record)?;
                 tx.open_table(TASKS)
                     .map_err(db_error)?
@@ -364,20 +395,44 @@ fn aggregate_fields(
 }
 
 /// The reserve step inside its write transaction.
-fn reserve_in(tx: &WriteTransaction, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+fn reserve_in(
+    tx: &WriteTransaction,
+    request: &ReserveRequest,
+    limiter: &LocalLimiter,
+) -> Result<ReserveReceipt, StoreError> {
+    let refused = |refusal, rate| {
+        Ok(ReserveReceipt {
+            outcome: ReserveOutcome::Refused(refusal),
+            rate,
+        })
+    };
     let tenant: Option<TenantRecord> = get_json(&tx.open_table(TENANTS).map_err(db_error)?, &request.tenant)?;
     let Some(tenant) = tenant else {
-        return Ok(ReserveOutcome::Refused(ReserveRefusal::UnknownTenant));
+        return refused(ReserveRefusal::UnknownTenant, None);
     };
     let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
     if let Some(existing) = get_json(&reservations, &request.reservation_id)? {
-        return Ok(ReserveOutcome::Reserved(existing));
+        return Ok(ReserveReceipt {
+            outcome: ReserveOutcome::Reserved(existing),
+            rate: None,
+        });
+    }
+    if let Some(claim) = &request.idempotency {
+        match idempotency_in(tx, &reservations, request, claim)? {
+            Some(ReserveOutcome::Refused(refusal)) => return refused(refusal, None),
+            Some(outcome) => return Ok(ReserveReceipt { outcome, rate: None }),
+            None => {}
+        }
+    }
+    let rate = limiter.check(&request.rate);
+    if let Some(decision) = rate.filter(|d| !d.allowed) {
+        return refused(ReserveRefusal::RateLimited(decision), rate);
     }
     let period = request.periods.for_kind(tenant.settings.period);
     let keys = CounterKeys::new(&request.tenant, &request.user, period);
     let mut counters = tx.open_table(COUNTERS).map_err(db_error)?;
     if let Some(refusal) = refusal(&tenant.settings, request, &keys, &counters)? {
-        return Ok(ReserveOutcome::Refused(refusal));
+        return refused(refusal, rate);
     }
     let record = ReservationRecord::hold(request, period);
     put_json(&mut reservations, &record.reservation_id, &record)?;
@@ -392,7 +447,56 @@ fn reserve_in(tx: &WriteTransaction, request: &ReserveRequest) -> Result<Reserve
         .map_err(db_error)?
         .insert(day.as_str(), ())
         .map_err(db_error)?;
-    Ok(ReserveOutcome::Reserved(record))
+    if let Some(claim) = &request.idempotency {
+        let stored = Claim {
+            rid: record.reservation_id.clone(),
+            hash: claim.body_hash.clone(),
+            expires_ms: request
+                .now_ms
+                .saturating_add(i64::try_from(claim.ttl_ms).unwrap_or(i64::MAX)),
+        };
+        let key = format!("{}{SEP}{}", request.tenant, claim.key);
+        put_json(&mut tx.open_table(IDEMPOTENCY).map_err(db_error)?, &key, &stored)?;
+    }
+    Ok(ReserveReceipt {
+        outcome: ReserveOutcome::Reserved(record),
+        rate,
+    })
+}
+
+/// What an idempotency key's first request used.
+#[derive(Serialize, Deserialize)]
+struct Claim {
+    rid: String,
+    hash: String,
+    expires_ms: i64,
+}
+
+/// The key's first request decides (as `reserve.lua`): a live claim with another body is
+/// refused; with a task, replayed; still running, in progress; failed before creating a
+/// task (or expired), `None`: this request runs anew.
+fn idempotency_in(
+    tx: &WriteTransaction,
+    reservations: &Table<&str, &str>,
+    request: &ReserveRequest,
+    claim: &IdempotencyClaim,
+) -> Result<Option<ReserveOutcome>, StoreError> {
+    let key = format!("{}{SEP}{}", request.tenant, claim.key);
+    let stored: Option<Claim> = get_json(&tx.open_table(IDEMPOTENCY).map_err(db_error)?, &key)?;
+    let Some(stored) = stored.filter(|c| c.expires_ms > request.now_ms) else {
+        return Ok(None);
+    };
+    if stored.hash != claim.body_hash {
+        return Ok(Some(ReserveOutcome::Refused(ReserveRefusal::IdempotencyKeyReused)));
+    }
+    let first: Option<ReservationRecord> = get_json(reservations, &stored.rid)?;
+    Ok(match first {
+        Some(first) if first.task_id.is_some() => Some(ReserveOutcome::Replay(first)),
+        Some(first) if first.state == ReservationState::Reserved => {
+            Some(ReserveOutcome::Refused(ReserveRefusal::RequestInProgress))
+        }
+        _ => None,
+    })
 }
 
 /// Why `request` may not be held now, checked in the contract's order.

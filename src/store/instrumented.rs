@@ -63,12 +63,26 @@ impl Store for Instrumented {
         self.timed("tenants", self.inner.tenants()).await
     }
 
-    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveReceipt, StoreError> {
         self.timed("reserve", self.inner.reserve(request)).await
     }
 
-    async fn bind(&self, reservation_id: &str, task_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
-        self.timed("bind", self.inner.bind(reservation_id, task_id)).await
+    async fn read_task(&self, task_id: &str, rate: &[RateCheck]) -> Result<TaskRead, StoreError> {
+        self.timed("read_task", self.inner.read_task(task_id, rate)).await
+    }
+
+    async fn check_rate(&self, rate: &[RateCheck]) -> Result<Option<RateDecision>, StoreError> {
+        self.timed("check_rate", self.inner.check_rate(rate)).await
+    }
+
+    async fn bind(
+        &self,
+        reservation_id: &str,
+        task_id: &str,
+        created_task: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError> {
+        self.timed("bind", self.inner.bind(reservation_id, task_id, created_task))
+            .await
     }
 
     async fn reservation(&self, reservation_id: &str) -> Result<Option<ReservationRecord>, StoreError> {

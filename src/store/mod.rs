@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::billing::Micros;
 use crate::config::{PeriodKind, StoreBackend, StoreConfig, TenantConfig};
+use crate::limits::{RateCheck, RateDecision};
 
 /// A store failure; the gateway fails closed on it (503 `store_unavailable`).
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +154,20 @@ pub struct ReserveRequest {
     pub callback_url: Option<String>,
     /// Unix ms, from the gateway clock.
     pub now_ms: i64,
+    /// The caller's `Idempotency-Key`, checked in the same step.
+    pub idempotency: Option<IdempotencyClaim>,
+    /// Request-rate limits checked in the same step (Redis: on the Redis clock).
+    pub rate: Vec<RateCheck>,
+}
+
+/// An `Idempotency-Key` and the hash of the body it was first used with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyClaim {
+    /// The caller's key (scoped to the tenant by the store).
+    pub key: String,
+    /// SHA-256 of the canonical JSON body, hex.
+    pub body_hash: String,
+    pub ttl_ms: u64,
 }
 
 /// One task's money and ownership, from reserve to its final state.
@@ -184,6 +199,9 @@ pub struct ReservationRecord {
     pub finished_ms: Option<i64>,
     /// Completion + 24 h, once settled.
     pub result_expires_ms: Option<i64>,
+    /// The upstream's answer to the create (JSON), kept at bind to answer idempotent retries.
+    #[serde(default)]
+    pub created_task: Option<String>,
 }
 
 impl ReservationRecord {
@@ -213,6 +231,7 @@ impl ReservationRecord {
             created_ms: request.now_ms,
             finished_ms: None,
             result_expires_ms: None,
+            created_task: None,
         }
     }
 }
@@ -326,6 +345,11 @@ pub enum ReserveRefusal {
     ConcurrencyLimited {
         max: u32,
     },
+    RateLimited(RateDecision),
+    /// The idempotency key was used with another body.
+    IdempotencyKeyReused,
+    /// The idempotency key's first request has not finished (or its outcome is unknown).
+    RequestInProgress,
 }
 
 // Returned once per create and never kept in bulk, so the large variant costs nothing.
@@ -333,7 +357,23 @@ pub enum ReserveRefusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveOutcome {
     Reserved(ReservationRecord),
+    /// The idempotency key already created a task: its record, to answer as before.
+    Replay(ReservationRecord),
     Refused(ReserveRefusal),
+}
+
+/// What `reserve` did, and the rate decision it made on the way (for the headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveReceipt {
+    pub outcome: ReserveOutcome,
+    pub rate: Option<RateDecision>,
+}
+
+/// A task read with its rate check: `record` is `None` when refused or unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRead {
+    pub rate: Option<RateDecision>,
+    pub record: Option<ReservationRecord>,
 }
 
 /// The final charge of a completed task.
@@ -402,10 +442,23 @@ pub trait Store: Send + Sync + 'static {
     /// One atomic step: tenant exists, quality allowed, concurrency cap, tenant and user
     /// budgets (spent + reserved + amount ≤ budget), then hold the amount. Idempotent: a
     /// second call with the same reservation id returns the existing record.
-    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError>;
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveReceipt, StoreError>;
 
-    /// Attaches the upstream task id. Idempotent; `None` if the reservation is unknown.
-    async fn bind(&self, reservation_id: &str, task_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
+    /// One step for a task query: the rate limits, then the task's record (any tenant's:
+    /// the caller checks ownership).
+    async fn read_task(&self, task_id: &str, rate: &[RateCheck]) -> Result<TaskRead, StoreError>;
+
+    /// The rate limits of any other authenticated call.
+    async fn check_rate(&self, rate: &[RateCheck]) -> Result<Option<RateDecision>, StoreError>;
+
+    /// Attaches the upstream task id, and keeps the upstream's answer (`created_task`, JSON)
+    /// for idempotent retries. Idempotent; `None` if the reservation is unknown.
+    async fn bind(
+        &self,
+        reservation_id: &str,
+        task_id: &str,
+        created_task: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError>;
 
     async fn reservation(&self, reservation_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
 

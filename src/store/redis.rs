@@ -44,6 +44,8 @@ pub struct RedisStore {
 struct Scripts {
     put_tenant: Script,
     reserve: Script,
+    read_task: Script,
+    check_rate: Script,
     bind: Script,
     finish: Script,
 }
@@ -55,7 +57,16 @@ impl Scripts {
                 include_str!("lua/keys.lua"),
                 include_str!("lua/put_tenant.lua")
             )),
-            reserve: Script::new(concat!(include_str!("lua/keys.lua"), include_str!("lua/reserve.lua"))),
+            reserve: Script::new(concat!(
+                include_str!("lua/keys.lua"),
+                include_str!("lua/gcra.lua"),
+                include_str!("lua/reserve.lua")
+            )),
+            read_task: Script::new(concat!(include_str!("lua/gcra.lua"), include_str!("lua/read_task.lua"))),
+            check_rate: Script::new(concat!(
+                include_str!("lua/gcra.lua"),
+                include_str!("lua/check_rate.lua")
+            )),
             bind: Script::new(include_str!("lua/bind.lua")),
             finish: Script::new(concat!(include_str!("lua/keys.lua"), include_str!("lua/finish.lua"))),
         }
@@ -186,16 +197,19 @@ impl Store for RedisStore {
             .transpose()
     }
 
-    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+    async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveReceipt, StoreError> {
         // The script books the record to the tenant's period, which only it can read; the
         // ledger entry does not name the period.
         let hold = ReservationRecord::hold(request, "");
         let entry = serde_json::to_string(&reserve_entry(&hold)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let fields = json_fields(&hold)?;
         let periods = &request.periods;
+        let claim = request.idempotency.as_ref();
+        let idempotency_key = self.key("idem", &idempotency_key(&request.tenant, claim.map_or("", |c| &c.key)));
         let mut invocation = self.scripts.reserve.key(self.key("tenant", &request.tenant));
         invocation
             .key(self.key("res", &request.reservation_id))
+            .key(idempotency_key)
             .arg(&self.prefix)
             .arg(&request.tenant)
             .arg(&request.user)
@@ -207,32 +221,92 @@ impl Store for RedisStore {
             .arg(if request.audio { "1" } else { "0" })
             .arg(request.now_ms)
             .arg(entry)
+            .arg(claim.map_or("", |c| c.body_hash.as_str()))
+            .arg(claim.map_or(0, |c| c.ttl_ms))
+            .arg(rate_checks_json(&request.rate)?)
             .arg(fields);
         let mut reply = self.invoke::<Vec<Value>>(&invocation).await?.into_iter();
         let status: String = parse(reply.next())?;
-        let refusal = match status.as_str() {
-            "reserved" => return Ok(ReserveOutcome::Reserved(record(parse(reply.next())?)?)),
-            "unknown_tenant" => ReserveRefusal::UnknownTenant,
-            "quality_not_allowed" => ReserveRefusal::QualityNotAllowed,
-            "concurrency_limited" => ReserveRefusal::ConcurrencyLimited {
-                max: parse(reply.next())?,
-            },
-            "budget_exceeded" => ReserveRefusal::BudgetExceeded {
-                remaining: parse(reply.next())?,
-                user_scope: parse(reply.next())?,
-            },
+        let (refusal, rate) = match status.as_str() {
+            "reserved" => {
+                let record = record(parse(reply.next())?)?;
+                let rate = rate_decision(parse(reply.next())?)?;
+                return Ok(ReserveReceipt {
+                    outcome: ReserveOutcome::Reserved(record),
+                    rate,
+                });
+            }
+            "replay" => {
+                let record = record(parse(reply.next())?)?;
+                return Ok(ReserveReceipt {
+                    outcome: ReserveOutcome::Replay(record),
+                    rate: None,
+                });
+            }
+            "rate_limited" => {
+                let rate = rate_decision(parse(reply.next())?)?;
+                let decision = rate.ok_or_else(|| unexpected("reserve", "rate_limited without a decision"))?;
+                (ReserveRefusal::RateLimited(decision), rate)
+            }
+            "unknown_tenant" => (ReserveRefusal::UnknownTenant, None),
+            "idempotency_key_reused" => (ReserveRefusal::IdempotencyKeyReused, None),
+            "request_in_progress" => (ReserveRefusal::RequestInProgress, None),
+            "quality_not_allowed" => (ReserveRefusal::QualityNotAllowed, None),
+            "concurrency_limited" => (
+                ReserveRefusal::ConcurrencyLimited {
+                    max: parse(reply.next())?,
+                },
+                None,
+            ),
+            "budget_exceeded" => (
+                ReserveRefusal::BudgetExceeded {
+                    remaining: parse(reply.next())?,
+                    user_scope: parse(reply.next())?,
+                },
+                None,
+            ),
             other => return Err(unexpected("reserve", other)),
         };
-        Ok(ReserveOutcome::Refused(refusal))
+        Ok(ReserveReceipt {
+            outcome: ReserveOutcome::Refused(refusal),
+            rate,
+        })
     }
 
-    async fn bind(&self, reservation_id: &str, task_id: &str) -> Result<Option<ReservationRecord>, StoreError> {
+    async fn read_task(&self, task_id: &str, rate: &[RateCheck]) -> Result<TaskRead, StoreError> {
+        let mut invocation = self.scripts.read_task.key(self.key("task", task_id));
+        invocation.arg(&self.prefix).arg(rate_checks_json(rate)?);
+        let mut reply = self.invoke::<Vec<Value>>(&invocation).await?.into_iter();
+        let status: String = parse(reply.next())?;
+        let rate = rate_decision(parse(reply.next())?)?;
+        let record = match status.as_str() {
+            "found" => Some(record(parse(reply.next())?)?),
+            "not_found" | "rate_limited" => None,
+            other => return Err(unexpected("read_task", other)),
+        };
+        Ok(TaskRead { rate, record })
+    }
+
+    async fn check_rate(&self, rate: &[RateCheck]) -> Result<Option<RateDecision>, StoreError> {
+        let mut invocation = self.scripts.check_rate.prepare_invoke();
+        invocation.arg(&self.prefix).arg(rate_checks_json(rate)?);
+        rate_decision(self.invoke(&invocation).await?)
+    }
+
+    async fn bind(
+        &self,
+        reservation_id: &str,
+        task_id: &str,
+        created_task: &str,
+    ) -> Result<Option<ReservationRecord>, StoreError> {
         let task_json = serde_json::Value::from(task_id).to_string();
+        let created_json = serde_json::Value::from(created_task).to_string();
         let mut invocation = self.scripts.bind.key(self.key("res", reservation_id));
         invocation
             .key(self.key("task", task_id))
             .arg(task_json)
-            .arg(reservation_id);
+            .arg(reservation_id)
+            .arg(created_json);
         match status(self.invoke(&invocation).await?)? {
             (status, None) if status == "not_found" => Ok(None),
             (status, Some(fields)) if status == "bound" => record(fields).map(Some),
@@ -403,6 +477,43 @@ fn parse<T: FromRedisValue>(value: Option<Value>) -> Result<T, StoreError> {
     from_redis_value(value).map_err(|e| StoreError::Corrupt(format!("script reply: {e}")))
 }
 
+/// The rate checks as `gcra.lua` reads them.
+fn rate_checks_json(checks: &[RateCheck]) -> Result<String, StoreError> {
+    let checks: Vec<serde_json::Value> = checks
+        .iter()
+        .map(|c| {
+            serde_json::json!({"key": c.key, "interval": c.emission_interval_ms(), "burst": c.burst.max(1),
+                               "per_minute": c.per_minute})
+        })
+        .collect();
+    serde_json::to_string(&checks).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// `gcra.lua`'s decision array; empty when nothing was checked.
+fn rate_decision(values: Vec<i64>) -> Result<Option<RateDecision>, StoreError> {
+    match values.as_slice() {
+        [] => Ok(None),
+        [allowed, remaining, retry_after, reset, per_minute] => Ok(Some(RateDecision {
+            allowed: *allowed == 1,
+            remaining: u32::try_from(*remaining).unwrap_or(0),
+            retry_after_ms: u64::try_from(*retry_after).unwrap_or(0),
+            reset_ms: u64::try_from(*reset).unwrap_or(0),
+            per_minute: u32::try_from(*per_minute).unwrap_or(0),
+        })),
+        other => Err(StoreError::Corrupt(format!("rate decision {other:?}"))),
+    }
+}
+
+/// Idempotency keys are scoped to the tenant and hashed: any printable key, fixed-size names.
+fn idempotency_key(tenant: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    format!(
+        "{tenant}:{}",
+        digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
 /// A hash as HGETALL gives it: (field, value) pairs.
 type Fields = Vec<(String, String)>;
 /// A hash of counters.
@@ -464,6 +575,8 @@ mod tests {
             amount: 250_000,
             callback_url: Some("https://example.com/hook?a=\"b\"".into()),
             now_ms: 1_795_000_000_000,
+            idempotency: None,
+            rate: Vec::new(),
         };
         let mut held = ReservationRecord::hold(&request, "2026-11");
         Finish::settle(&Settlement {

@@ -126,22 +126,24 @@ impl Task {
             amount: self.hold(),
             callback_url: None,
             now_ms: self.reserved_at_ms,
+            idempotency: None,
+            rate: Vec::new(),
         }
     }
 
     /// Runs the task's steps; returns whether the hold was accepted.
     async fn run(&self, store: &dyn Store) -> bool {
         let request = self.request();
-        let ReserveOutcome::Reserved(_) = store.reserve(&request).await.unwrap() else {
+        let ReserveOutcome::Reserved(_) = store.reserve(&request).await.unwrap().outcome else {
             return false;
         };
         if self.repeats {
             assert!(matches!(
-                store.reserve(&request).await.unwrap(),
+                store.reserve(&request).await.unwrap().outcome,
                 ReserveOutcome::Reserved(_)
             ));
         }
-        store.bind(&self.id, &format!("task-{}", self.id)).await.unwrap();
+        store.bind(&self.id, &format!("task-{}", self.id), "{}").await.unwrap();
         let end_ms = self.reserved_at_ms + 90_000;
         let settlement = self.charge().map(|charge| Settlement {
             billed_output_ms: charge.billed_output_ms,

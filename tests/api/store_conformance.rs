@@ -136,6 +136,8 @@ fn request(reservation_id: &str, user: &str, amount: i64) -> ReserveRequest {
         amount,
         callback_url: Some("https://hooks.example.com/done".into()),
         now_ms: NOW_MS,
+        idempotency: None,
+        rate: Vec::new(),
     }
 }
 
@@ -158,14 +160,14 @@ async fn with_tenant(store: &dyn Store, settings: TenantSettings) {
 }
 
 async fn reserved(store: &dyn Store, request: &ReserveRequest) -> ReservationRecord {
-    match store.reserve(request).await.unwrap() {
+    match store.reserve(request).await.unwrap().outcome {
         ReserveOutcome::Reserved(record) => record,
         refused => panic!("expected a hold for {}, got {refused:?}", request.reservation_id),
     }
 }
 
 async fn refusal(store: &dyn Store, request: &ReserveRequest) -> ReserveRefusal {
-    match store.reserve(request).await.unwrap() {
+    match store.reserve(request).await.unwrap().outcome {
         ReserveOutcome::Refused(refusal) => refusal,
         held => panic!("expected a refusal for {}, got {held:?}", request.reservation_id),
     }
@@ -449,11 +451,11 @@ async fn a_bound_task_finds_its_reservation(store: Arc<dyn Store>) {
     with_tenant(&*store, settings()).await;
     reserved(&*store, &request("r1", "ann", 415_000)).await;
     assert_eq!(store.task("task-1").await.unwrap(), None);
-    assert_eq!(store.bind("unknown", "task-1").await.unwrap(), None);
+    assert_eq!(store.bind("unknown", "task-1", "{}").await.unwrap(), None);
 
-    let bound = store.bind("r1", "task-1").await.unwrap().expect("r1 exists");
+    let bound = store.bind("r1", "task-1", "{}").await.unwrap().expect("r1 exists");
     assert_eq!(bound.task_id.as_deref(), Some("task-1"));
-    assert_eq!(store.bind("r1", "task-1").await.unwrap(), Some(bound.clone()));
+    assert_eq!(store.bind("r1", "task-1", "{}").await.unwrap(), Some(bound.clone()));
     assert_eq!(store.task("task-1").await.unwrap(), Some(bound.clone()));
     assert_eq!(store.reservation("r1").await.unwrap(), Some(bound));
 }
@@ -532,7 +534,7 @@ async fn money_entries(store: &dyn Store) -> Vec<(LedgerKind, String, i64)> {
 async fn every_money_step_appends_its_ledger_entries(store: Arc<dyn Store>) {
     with_tenant(&*store, settings()).await;
     reserved(&*store, &request("r1", "ann", 415_000)).await;
-    store.bind("r1", "task-1").await.unwrap();
+    store.bind("r1", "task-1", "{}").await.unwrap();
     store.settle("r1", &settlement(405_000)).await.unwrap();
     reserved(&*store, &request("r2", "bob", 250_000)).await;
     store.refund("r2", NOW_MS + 5000).await.unwrap();
@@ -847,7 +849,7 @@ async fn reserve_in_parallel(store: &Arc<dyn Store>, amount: i64) -> usize {
     });
     let mut held = 0;
     for call in calls.collect::<Vec<_>>() {
-        if let ReserveOutcome::Reserved(_) = call.await.unwrap().unwrap() {
+        if let ReserveOutcome::Reserved(_) = call.await.unwrap().unwrap().outcome {
             held += 1;
         }
     }
@@ -887,7 +889,7 @@ async fn an_embedded_store_keeps_everything_across_a_restart() {
     let store = EmbeddedStore::open(&path, "test:").unwrap();
     with_tenant(&store, settings()).await;
     reserved(&store, &request("r1", "ann", 415_000)).await;
-    store.bind("r1", "task-1").await.unwrap();
+    store.bind("r1", "task-1", "{}").await.unwrap();
     reserved(&store, &request("r2", "ann", 100_000)).await;
     store.settle("r2", &settlement(90_000)).await.unwrap();
     let before = (
@@ -978,7 +980,7 @@ async fn every_redis_key_starts_with_the_prefix() {
     )
     .await;
     reserved(&store, &request("r1", "ann", 100_000)).await;
-    store.bind("r1", "task-1").await.unwrap();
+    store.bind("r1", "task-1", "{}").await.unwrap();
     reserved(&store, &request("r2", "bob", 100_000)).await;
     store.settle("r1", &settlement(90_000)).await.unwrap();
     store.refund("r2", NOW_MS).await.unwrap();

@@ -1,11 +1,13 @@
--- Attaches the upstream task id to a reservation and indexes it; the first bind wins.
--- KEYS[1] reservation hash, KEYS[2] task index. ARGV[1] task id as JSON, ARGV[2] reservation id.
+-- Attaches the upstream task id to a reservation and indexes it; the first bind wins, and
+-- keeps the upstream's answer for idempotent retries.
+-- KEYS[1] reservation hash, KEYS[2] task index. ARGV[1] task id as JSON, ARGV[2] reservation
+-- id, ARGV[3] the upstream's answer as a JSON string value.
 -- Replies {'not_found'} or {'bound', HGETALL}.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_found'}
 end
 if redis.call('HGET', KEYS[1], 'task_id') == 'null' then
-  redis.call('HSET', KEYS[1], 'task_id', ARGV[1])
+  redis.call('HSET', KEYS[1], 'task_id', ARGV[1], 'created_task', ARGV[3])
   redis.call('SET', KEYS[2], ARGV[2])
 end
 return {'bound', redis.call('HGETALL', KEYS[1])}

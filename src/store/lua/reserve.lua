@@ -1,18 +1,47 @@
--- One atomic hold: tenant, idempotency, quality, concurrency cap, tenant and user budgets,
--- then the record, the counters, the aggregates and the `reserve` ledger entry. Runs after
--- keys.lua.
--- KEYS[1] tenant record, KEYS[2] reservation hash.
+-- One atomic hold: tenant, idempotency key, rate limits, quality, concurrency cap, tenant
+-- and user budgets, then the record, the counters, the aggregates and the `reserve` ledger
+-- entry. Runs after keys.lua and gcra.lua.
+-- KEYS[1] tenant record, KEYS[2] reservation hash, KEYS[3] idempotency key (unused when
+-- ARGV[12] is empty).
 -- ARGV[1] key prefix, ARGV[2] tenant, ARGV[3] user, ARGV[4] quality, ARGV[5] amount,
 -- ARGV[6..8] month, week and day period keys, ARGV[9] audio ('1'/'0'), ARGV[10] entry time
--- ms, ARGV[11] entry JSON, ARGV[12..] record fields and JSON values.
--- Replies {status, ...}: 'reserved' + HGETALL, 'unknown_tenant', 'quality_not_allowed',
--- 'concurrency_limited' + max, 'budget_exceeded' + remaining + user scope (0/1).
+-- ms, ARGV[11] entry JSON, ARGV[12] body hash for the idempotency key ('' for none),
+-- ARGV[13] its TTL ms, ARGV[14] rate checks JSON, ARGV[15..] record fields and JSON values.
+-- Replies {status, ...}: 'reserved' + HGETALL + rate, 'replay' + HGETALL, 'unknown_tenant',
+-- 'idempotency_key_reused', 'request_in_progress', 'rate_limited' + rate,
+-- 'quality_not_allowed', 'concurrency_limited' + max, 'budget_exceeded' + remaining + user
+-- scope (0/1). `rate` is gcra.lua's reply array.
 local tenant_json = redis.call('GET', KEYS[1])
 if not tenant_json then
   return {'unknown_tenant'}
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'reserved', redis.call('HGETALL', KEYS[2])}
+  return {'reserved', redis.call('HGETALL', KEYS[2]), {}}
+end
+
+-- The key's first request decides: same body and a task → replay it; still running (or its
+-- outcome unknown) → in progress; it failed before creating a task → this one runs anew.
+if ARGV[12] ~= '' then
+  local claim = redis.call('GET', KEYS[3])
+  if claim then
+    claim = cjson.decode(claim)
+    if claim.hash ~= ARGV[12] then
+      return {'idempotency_key_reused'}
+    end
+    local first = ARGV[1] .. 'res:' .. claim.rid
+    local task_id = redis.call('HGET', first, 'task_id')
+    if task_id and task_id ~= 'null' then
+      return {'replay', redis.call('HGETALL', first)}
+    end
+    if redis.call('HGET', first, 'state') == '"reserved"' then
+      return {'request_in_progress'}
+    end
+  end
+end
+
+local decision = rate_limit(ARGV[1], ARGV[14])
+if decision and not decision.allowed then
+  return {'rate_limited', rate_reply(decision)}
 end
 
 local settings = cjson.decode(tenant_json).settings
@@ -54,7 +83,7 @@ if remaining then
   return {'budget_exceeded', remaining, 1}
 end
 
-redis.call('HSET', KEYS[2], unpack(ARGV, 12))
+redis.call('HSET', KEYS[2], unpack(ARGV, 15))
 -- The caller cannot know the tenant's period kind; the script books the hold to it.
 redis.call('HSET', KEYS[2], 'period', cjson.encode(period))
 redis.call('INCRBY', keys.reserved, ARGV[5])
@@ -64,4 +93,8 @@ aggregate(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[9] == '1', {ARGV[8], ARGV[7],
   {reserved = ARGV[5], n_reserved = 1})
 redis.call('SADD', ARGV[1] .. 'days:' .. ARGV[2], ARGV[8])
 ledger_append(ARGV[1], ARGV[2], ARGV[10], ARGV[11])
-return {'reserved', redis.call('HGETALL', KEYS[2])}
+if ARGV[12] ~= '' then
+  local rid = cjson.decode(redis.call('HGET', KEYS[2], 'reservation_id'))
+  redis.call('SET', KEYS[3], cjson.encode({rid = rid, hash = ARGV[12]}), 'PX', ARGV[13])
+end
+return {'reserved', redis.call('HGETALL', KEYS[2]), rate_reply(decision)}
