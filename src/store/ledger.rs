@@ -65,6 +65,8 @@ pub struct LedgerEntry {
     pub note: String,
 }
 
+/// An empty budget change: the base that `..LedgerEntry::default()` completes, and what the
+/// fields a stored entry lacks read as.
 impl Default for LedgerEntry {
     fn default() -> Self {
         Self {
