@@ -56,7 +56,7 @@ impl LocalLimiter {
                     allowed: false,
                     remaining: 0,
                     retry_after_ms: wait.max(1),
-                    reset_ms: wait + u64::from(check.burst) * interval_ms,
+                    reset_ms: wait + u64::from(check.burst.saturating_sub(1)) * interval_ms,
                     per_minute: check.per_minute,
                 }
             }

@@ -7,6 +7,8 @@ mod cli;
 mod contract;
 mod drift;
 mod helpers;
+mod idempotency;
+mod limits;
 mod money;
 mod overspend;
 mod references;
