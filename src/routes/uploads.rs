@@ -41,11 +41,12 @@ pub async fn stream(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let content_type = content_type(&req, "multipart/form-data")?;
-    let length = content_length(&req, MAX_UPLOAD_BYTES)?;
-    let answer = forward(&state, "/api/v1/files/upload/stream", &content_type, length, payload).await?;
-    check_usable(&state, &answer).await?;
-    Ok(uploaded(&caller, answer))
+    let route = Streamed {
+        path: "/api/v1/files/upload/stream",
+        content_type: "multipart/form-data",
+        cap: MAX_UPLOAD_BYTES,
+    };
+    streamed(&state, &caller, &req, payload, route).await
 }
 
 /// `POST /api/v1/files/upload/base64` (JSON `base64_data`), streamed like a multipart upload.
@@ -69,11 +70,34 @@ pub async fn base64(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let content_type = content_type(&req, "application/json")?;
-    let length = content_length(&req, MAX_BASE64_BODY_BYTES)?;
-    let answer = forward(&state, "/api/v1/files/upload/base64", &content_type, length, payload).await?;
-    check_usable(&state, &answer).await?;
-    Ok(uploaded(&caller, answer))
+    let route = Streamed {
+        path: "/api/v1/files/upload/base64",
+        content_type: "application/json",
+        cap: MAX_BASE64_BODY_BYTES,
+    };
+    streamed(&state, &caller, &req, payload, route).await
+}
+
+/// A file-host route whose body is streamed through unparsed.
+struct Streamed {
+    path: &'static str,
+    content_type: &'static str,
+    /// Largest `Content-Length` accepted.
+    cap: u64,
+}
+
+async fn streamed(
+    state: &AppState,
+    caller: &TenantCaller,
+    req: &HttpRequest,
+    payload: web::Payload,
+    route: Streamed,
+) -> Result<HttpResponse, ApiError> {
+    let content_type = content_type(req, route.content_type)?;
+    let length = content_length(req, route.cap)?;
+    let answer = forward(state, route.path, &content_type, length, payload).await?;
+    check_usable(state, &answer).await?;
+    Ok(uploaded(caller, answer))
 }
 
 /// `POST /api/v1/files/upload/url` (JSON `file_url`): the URL must pass the probe's rules.

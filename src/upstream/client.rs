@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::UpstreamError;
 use crate::config::UpstreamConfig;
@@ -113,9 +114,11 @@ impl UpstreamClient {
         format!("Bearer {}", self.api_key.expose_secret())
     }
 
+    /// One upstream call in its own span (operation, status, latency), counted in the metrics.
     async fn send(&self, operation: &str, request: reqwest::RequestBuilder) -> Result<Value, UpstreamError> {
+        let span = tracing::info_span!("upstream", operation, status = tracing::field::Empty);
         let started = Instant::now();
-        let result = self.exchange(request).await;
+        let result = self.exchange(request).instrument(span.clone()).await;
         let status = match &result {
             Ok(_) => "200".to_string(),
             Err(UpstreamError::Status { status, .. }) => status.to_string(),
@@ -124,6 +127,8 @@ impl UpstreamClient {
             Err(UpstreamError::Unparseable(_)) => "unparseable".into(),
         };
         self.metrics.observe_upstream(operation, &status, started.elapsed());
+        span.record("status", status.as_str());
+        span.in_scope(|| tracing::debug!(latency_ms = started.elapsed().as_millis() as u64, "upstream call"));
         result
     }
 
