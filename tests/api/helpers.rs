@@ -168,6 +168,17 @@ impl TestApp {
         start(config, mock, dir, clock).await
     }
 
+    /// A second gateway on the same config, store and mock (another replica; Redis only).
+    pub async fn replica(&self) -> TestApp {
+        start(
+            self.config.clone(),
+            self.mock.clone(),
+            self._dir.clone(),
+            self.clock.clone(),
+        )
+        .await
+    }
+
     pub fn token(&self, tenant: &str) -> String {
         self.token_for(tenant, "alice")
     }

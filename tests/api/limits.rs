@@ -143,6 +143,37 @@ async fn a_limit_lowered_at_runtime_applies_at_once_on_the_replica_that_changed_
     assert_error(refused, StatusCode::TOO_MANY_REQUESTS, "rate_limited", None).await;
 }
 
+#[tokio::test]
+async fn a_limit_lowered_at_runtime_reaches_the_other_replicas_within_seconds() {
+    let one = spawn_app_with(Backend::Redis, quick_mock(), |_| {}).await;
+    let two = one.replica().await;
+    let token = one.token("team-a");
+    assert_eq!(two.get("/v1/usage", &token).await.status(), StatusCode::OK);
+    let change = one
+        .client
+        .put(format!("{}/v1/admin/tenants/team-a", one.base))
+        .bearer_auth(one.admin_token())
+        .json(&json!({"reads_per_minute": 1, "reads_burst": 1}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(change.status(), StatusCode::OK);
+    // The other replica's tenant cache lives 5 s: poll until its answers carry the new policy.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = two.get("/v1/usage", &token).await;
+        if response
+            .headers()
+            .get("ratelimit-policy")
+            .is_some_and(|p| p == "\"reads\";q=1;w=60")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica two never saw the lowered limit");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn write_config(dir: &std::path::Path, mock: &str, redis_url: &str, prefix: &str, tenant: &str) -> String {
     let path = dir.join("vidgate.toml");
     let text = format!(
