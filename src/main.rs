@@ -105,6 +105,7 @@ async fn main() -> ExitCode {
             Ok(())
         }
     };
+    vidgate::telemetry::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

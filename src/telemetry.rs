@@ -27,16 +27,69 @@ pub fn current_request_id() -> Option<String> {
 
 /// Installs the JSON log subscriber; `RUST_LOG` filters (default `info`).
 pub fn init() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second init (tests, demo) is harmless: the first subscriber stays.
-    let _ = tracing_subscriber::fmt()
+    let json = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(filter)
         .with_current_span(true)
         .with_span_list(false)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second init (tests, demo) is harmless: the first subscriber stays.
+    let _ = tracing_subscriber::registry().with(filter).with(json).with(otlp::layer()).try_init();
+}
+
+/// Flushes spans not yet exported (a no-op without the `otlp` feature).
+pub fn shutdown() {
+    otlp::shutdown();
+}
+
+/// OTLP trace export, built only with the `otlp` cargo feature and switched on by the
+/// standard `OTEL_EXPORTER_OTLP_ENDPOINT` (e.g. `http://collector:4318`): every request and
+/// upstream call span goes to the collector as well as to the log.
+#[cfg(feature = "otlp")]
+mod otlp {
+    use std::sync::OnceLock;
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+    pub fn layer<S>() -> Option<impl tracing_subscriber::Layer<S>>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty())?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+            .build()
+            .map_err(|e| eprintln!("vidgate: OTLP export disabled: {e}"))
+            .ok()?;
+        let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).build();
+        let tracer = provider.tracer("vidgate");
+        let _ = PROVIDER.set(provider);
+        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    }
+
+    pub fn shutdown() {
+        if let Some(provider) = PROVIDER.get() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+#[cfg(not(feature = "otlp"))]
+mod otlp {
+    /// Without the feature there is nothing to add.
+    pub fn layer() -> Option<tracing_subscriber::layer::Identity> {
+        None
+    }
+
+    pub fn shutdown() {}
 }
 
 /// A caller-supplied id is kept when it is short and printable; otherwise a new one is made.
