@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::auth::Authenticator;
+use crate::callbacks::Completion;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::probe::Prober;
@@ -41,6 +42,7 @@ pub struct AppState {
     pub tenants: TenantCache,
     pub metrics: Arc<Metrics>,
     pub prober: Arc<Prober>,
+    pub completion: Arc<Completion>,
 }
 
 /// Known tenants, cached briefly; unknown ones are always asked again.

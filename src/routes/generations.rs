@@ -47,7 +47,7 @@ pub async fn create(
     let body = read_json(&req, payload, state.config.server.max_body_bytes).await?;
     let request = parse_create(&body, |model| state.config.pricing.models.contains_key(model))?;
     if let Some(url) = &request.callback_url {
-        callbacks::check_callback_url(url, &state.config.callbacks)?;
+        callbacks::check_callback_url(&state, url).await?;
     }
     let durations = probe_references(&state, &request).await?;
     let reservation = reserve(&state, &caller, &request, durations).await?;
@@ -195,7 +195,12 @@ async fn forward(
     request: &CreateRequest,
     reservation: &ReservationRecord,
 ) -> Result<Value, ApiError> {
-    match state.upstream.create_task(&request.upstream_body(None)).await {
+    let own_callback = callbacks::upstream_callback_url(state, &reservation.reservation_id);
+    match state
+        .upstream
+        .create_task(&request.upstream_body(own_callback.as_deref()))
+        .await
+    {
         Ok(task) => Ok(task),
         Err(error) if error.is_definite() => {
             let now_ms = state.clock.now().timestamp_millis();

@@ -4,6 +4,7 @@ mod admin;
 mod alerts;
 mod auth;
 mod cli;
+mod completion;
 mod contract;
 mod drift;
 mod helpers;

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: real backing services and random names.
 
+pub mod receiver;
 pub mod redis;
 
 /// A fresh key prefix, so tests sharing one Redis never see each other's keys.
