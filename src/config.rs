@@ -773,3 +773,86 @@ fn check_url_or_empty(key: &str, value: &str) -> Result<(), ConfigError> {
         check_url(key, value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        let mut config = Config::default();
+        config.upstream.api_key = SecretString::from("sk-evo-x".to_string());
+        config.auth.hs256_secret = SecretString::from("x".repeat(32));
+        config
+    }
+
+    fn refused_key(config: &Config) -> Option<String> {
+        match config.validate() {
+            Err(ConfigError::Invalid { key, .. }) => Some(key),
+            Err(other) => panic!("{other}"),
+            Ok(()) => None,
+        }
+    }
+
+    #[test]
+    fn reconciler_durations_take_whole_or_fractional_seconds_and_show_them_back() {
+        let config: ReconcilerConfig =
+            toml::from_str("first_poll_after_secs = 60\npoll_interval_secs = 0.05\nmax_task_age_secs = 1.5").unwrap();
+        assert_eq!(config.first_poll_after_secs, Seconds::from_secs(60));
+        assert_eq!(config.poll_interval_secs.as_millis(), 50);
+        assert_eq!(config.max_task_age_secs.as_millis(), 1500);
+        let shown = toml::to_string(&config).unwrap();
+        assert!(shown.contains("first_poll_after_secs = 60\n"), "{shown}");
+        assert!(shown.contains("poll_interval_secs = 0.05\n"), "{shown}");
+        assert!(toml::from_str::<ReconcilerConfig>("poll_interval_secs = -1").is_err());
+        assert!(toml::from_str::<ReconcilerConfig>("poll_interval_secs = \"soon\"").is_err());
+        let mut zero = valid();
+        zero.reconciler.poll_interval_secs = Seconds::from_secs(0);
+        assert_eq!(refused_key(&zero).as_deref(), Some("reconciler.poll_interval_secs"));
+    }
+
+    #[test]
+    fn the_signing_secret_must_be_a_standard_webhooks_secret() {
+        let mut config = valid();
+        assert_eq!(refused_key(&config), None);
+        assert_eq!(config.callbacks.signing_key(), Ok(None));
+        config.callbacks.signing_secret = SecretString::from("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string());
+        assert_eq!(refused_key(&config), None);
+        assert_eq!(config.callbacks.signing_key().unwrap().map(|k| k.len()), Some(24));
+        for bad in [
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_not base64!",
+            "whsec_c2hvcnQ=",
+            &format!("whsec_{}", "QUFB".repeat(30)),
+        ] {
+            config.callbacks.signing_secret = SecretString::from(bad.to_string());
+            assert_eq!(
+                refused_key(&config).as_deref(),
+                Some("callbacks.signing_secret"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_public_base_url_is_https_unless_private_networks_are_allowed() {
+        let mut config = valid();
+        for (url, private, ok) in [
+            ("https://vidgate-callbacks.example.com", false, true),
+            ("https://example.com/prefix/", false, true),
+            ("http://vidgate-callbacks.example.com", false, false),
+            ("http://127.0.0.1:8080", true, true),
+            ("https://example.com/?a=b", false, false),
+            ("https://u:p@example.com", false, false),
+            ("ftp://example.com", true, false),
+            ("not a url", true, false),
+        ] {
+            config.server.public_base_url = url.into();
+            config.callbacks.allow_private_networks = private;
+            let key = refused_key(&config);
+            assert_eq!(key.is_none(), ok, "{url}: {key:?}");
+            if let Some(key) = key {
+                assert_eq!(key, "server.public_base_url");
+            }
+        }
+    }
+}

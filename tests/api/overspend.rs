@@ -4,52 +4,17 @@
 //!
 //! Size: `OVERSPEND_CREATES` (default 200).
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use vidgate::store::redis::RedisStore;
 use vidgate::store::{PeriodKeys, Store};
 
 use crate::helpers::{MODEL, SECRET, sign};
+use crate::support::process::spawn;
 use crate::support::redis::RedisServer;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vidgate");
 /// Holds that fit the budget: 0.500000 each (one reference, 720p with audio, 5 s).
 const FITS: usize = 37;
-
-/// A child process killed when the test ends, however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `vidgate <args>` and returns it with the address of its `listening on` line; the
-/// rest of its output is drained so it never blocks on a full pipe.
-fn spawn(args: &[&str]) -> (Process, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn vidgate");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut first = String::new();
-    stdout.read_line(&mut first).expect("first line");
-    let addr = first
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("{args:?} did not announce its address: {first:?}"))
-        .to_string();
-    std::thread::spawn(move || std::io::copy(&mut stdout.take(u64::MAX), &mut std::io::sink()));
-    (Process(child), addr)
-}
 
 fn write_config(dir: &std::path::Path, mock: &str, redis_url: &str, prefix: &str, budget: &str) -> String {
     let path = dir.join("vidgate.toml");
