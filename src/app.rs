@@ -13,7 +13,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::Authenticator;
-use crate::callbacks::{Completion, Workers};
+use crate::callbacks::{self, Completion, Workers};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
@@ -68,12 +68,11 @@ impl Application {
         })?;
         let store = store::Instrumented::wrap(store::open(&config.store).await?, metrics.clone());
         seed_tenants(&config, store.as_ref(), clock.now().timestamp_millis()).await?;
-        let completion = Completion::new(&config, store.as_ref(), resolver)
-            .await
-            .map_err(|reason| ConfigError::Invalid {
-                key: "callbacks".into(),
-                reason,
-            })?;
+        let token_key = callbacks::token::load_key(store.as_ref()).await?;
+        let completion = Completion::new(&config, token_key, resolver).map_err(|reason| ConfigError::Invalid {
+            key: "callbacks".into(),
+            reason,
+        })?;
         let state = AppState {
             auth: Arc::new(Authenticator::from_config(&config.auth).await?),
             upstream: UpstreamClient::new(&config.upstream, metrics.clone()).map_err(|reason| {

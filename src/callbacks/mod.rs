@@ -21,7 +21,6 @@ use crate::error::ApiError;
 use crate::probe::address::AddressPolicy;
 use crate::probe::fetch::{FetchError, Resolver, SafeHttp};
 use crate::state::AppState;
-use crate::store::{Store, StoreError};
 use token::Tokens;
 
 /// The path of vidgate's own callback route, before the token.
@@ -48,16 +47,11 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// Loads (or creates, on the first start) the token key from the store; `resolver`
-    /// resolves callers' callback hosts (tests map names with it).
-    pub async fn new(config: &Config, store: &dyn Store, resolver: Arc<dyn Resolver>) -> Result<Self, String> {
-        let candidate: [u8; token::KEY_BYTES] = rand::random();
-        let key = store
-            .shared_secret(token::KEY_NAME, &candidate)
-            .await
-            .map_err(|e: StoreError| format!("cannot load the callback token key: {e}"))?;
+    /// `token_key`: from `token::load_key`; `resolver` resolves callers' callback hosts
+    /// (tests map names with it).
+    pub fn new(config: &Config, token_key: Vec<u8>, resolver: Arc<dyn Resolver>) -> Result<Self, String> {
         Ok(Self {
-            tokens: Tokens::new(key),
+            tokens: Tokens::new(token_key),
             relay: SafeHttp::new(policy(&config.callbacks), true, resolver)?,
             signing_key: config.callbacks.signing_key()?,
             owner: format!("{}-{}", std::process::id(), ulid::Ulid::new()),

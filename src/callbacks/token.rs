@@ -6,12 +6,20 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::store::{Store, StoreError};
+
 /// The key's name in the store: one random key shared by every replica (see `Tokens`).
-pub const KEY_NAME: &str = "callback_token_key";
+const KEY_NAME: &str = "callback_token_key";
 /// Bytes of a fresh key.
-pub const KEY_BYTES: usize = 32;
+const KEY_BYTES: usize = 32;
 /// Reservation ids are `rsv_` + a ULID; anything much longer is not ours.
 const MAX_ID_LEN: usize = 64;
+
+/// The shared token key: the one in the store, or a fresh random one stored now.
+pub async fn load_key(store: &dyn Store) -> Result<Vec<u8>, StoreError> {
+    let candidate: [u8; KEY_BYTES] = rand::random();
+    store.shared_secret(KEY_NAME, &candidate).await
+}
 
 /// Makes and checks tokens `{reservation_id}.{base64url(HMAC-SHA256(key, reservation_id))}`.
 ///
