@@ -195,12 +195,8 @@ async fn forward(
     request: &CreateRequest,
     reservation: &ReservationRecord,
 ) -> Result<Value, ApiError> {
-    let own_callback = callbacks::upstream_callback_url(state, &reservation.reservation_id);
-    match state
-        .upstream
-        .create_task(&request.upstream_body(own_callback.as_deref()))
-        .await
-    {
+    let body = request.upstream_body(callbacks::upstream_callback_url(state, &reservation.reservation_id).as_deref());
+    match state.upstream.create_task(&body).await {
         Ok(task) => Ok(task),
         Err(error) if error.is_definite() => {
             let now_ms = state.clock.now().timestamp_millis();
