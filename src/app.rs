@@ -1,5 +1,6 @@
 //! Startup: builds the state once, seeds tenants from config, binds the listener first (so
-//! port 0 works) and runs the HTTP server until SIGTERM.
+//! port 0 works) and runs the HTTP server until SIGTERM, with the completion workers
+//! (reconciler, relay) alongside: started here, stopped when the server stops.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -12,10 +13,11 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::Authenticator;
+use crate::callbacks::{self, Completion, Workers};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
-use crate::probe::Prober;
+use crate::probe::{Prober, Resolver, SystemResolver};
 use crate::routes;
 use crate::state::{AppState, Clock, SystemClock, TenantCache};
 use crate::store::{self, Store, StoreError, TenantSettings};
@@ -48,6 +50,16 @@ impl Application {
 
     /// As `build`, with an injected clock (tests cross period boundaries with it).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        Self::build_with_resolver(config, clock, Arc::new(SystemResolver)).await
+    }
+
+    /// As `build_with_clock`, with the resolver for callers' callback hosts (tests map names
+    /// with it).
+    pub async fn build_with_resolver(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        resolver: Arc<dyn Resolver>,
+    ) -> Result<Self, StartError> {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let prober = Prober::new(&config.probe).map_err(|reason| ConfigError::Invalid {
@@ -56,6 +68,11 @@ impl Application {
         })?;
         let store = store::Instrumented::wrap(store::open(&config.store).await?, metrics.clone());
         seed_tenants(&config, store.as_ref(), clock.now().timestamp_millis()).await?;
+        let token_key = callbacks::token::load_key(store.as_ref()).await?;
+        let completion = Completion::new(&config, token_key, resolver).map_err(|reason| ConfigError::Invalid {
+            key: "callbacks".into(),
+            reason,
+        })?;
         let state = AppState {
             auth: Arc::new(Authenticator::from_config(&config.auth).await?),
             upstream: UpstreamClient::new(&config.upstream, metrics.clone()).map_err(|reason| {
@@ -71,6 +88,7 @@ impl Application {
             metrics,
             prober: Arc::new(prober),
             prelimit: Arc::default(),
+            completion: Arc::new(completion),
         };
         let listen = state.config.server.listen.clone();
         let listener = TcpListener::bind(&listen).map_err(|source| StartError::Listen {
@@ -124,9 +142,11 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until SIGTERM/SIGINT: stop accepting, finish in-flight requests, return.
+    /// Serves until SIGTERM/SIGINT: stop accepting, finish in-flight requests, stop the
+    /// completion workers, return.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        match self.metrics {
+        let workers = Workers::start(&self.state);
+        let result = match self.metrics {
             None => self.server.await,
             Some((_, metrics)) => {
                 let metrics_handle = metrics.handle();
@@ -136,7 +156,9 @@ impl Application {
                 let _ = metrics_task.await;
                 result
             }
-        }
+        };
+        workers.stop().await;
+        result
     }
 }
 

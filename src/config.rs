@@ -192,6 +192,33 @@ pub struct CallbacksConfig {
     pub retry_delays_ms: Vec<u64>,
 }
 
+/// Standard Webhooks keys are 24 to 64 random bytes.
+const SIGNING_KEY_BYTES: std::ops::RangeInclusive<usize> = 24..=64;
+
+impl CallbacksConfig {
+    /// The relay's HMAC key: the base64 after `whsec_`; `None` when no secret is set.
+    pub fn signing_key(&self) -> Result<Option<Vec<u8>>, String> {
+        use base64::Engine;
+        let secret = self.signing_secret.expose_secret();
+        if secret.is_empty() {
+            return Ok(None);
+        }
+        let encoded = secret
+            .strip_prefix("whsec_")
+            .ok_or("must be \"whsec_\" followed by the base64 of the key")?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| format!("the part after \"whsec_\" is not base64: {e}"))?;
+        if !SIGNING_KEY_BYTES.contains(&key.len()) {
+            return Err(format!(
+                "the key is {} bytes; Standard Webhooks keys are 24 to 64 bytes (e.g. \"whsec_$(openssl rand -base64 32)\")",
+                key.len()
+            ));
+        }
+        Ok(Some(key))
+    }
+}
+
 impl Default for CallbacksConfig {
     fn default() -> Self {
         Self {
@@ -210,21 +237,92 @@ impl Default for CallbacksConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ReconcilerConfig {
     pub enabled: bool,
-    pub first_poll_after_secs: u64,
-    pub poll_interval_secs: u64,
-    pub max_task_age_secs: u64,
-    pub unbound_hold_grace_secs: u64,
+    pub first_poll_after_secs: Seconds,
+    pub poll_interval_secs: Seconds,
+    pub max_task_age_secs: Seconds,
+    pub unbound_hold_grace_secs: Seconds,
 }
 
 impl Default for ReconcilerConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            first_poll_after_secs: 60,
-            poll_interval_secs: 30,
-            max_task_age_secs: 86_400,
-            unbound_hold_grace_secs: 600,
+            first_poll_after_secs: Seconds::from_secs(60),
+            poll_interval_secs: Seconds::from_secs(30),
+            max_task_age_secs: Seconds::from_secs(86_400),
+            unbound_hold_grace_secs: Seconds::from_secs(600),
         }
+    }
+}
+
+/// A duration written in seconds: a whole number (`30`) or, for tests and labs, a fraction
+/// (`0.05`), kept to the ms. Shown back as it was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds {
+    ms: u64,
+}
+
+impl Seconds {
+    pub const fn from_secs(secs: u64) -> Self {
+        Self {
+            ms: secs.saturating_mul(1000),
+        }
+    }
+
+    pub const fn from_millis(ms: u64) -> Self {
+        Self { ms }
+    }
+
+    pub fn as_millis(self) -> u64 {
+        self.ms
+    }
+
+    /// As signed ms, for arithmetic on unix-ms times.
+    pub fn as_millis_i64(self) -> i64 {
+        i64::try_from(self.ms).unwrap_or(i64::MAX)
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.ms.is_multiple_of(1000) {
+            s.serialize_u64(self.ms / 1000)
+        } else {
+            s.serialize_f64(self.ms as f64 / 1000.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Seconds;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a non-negative number of seconds")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Seconds, E> {
+                Ok(Seconds::from_secs(secs))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Seconds, E> {
+                u64::try_from(secs)
+                    .map(Seconds::from_secs)
+                    .map_err(|_| E::custom("seconds must not be negative"))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, secs: f64) -> Result<Seconds, E> {
+                // Bounded to keep the ms exact and the cast in range.
+                if secs.is_finite() && (0.0..=1e12).contains(&secs) {
+                    Ok(Seconds::from_millis((secs * 1000.0).round() as u64))
+                } else {
+                    Err(E::custom("seconds must be a non-negative finite number"))
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -413,7 +511,7 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| ConfigError::invalid("server.listen", e.to_string()))?;
-        check_url_or_empty("server.public_base_url", &self.server.public_base_url)?;
+        self.validate_public_base_url()?;
         if self.server.max_body_bytes < 1024 {
             return Err(ConfigError::invalid("server.max_body_bytes", "must be at least 1024"));
         }
@@ -439,11 +537,7 @@ impl Config {
                 ));
             }
         }
-        for (i, net) in self.callbacks.allowed_networks.iter().enumerate() {
-            net.parse::<ipnet::IpNet>().map_err(|e| {
-                ConfigError::invalid(format!("callbacks.allowed_networks[{i}]"), format!("{net:?}: {e}"))
-            })?;
-        }
+        self.validate_callbacks()?;
         if self.alerts.thresholds.iter().any(|t| !(*t > 0.0 && *t <= 1.0)) {
             return Err(ConfigError::invalid(
                 "alerts.thresholds",
@@ -457,6 +551,58 @@ impl Config {
         }
         self.validate_pricing()?;
         self.validate_tenants()
+    }
+
+    /// Where the upstream sends task callbacks: https (the token in the path is a secret),
+    /// any scheme in labs that allow private networks; no query or fragment (the route path
+    /// is appended).
+    fn validate_public_base_url(&self) -> Result<(), ConfigError> {
+        const KEY: &str = "server.public_base_url";
+        let value = &self.server.public_base_url;
+        if value.is_empty() {
+            return Ok(());
+        }
+        check_url(KEY, value)?;
+        let url = url::Url::parse(value).map_err(|e| ConfigError::invalid(KEY, e.to_string()))?;
+        if url.scheme() != "https" && !self.callbacks.allow_private_networks {
+            return Err(ConfigError::invalid(
+                KEY,
+                "must be https (plain http only with callbacks.allow_private_networks = true)",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(ConfigError::invalid(
+                KEY,
+                "must be a base URL without credentials, query or fragment",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_callbacks(&self) -> Result<(), ConfigError> {
+        let callbacks = &self.callbacks;
+        for (i, net) in callbacks.allowed_networks.iter().enumerate() {
+            net.parse::<ipnet::IpNet>().map_err(|e| {
+                ConfigError::invalid(format!("callbacks.allowed_networks[{i}]"), format!("{net:?}: {e}"))
+            })?;
+        }
+        callbacks
+            .signing_key()
+            .map_err(|reason| ConfigError::invalid("callbacks.signing_secret", reason))?;
+        if callbacks.timeout_ms == 0 {
+            return Err(ConfigError::invalid("callbacks.timeout_ms", "must be at least 1"));
+        }
+        let reconciler = &self.reconciler;
+        if reconciler.poll_interval_secs.as_millis() == 0 {
+            return Err(ConfigError::invalid(
+                "reconciler.poll_interval_secs",
+                "must be positive",
+            ));
+        }
+        if reconciler.max_task_age_secs.as_millis() == 0 {
+            return Err(ConfigError::invalid("reconciler.max_task_age_secs", "must be positive"));
+        }
+        Ok(())
     }
 
     /// The part of validation that minting and verifying tokens needs.
@@ -625,5 +771,88 @@ fn check_url_or_empty(key: &str, value: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         check_url(key, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        let mut config = Config::default();
+        config.upstream.api_key = SecretString::from("sk-evo-x".to_string());
+        config.auth.hs256_secret = SecretString::from("x".repeat(32));
+        config
+    }
+
+    fn refused_key(config: &Config) -> Option<String> {
+        match config.validate() {
+            Err(ConfigError::Invalid { key, .. }) => Some(key),
+            Err(other) => panic!("{other}"),
+            Ok(()) => None,
+        }
+    }
+
+    #[test]
+    fn reconciler_durations_take_whole_or_fractional_seconds_and_show_them_back() {
+        let config: ReconcilerConfig =
+            toml::from_str("first_poll_after_secs = 60\npoll_interval_secs = 0.05\nmax_task_age_secs = 1.5").unwrap();
+        assert_eq!(config.first_poll_after_secs, Seconds::from_secs(60));
+        assert_eq!(config.poll_interval_secs.as_millis(), 50);
+        assert_eq!(config.max_task_age_secs.as_millis(), 1500);
+        let shown = toml::to_string(&config).unwrap();
+        assert!(shown.contains("first_poll_after_secs = 60\n"), "{shown}");
+        assert!(shown.contains("poll_interval_secs = 0.05\n"), "{shown}");
+        assert!(toml::from_str::<ReconcilerConfig>("poll_interval_secs = -1").is_err());
+        assert!(toml::from_str::<ReconcilerConfig>("poll_interval_secs = \"soon\"").is_err());
+        let mut zero = valid();
+        zero.reconciler.poll_interval_secs = Seconds::from_secs(0);
+        assert_eq!(refused_key(&zero).as_deref(), Some("reconciler.poll_interval_secs"));
+    }
+
+    #[test]
+    fn the_signing_secret_must_be_a_standard_webhooks_secret() {
+        let mut config = valid();
+        assert_eq!(refused_key(&config), None);
+        assert_eq!(config.callbacks.signing_key(), Ok(None));
+        config.callbacks.signing_secret = SecretString::from("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string());
+        assert_eq!(refused_key(&config), None);
+        assert_eq!(config.callbacks.signing_key().unwrap().map(|k| k.len()), Some(24));
+        for bad in [
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_not base64!",
+            "whsec_c2hvcnQ=",
+            &format!("whsec_{}", "QUFB".repeat(30)),
+        ] {
+            config.callbacks.signing_secret = SecretString::from(bad.to_string());
+            assert_eq!(
+                refused_key(&config).as_deref(),
+                Some("callbacks.signing_secret"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_public_base_url_is_https_unless_private_networks_are_allowed() {
+        let mut config = valid();
+        for (url, private, ok) in [
+            ("https://vidgate-callbacks.example.com", false, true),
+            ("https://example.com/prefix/", false, true),
+            ("http://vidgate-callbacks.example.com", false, false),
+            ("http://127.0.0.1:8080", true, true),
+            ("https://example.com/?a=b", false, false),
+            ("https://u:p@example.com", false, false),
+            ("ftp://example.com", true, false),
+            ("not a url", true, false),
+        ] {
+            config.server.public_base_url = url.into();
+            config.callbacks.allow_private_networks = private;
+            let key = refused_key(&config);
+            assert_eq!(key.is_none(), ok, "{url}: {key:?}");
+            if let Some(key) = key {
+                assert_eq!(key, "server.public_base_url");
+            }
+        }
     }
 }

@@ -39,6 +39,15 @@ enum Command {
         output_offset_ms: i64,
         #[arg(long)]
         allow_local_callbacks: bool,
+        /// Percent of tasks whose callback is lost (never sent).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+        callback_drop_pct: u8,
+        /// Percent of callbacks sent twice.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+        callback_dup_pct: u8,
+        /// Each callback waits a random 0..=N ms first.
+        #[arg(long, default_value_t = 0)]
+        callback_delay_ms: u64,
     },
     /// Mock upstream + gateway in one process, with a token and curl lines to paste.
     Demo {
@@ -80,6 +89,9 @@ async fn main() -> ExitCode {
             processing_ms,
             output_offset_ms,
             allow_local_callbacks,
+            callback_drop_pct,
+            callback_dup_pct,
+            callback_delay_ms,
         } => {
             let options = MockOptions {
                 listen,
@@ -88,6 +100,9 @@ async fn main() -> ExitCode {
                 processing_ms,
                 output_offset_ms,
                 allow_local_callbacks,
+                callback_drop_pct,
+                callback_dup_pct,
+                callback_delay_ms,
             };
             vidgate::cli::mock_upstream(options).await
         }

@@ -17,6 +17,7 @@ answer carries `x-request-id`.",
     paths(
         crate::routes::generations::create,
         crate::routes::generations::get_task,
+        crate::routes::callbacks::upstream_callback,
         crate::routes::uploads::stream,
         crate::routes::uploads::base64,
         crate::routes::uploads::url,
@@ -36,6 +37,7 @@ answer carries `x-request-id`.",
         (name = "files", description = "Upload proxy to the upstream file host"),
         (name = "usage", description = "Spend: a team's own, and every team's for finance (roles finance/admin)"),
         (name = "admin", description = "Tenant management (role admin)"),
+        (name = "callbacks", description = "The upstream's task callbacks (token in the path, no bearer token)"),
         (name = "operations", description = "Health, readiness and metrics (no token)"),
     )
 )]
@@ -211,6 +213,12 @@ pub struct ErrorBody {
     /// The one field at fault, e.g. `duration`, `video_urls[1]`, `model_params.generate_audio`.
     pub param: Option<String>,
     pub request_id: String,
+}
+
+/// The answer to an upstream callback.
+#[derive(ToSchema)]
+pub struct CallbackAck {
+    pub received: bool,
 }
 
 #[derive(ToSchema)]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::auth::Authenticator;
+use crate::callbacks::Completion;
 use crate::config::Config;
 use crate::limits::LocalLimiter;
 use crate::metrics::Metrics;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub prober: Arc<Prober>,
     /// The in-process shield in front of the probe (limits set above the store's).
     pub prelimit: Arc<LocalLimiter>,
+    pub completion: Arc<Completion>,
 }
 
 /// Known tenants, cached briefly; unknown ones are always asked again.

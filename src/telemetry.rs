@@ -37,7 +37,11 @@ pub fn init() {
         .with_span_list(false)
         .with_writer(std::io::stderr);
     // A second init (tests, demo) is harmless: the first subscriber stays.
-    let _ = tracing_subscriber::registry().with(filter).with(json).with(otlp::layer()).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(otlp::layer())
+        .try_init();
 }
 
 /// Flushes spans not yet exported (a no-op without the `otlp` feature).
@@ -62,7 +66,9 @@ mod otlp {
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
-        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty())?;
+        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty())?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))

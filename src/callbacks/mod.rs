@@ -1,13 +1,30 @@
 //! Task completion: turning an observed final upstream state into exactly one settlement
-//! or refund, and the rules for callers' callback URLs.
+//! or refund, learning of it by the upstream's callbacks and by polling (the reconciler),
+//! and relaying it to the caller's own callback URL, signed, from a durable outbox.
 
 mod completion;
+mod reconciler;
+mod relay;
+pub mod token;
 
 pub use completion::observe;
+pub use relay::signature;
 
-use crate::config::CallbacksConfig;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{CallbacksConfig, Config};
 use crate::error::ApiError;
-use crate::probe::address::{AddressPolicy, check_url};
+use crate::probe::address::AddressPolicy;
+use crate::probe::fetch::{FetchError, Resolver, SafeHttp};
+use crate::state::AppState;
+use token::Tokens;
+
+/// The path of vidgate's own callback route, before the token.
+pub const UPSTREAM_CALLBACK_PATH: &str = "/v1/upstream/callbacks/";
 
 /// The address policy for callers' callback receivers.
 pub fn policy(config: &CallbacksConfig) -> AddressPolicy {
@@ -18,13 +35,138 @@ pub fn policy(config: &CallbacksConfig) -> AddressPolicy {
     }
 }
 
-/// Refuses a callback URL whose scheme, host or literal address the rules forbid (names
-/// are resolved and checked again at every delivery).
-pub fn check_callback_url(url: &str, config: &CallbacksConfig) -> Result<(), ApiError> {
-    check_url(url, &policy(config), true)
-        .map(|_| ())
-        .map_err(|refusal| ApiError::InvalidCallbackUrl {
-            message: format!("callback_url refused: {refusal}"),
-            param: Some("callback_url".into()),
+/// What completion shares across the app: the callback token key, the relay's client and
+/// signing key, this replica's lease owner id, and the pokes that wake the workers early.
+pub struct Completion {
+    tokens: Tokens,
+    relay: SafeHttp,
+    signing_key: Option<Vec<u8>>,
+    owner: String,
+    reconcile_now: Notify,
+    deliver_now: Notify,
+}
+
+impl Completion {
+    /// `token_key`: from `token::load_key`; `resolver` resolves callers' callback hosts
+    /// (tests map names with it).
+    pub fn new(config: &Config, token_key: Vec<u8>, resolver: Arc<dyn Resolver>) -> Result<Self, String> {
+        Ok(Self {
+            tokens: Tokens::new(token_key),
+            relay: SafeHttp::new(policy(&config.callbacks), true, resolver)?,
+            signing_key: config.callbacks.signing_key()?,
+            owner: format!("{}-{}", std::process::id(), ulid::Ulid::new()),
+            reconcile_now: Notify::new(),
+            deliver_now: Notify::new(),
         })
+    }
+
+    /// The token of vidgate's own callback URL for a reservation.
+    pub fn callback_token(&self, reservation_id: &str) -> String {
+        self.tokens.token(reservation_id)
+    }
+
+    /// The reservation a callback token stands for, if genuine.
+    pub fn verify_token(&self, token: &str) -> Option<String> {
+        self.tokens.verify(token)
+    }
+
+    /// Wakes this replica's reconciler (others find the work at their next tick).
+    pub fn wake_reconciler(&self) {
+        self.reconcile_now.notify_one();
+    }
+
+    /// Wakes this replica's relay: an event entered the outbox.
+    pub fn wake_relay(&self) {
+        self.deliver_now.notify_one();
+    }
+}
+
+/// The `callback_url` vidgate sends upstream for a reservation, when `server.public_base_url`
+/// is set (else the task is only polled).
+pub fn upstream_callback_url(state: &AppState, reservation_id: &str) -> Option<String> {
+    let base = state.config.server.public_base_url.trim_end_matches('/');
+    (!base.is_empty()).then(|| {
+        format!(
+            "{base}{UPSTREAM_CALLBACK_PATH}{}",
+            state.completion.callback_token(reservation_id)
+        )
+    })
+}
+
+/// Refuses a caller's callback URL at create time (its length is checked with the body):
+/// scheme, host and addresses (the
+/// name is resolved and each address checked now; every delivery checks again), and a
+/// gateway that could not sign the callbacks (no `callbacks.signing_secret`): receivers
+/// must be able to tell relayed callbacks from forged ones, so none is sent unsigned.
+pub async fn check_callback_url(state: &AppState, url: &str) -> Result<(), ApiError> {
+    let refused = |message: String| ApiError::InvalidCallbackUrl {
+        message,
+        param: Some("callback_url".into()),
+    };
+    match state.completion.relay.check_resolved(url).await {
+        Ok(_) => {}
+        Err(FetchError::InvalidUrl(reason) | FetchError::Refused(reason) | FetchError::Unreachable(reason)) => {
+            return Err(refused(format!("callback_url refused: {reason}")));
+        }
+    }
+    if state.completion.signing_key.is_none() {
+        return Err(refused(
+            "this gateway has no callbacks.signing_secret, so it cannot sign callbacks; ask its operators to set one"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The background workers of one replica (reconciler and relay), started once at startup
+/// and stopped at shutdown.
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts the relay, and the reconciler unless `reconciler.enabled = false`.
+    pub fn start(state: &AppState) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = vec![tokio::spawn(relay::run(state.clone(), stopped.clone()))];
+        if state.config.reconciler.enabled {
+            tasks.push(tokio::spawn(reconciler::run(state.clone(), stopped)));
+        }
+        Self { stop, tasks }
+    }
+
+    /// Asks every worker to stop and waits for them: work in hand finishes (its lease would
+    /// cover it anyway), nothing new starts.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            if let Err(error) = task.await {
+                tracing::error!("a completion worker ended abnormally: {error}");
+            }
+        }
+    }
+}
+
+/// Waits `tick`, or until woken, or until told to stop; false when stopping.
+async fn pause(tick: Duration, wake: &Notify, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(tick) => true,
+        _ = wake.notified() => true,
+        _ = stop.changed() => false,
+    }
+}
+
+/// How often a worker looks for due work when nothing wakes it: often enough for the
+/// shortest of its delays, at most once a second, at least every 10 ms.
+fn tick_for(delays_ms: impl IntoIterator<Item = u64>) -> Duration {
+    let shortest = delays_ms.into_iter().filter(|d| *d > 0).min().unwrap_or(2000);
+    Duration::from_millis((shortest / 2).clamp(10, 1000))
+}
+
+fn now_ms(state: &AppState) -> i64 {
+    state.clock.now().timestamp_millis()
 }

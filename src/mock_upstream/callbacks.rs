@@ -1,7 +1,9 @@
-//! Callback delivery by the upstream's rules: 2xx within 10 s, else 3 retries after 1, 2, 4 s.
+//! Callback delivery by the upstream's rules: 2xx within 10 s, else 3 retries after 1, 2, 4 s;
+//! and, on request, the faults a real network adds: callbacks lost, duplicated, delayed.
 
 use std::time::Duration;
 
+use rand::Rng;
 use serde_json::Value;
 
 use super::Shared;
@@ -20,6 +22,31 @@ impl CallbackPolicy {
             timeout: Duration::from_secs(10),
             retry_delays: [1, 2, 4].into_iter().map(Duration::from_secs).collect(),
         }
+    }
+}
+
+/// `deliver`, with the configured faults: dropped (never sent), delayed by a random
+/// 0..=`callback_delay_ms`, or sent twice at once.
+pub(crate) async fn deliver_faulty(shared: &Shared, url: &str, body: &Value) {
+    let options = &shared.options;
+    let (dropped, duplicated, delay) = {
+        let mut rng = rand::rng();
+        (
+            rng.random_range(0..100u8) < options.callback_drop_pct,
+            rng.random_range(0..100u8) < options.callback_dup_pct,
+            rng.random_range(0..=options.callback_delay_ms),
+        )
+    };
+    if dropped {
+        shared.count(|stats| stats.callbacks_dropped += 1);
+        return;
+    }
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    if duplicated {
+        shared.count(|stats| stats.callbacks_duplicated += 1);
+        futures_util::future::join(deliver(shared, url, body), deliver(shared, url, body)).await;
+    } else {
+        deliver(shared, url, body).await;
     }
 }
 

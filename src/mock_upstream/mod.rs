@@ -38,6 +38,12 @@ pub struct MockOptions {
     pub output_offset_ms: i64,
     /// Accept plain-http and loopback/private `callback_url`s (tests and the demo).
     pub allow_local_callbacks: bool,
+    /// Percent of tasks whose callback is never sent (lost), 0–100.
+    pub callback_drop_pct: u8,
+    /// Percent of the callbacks sent that are sent twice (two concurrent deliveries), 0–100.
+    pub callback_dup_pct: u8,
+    /// Each callback waits a random 0..=N ms before its first attempt (out of order).
+    pub callback_delay_ms: u64,
 }
 
 impl Default for MockOptions {
@@ -49,6 +55,9 @@ impl Default for MockOptions {
             processing_ms: 1000,
             output_offset_ms: 0,
             allow_local_callbacks: false,
+            callback_drop_pct: 0,
+            callback_dup_pct: 0,
+            callback_delay_ms: 0,
         }
     }
 }
@@ -68,6 +77,10 @@ pub struct MockStats {
     pub open_tasks: u64,
     /// Callback attempts (every try, retries included).
     pub callbacks_sent: u64,
+    /// Callbacks never sent (`callback_drop_pct`).
+    pub callbacks_dropped: u64,
+    /// Callbacks sent twice (`callback_dup_pct`).
+    pub callbacks_duplicated: u64,
     /// The last create body received with a valid key and well-formed JSON.
     pub last_create_body: Option<serde_json::Value>,
 }
@@ -213,6 +226,13 @@ impl MockServer {
     /// A snapshot of the counters.
     pub fn stats(&self) -> MockStats {
         self.shared.snapshot()
+    }
+
+    /// Ends a task now, whatever its timing (tests: `[mock:slow=3600]` then this, so a test
+    /// decides when a task ends), and sends its callback if it asked for one. False for an
+    /// unknown task.
+    pub async fn complete(&self, task_id: &str) -> bool {
+        self.shared.finish(task_id).await
     }
 
     /// Stops accepting, aborts pending timers and callbacks, and waits for the server to end.

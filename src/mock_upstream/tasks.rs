@@ -415,19 +415,24 @@ impl Shared {
         task.to_json(&self.base_url, task.started)
     }
 
-    /// Marks a task final and, if it asked for one, delivers its callback.
-    async fn finish(&self, id: &str) {
+    /// Marks a task final (once) and, if it asked for one, delivers its callback (subject to
+    /// the drop, duplicate and delay options). False for an unknown task.
+    pub(crate) async fn finish(&self, id: &str) -> bool {
         let (body, callback_url) = {
             let mut tasks = lock(&self.tasks);
             let Some(task) = tasks.get_mut(id) else {
-                return;
+                return false;
             };
+            if task.finalized {
+                return true;
+            }
             task.finalized = true;
             (task.to_json(&self.base_url, Instant::now()), task.callback_url.clone())
         };
         if let Some(url) = callback_url {
-            callbacks::deliver(self, &url, &body).await;
+            callbacks::deliver_faulty(self, &url, &body).await;
         }
+        true
     }
 
     fn task_json(&self, id: &str) -> Option<Value> {

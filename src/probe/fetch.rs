@@ -121,7 +121,7 @@ pub struct Fetched {
     pub url: Url,
 }
 
-/// HTTP client for caller-supplied URLs (reference videos, later callback delivery).
+/// HTTP client for caller-supplied URLs (reference videos, callback deliveries).
 /// Cheap to clone; clones share the connection pool and the request counter.
 #[derive(Clone)]
 pub struct SafeHttp {
@@ -129,6 +129,7 @@ pub struct SafeHttp {
     policy: Arc<AddressPolicy>,
     https_only: bool,
     requests: Arc<AtomicU64>,
+    resolver: Arc<dyn Resolver>,
 }
 
 impl std::fmt::Debug for SafeHttp {
@@ -151,7 +152,7 @@ impl SafeHttp {
             // Some CDNs refuse requests without one.
             .user_agent(concat!("vidgate/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(CheckingResolver {
-                inner: resolver,
+                inner: Arc::clone(&resolver),
                 policy: Arc::clone(&policy),
             }))
             .build()
@@ -161,6 +162,7 @@ impl SafeHttp {
             policy,
             https_only,
             requests: Arc::new(AtomicU64::new(0)),
+            resolver,
         })
     }
 
@@ -179,6 +181,53 @@ impl SafeHttp {
     /// Everything about a URL that needs no network; the same check every hop gets.
     pub fn check(&self, raw: &str) -> Result<Url, FetchError> {
         Ok(check_url(raw, &self.policy, self.https_only)?)
+    }
+
+    /// `check`, then the name resolved and every address checked, as a connection would be:
+    /// to refuse a URL early (a caller's callback URL at create time). Proves nothing about
+    /// later: a delivery resolves and checks again.
+    pub async fn check_resolved(&self, raw: &str) -> Result<Url, FetchError> {
+        let url = self.check(raw)?;
+        if let Some(url::Host::Domain(host)) = url.host() {
+            let ips = self
+                .resolver
+                .resolve(host)
+                .await
+                .map_err(|e| FetchError::Unreachable(format!("cannot resolve {host:?}: {e}")))?;
+            if ips.is_empty() {
+                return Err(FetchError::Unreachable(format!("{host:?} has no addresses")));
+            }
+            checked_addresses(host, ips, &self.policy).map_err(|e| FetchError::Refused(e.to_string()))?;
+        }
+        Ok(url)
+    }
+
+    /// Sends one request and returns its answer as is, a redirect included (never
+    /// followed): for webhook deliveries, where a redirect is not a delivery.
+    pub async fn send_once(
+        &self,
+        method: Method,
+        raw_url: &str,
+        headers: &HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<reqwest::Response, FetchError> {
+        let url = self.check(raw_url)?;
+        self.request(method, &url, headers, body.as_ref()).await
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: &HeaderMap,
+        body: Option<&Bytes>,
+    ) -> Result<reqwest::Response, FetchError> {
+        let mut request = self.client.request(method, url.clone()).headers(headers.clone());
+        if let Some(body) = body {
+            request = request.body(body.clone());
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        request.send().await.map_err(|e| classify(&e, url))
     }
 
     /// HTTP requests sent so far, redirect hops included (by this client and its clones).
@@ -200,15 +249,7 @@ impl SafeHttp {
         let (mut method, mut body) = (method, body);
         let mut hops = 0;
         loop {
-            let mut request = self
-                .client
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
-            if let Some(body) = &body {
-                request = request.body(body.clone());
-            }
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let response = request.send().await.map_err(|e| classify(&e, &url))?;
+            let response = self.request(method.clone(), &url, headers, body.as_ref()).await?;
             let status = response.status();
             let follows = matches!(
                 status,

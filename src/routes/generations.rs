@@ -58,7 +58,7 @@ pub async fn create(
     let request = parse_create(&body, |model| state.config.pricing.models.contains_key(model))?;
     let idempotency = idempotency_claim(&req, &body, &state)?;
     if let Some(url) = &request.callback_url {
-        callbacks::check_callback_url(url, &state.config.callbacks)?;
+        callbacks::check_callback_url(&state, url).await?;
     }
     let rate = limit::caller_checks(&state, &caller, Policy::Creates).await?;
     prelimit(&state, &rate)?;
@@ -293,7 +293,8 @@ async fn forward(
     request: &CreateRequest,
     reservation: &ReservationRecord,
 ) -> Result<Value, ApiError> {
-    match state.upstream.create_task(&request.upstream_body(None)).await {
+    let body = request.upstream_body(callbacks::upstream_callback_url(state, &reservation.reservation_id).as_deref());
+    match state.upstream.create_task(&body).await {
         Ok(task) => Ok(task),
         Err(error) if error.is_definite() => {
             let now_ms = state.clock.now().timestamp_millis();

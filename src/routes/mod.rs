@@ -2,6 +2,7 @@
 
 pub(crate) mod admin;
 mod body;
+pub(crate) mod callbacks;
 pub(crate) mod generations;
 pub mod guard;
 pub(crate) mod health;
@@ -11,7 +12,7 @@ mod query;
 pub(crate) mod uploads;
 pub(crate) mod usage;
 pub mod validate;
-mod view;
+pub(crate) mod view;
 
 use actix_web::{HttpResponse, web};
 
@@ -31,6 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
         .service(resource("/docs", "GET").route(web::get().to(docs_redirect)))
         .service(resource("/v1/videos/generations", "POST").route(web::post().to(generations::create)))
         .service(resource("/v1/tasks/{task_id}", "GET").route(web::get().to(generations::get_task)))
+        .service(resource("/v1/upstream/callbacks/{token}", "POST").route(web::post().to(callbacks::upstream_callback)))
         .service(resource("/api/v1/files/upload/stream", "POST").route(web::post().to(uploads::stream)))
         .service(resource("/api/v1/files/upload/base64", "POST").route(web::post().to(uploads::base64)))
         .service(resource("/api/v1/files/upload/url", "POST").route(web::post().to(uploads::url)))

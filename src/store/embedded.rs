@@ -30,6 +30,18 @@ const DAYS: TableDefinition<&str, ()> = TableDefinition::new("days");
 const ALERTS: TableDefinition<&str, ()> = TableDefinition::new("alerts");
 /// tenant \0 idempotency key → JSON `Claim`.
 const IDEMPOTENCY: TableDefinition<&str, &str> = TableDefinition::new("idempotency");
+/// The reconciler's queue: (due ms, reservation id) of every reservation not yet final,
+/// and each one's due ms (to move it).
+const PENDING: TableDefinition<(u64, &str), ()> = TableDefinition::new("pending");
+const PENDING_DUE: TableDefinition<&str, u64> = TableDefinition::new("pending_due");
+/// The relay's outbox: (due ms, event id), each event's due ms, and the events as JSON.
+const OUTBOX: TableDefinition<(u64, &str), ()> = TableDefinition::new("outbox");
+const OUTBOX_DUE: TableDefinition<&str, u64> = TableDefinition::new("outbox_due");
+const EVENTS: TableDefinition<&str, &str> = TableDefinition::new("events");
+/// `queue:id` → (lease expiry ms, owner).
+const LEASES: TableDefinition<&str, (u64, &str)> = TableDefinition::new("leases");
+/// Secrets shared by every user of the store (the callback token key).
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
 /// Separates the parts of a composite string key; tenant ids and period keys never hold it.
 const SEP: char = '\u{1f}';
@@ -61,6 +73,14 @@ impl EmbeddedStore {
         tx.open_table(DAYS).map_err(db_error)?;
         tx.open_table(ALERTS).map_err(db_error)?;
         tx.open_table(IDEMPOTENCY).map_err(db_error)?;
+        for queue in [Queue::Tasks, Queue::Outbox] {
+            let (index, due) = queue_tables(queue);
+            tx.open_table(index).map_err(db_error)?;
+            tx.open_table(due).map_err(db_error)?;
+        }
+        tx.open_table(EVENTS).map_err(db_error)?;
+        tx.open_table(LEASES).map_err(db_error)?;
+        tx.open_table(SECRETS).map_err(db_error)?;
         tx.commit().map_err(db_error)?;
         Ok(Self {
             db: Arc::new(db),
@@ -235,6 +255,157 @@ impl Store for EmbeddedStore {
     async fn refund(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
         let (reservation_id, finish) = (reservation_id.to_string(), Finish::refund(now_ms));
         self.write(move |tx| finish_in(tx, &reservation_id, &finish)).await
+    }
+
+    async fn expire(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
+        let (reservation_id, finish) = (reservation_id.to_string(), Finish::expire(now_ms));
+        self.write(move |tx| finish_in(tx, &reservation_id, &finish)).await
+    }
+
+    async fn late_settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError> {
+        let (reservation_id, finish) = (reservation_id.to_string(), Finish::late_settle(settlement));
+        self.write(move |tx| late_settle_in(tx, &reservation_id, &finish)).await
+    }
+
+    async fn due(&self, queue: Queue, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.read(move |tx| {
+            let index = tx.open_table(queue_tables(queue).0).map_err(db_error)?;
+            let end = (ms(now_ms).saturating_add(1), "");
+            let mut ids = Vec::new();
+            for item in index.range((0, "")..end).map_err(db_error)?.take(limit) {
+                let (key, _) = item.map_err(db_error)?;
+                ids.push(key.value().1.to_string());
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        queue: Queue,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.write(move |tx| {
+            let Some(due) = due_of(tx, queue, &id)? else {
+                return Ok(None);
+            };
+            if due > ms(now_ms) {
+                return Ok(None);
+            }
+            let mut leases = tx.open_table(LEASES).map_err(db_error)?;
+            let key = lease_key(queue, &id);
+            let held = leases.get(key.as_str()).map_err(db_error)?.map(|lease| lease.value().0);
+            if held.is_some_and(|expires| expires > ms(now_ms)) {
+                return Ok(None);
+            }
+            let expires = ms(now_ms).saturating_add(lease_ms);
+            leases
+                .insert(key.as_str(), (expires, owner.as_str()))
+                .map_err(db_error)?;
+            Ok(Some(i64::try_from(due).unwrap_or(i64::MAX)))
+        })
+        .await
+    }
+
+    async fn release(
+        &self,
+        queue: Queue,
+        id: &str,
+        owner: &str,
+        claimed_due_ms: i64,
+        next_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.write(move |tx| {
+            if due_of(tx, queue, &id)? == Some(ms(claimed_due_ms)) {
+                match next_ms {
+                    Some(next) => schedule(tx, queue, &id, next)?,
+                    None => {
+                        unschedule(tx, queue, &id)?;
+                        if queue == Queue::Outbox {
+                            tx.open_table(EVENTS)
+                                .map_err(db_error)?
+                                .remove(id.as_str())
+                                .map_err(db_error)?;
+                        }
+                    }
+                }
+            }
+            let mut leases = tx.open_table(LEASES).map_err(db_error)?;
+            let key = lease_key(queue, &id);
+            let ours = leases
+                .get(key.as_str())
+                .map_err(db_error)?
+                .is_some_and(|lease| lease.value().1 == owner);
+            if ours {
+                leases.remove(key.as_str()).map_err(db_error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_due(&self, reservation_id: &str, now_ms: i64) -> Result<Option<ReservationState>, StoreError> {
+        let reservation_id = reservation_id.to_string();
+        self.write(move |tx| {
+            let record: Option<ReservationRecord> =
+                get_json(&tx.open_table(RESERVATIONS).map_err(db_error)?, &reservation_id)?;
+            let Some(record) = record else {
+                return Ok(None);
+            };
+            if matches!(record.state, ReservationState::Reserved | ReservationState::Expired) {
+                let due = match due_of(tx, Queue::Tasks, &reservation_id)? {
+                    // Earlier than both the due time a reconciler may have claimed and now,
+                    // so that its release sees the change and leaves the entry due.
+                    Some(due) => due.min(ms(now_ms)).saturating_sub(1),
+                    None => ms(now_ms),
+                };
+                schedule(
+                    tx,
+                    Queue::Tasks,
+                    &reservation_id,
+                    i64::try_from(due).unwrap_or(i64::MAX),
+                )?;
+            }
+            Ok(Some(record.state))
+        })
+        .await
+    }
+
+    async fn outbox_event(&self, id: &str) -> Result<Option<OutboxEvent>, StoreError> {
+        let id = id.to_string();
+        self.read(move |tx| get_json(&tx.open_table(EVENTS).map_err(db_error)?, &id))
+            .await
+    }
+
+    async fn save_outbox_event(&self, event: &OutboxEvent) -> Result<(), StoreError> {
+        let event = event.clone();
+        self.write(move |tx| {
+            let mut events = tx.open_table(EVENTS).map_err(db_error)?;
+            if events.get(event.id.as_str()).map_err(db_error)?.is_some() {
+                put_json(&mut events, &event.id, &event)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (name, candidate) = (name.to_string(), candidate.to_vec());
+        self.write(move |tx| {
+            let mut secrets = tx.open_table(SECRETS).map_err(db_error)?;
+            if let Some(stored) = secrets.get(name.as_str()).map_err(db_error)? {
+                return Ok(stored.value().to_vec());
+            }
+            secrets.insert(name.as_str(), candidate.as_slice()).map_err(db_error)?;
+            Ok(candidate)
+        })
+        .await
     }
 
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError> {
@@ -447,6 +618,8 @@ fn reserve_in(
         .map_err(db_error)?
         .insert(day.as_str(), ())
         .map_err(db_error)?;
+    // completion: every hold enters the reconciler's queue, due for a first look at once.
+    schedule(tx, Queue::Tasks, &record.reservation_id, record.created_ms)?;
     if let Some(claim) = &request.idempotency {
         let stored = Claim {
             rid: record.reservation_id.clone(),
@@ -529,7 +702,8 @@ fn refusal(
     Ok(None)
 }
 
-/// Settle or refund inside its write transaction: moves money once, in the record's period.
+/// Settle, refund or expire inside its write transaction: moves money once, in the record's
+/// period; the task leaves the reconciler's queue and its callback (if any) enters the outbox.
 fn finish_in(tx: &WriteTransaction, reservation_id: &str, finish: &Finish) -> Result<FinalizeOutcome, StoreError> {
     let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
     let Some(mut record) = get_json::<ReservationRecord>(&reservations, reservation_id)? else {
@@ -551,8 +725,101 @@ fn finish_in(tx: &WriteTransaction, reservation_id: &str, finish: &Finish) -> Re
     for entry in finish.entries(&record) {
         append(tx, &entry)?;
     }
-    aggregate(tx, &record, &usage::finish_deltas(&record, finish.charged()))?;
+    aggregate(tx, &record, &finish.deltas(&record))?;
+    ended(tx, &record, finish)?;
     Ok(FinalizeOutcome::Applied(record))
+}
+
+/// A late settlement inside its write transaction: only an `expired` record moves; the
+/// charge goes to its own period, the hold and the slot went at expiry.
+fn late_settle_in(tx: &WriteTransaction, reservation_id: &str, finish: &Finish) -> Result<FinalizeOutcome, StoreError> {
+    let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
+    let Some(mut record) = get_json::<ReservationRecord>(&reservations, reservation_id)? else {
+        return Ok(FinalizeOutcome::NotFound);
+    };
+    if record.state != ReservationState::Expired {
+        return Ok(FinalizeOutcome::AlreadyFinal(record));
+    }
+    let expired_ms = record.finished_ms.unwrap_or(record.created_ms);
+    finish.apply(&mut record);
+    record.result_expires_ms = Some(late_result_expiry(expired_ms));
+    put_json(&mut reservations, reservation_id, &record)?;
+    let keys = CounterKeys::new(&record.tenant, &record.user, &record.period);
+    let mut counters = tx.open_table(COUNTERS).map_err(db_error)?;
+    add(&mut counters, &keys.spent, finish.charged)?;
+    add(&mut counters, &keys.user_spent, finish.charged)?;
+    drop(counters);
+    for entry in finish.entries(&record) {
+        append(tx, &entry)?;
+    }
+    aggregate(tx, &record, &finish.deltas(&record))?;
+    ended(tx, &record, finish)?;
+    Ok(FinalizeOutcome::Applied(record))
+}
+
+/// What every final step does besides money: the task leaves the reconciler's queue, and
+/// its caller's callback enters the outbox.
+fn ended(tx: &WriteTransaction, record: &ReservationRecord, finish: &Finish) -> Result<(), StoreError> {
+    unschedule(tx, Queue::Tasks, &record.reservation_id)?;
+    if relays(record) {
+        let event = OutboxEvent::new(record, finish.kind, finish.finished_ms);
+        put_json(&mut tx.open_table(EVENTS).map_err(db_error)?, &event.id, &event)?;
+        schedule(tx, Queue::Outbox, &event.id, finish.finished_ms)?;
+    }
+    Ok(())
+}
+
+/// A queue's index: (due ms, id) in due order.
+type QueueIndex = TableDefinition<'static, (u64, &'static str), ()>;
+/// A queue's id → due ms, to find an entry in its index.
+type QueueDue = TableDefinition<'static, &'static str, u64>;
+
+/// The tables of a queue.
+fn queue_tables(queue: Queue) -> (QueueIndex, QueueDue) {
+    match queue {
+        Queue::Tasks => (PENDING, PENDING_DUE),
+        Queue::Outbox => (OUTBOX, OUTBOX_DUE),
+    }
+}
+
+fn due_of(tx: &WriteTransaction, queue: Queue, id: &str) -> Result<Option<u64>, StoreError> {
+    let due = tx.open_table(queue_tables(queue).1).map_err(db_error)?;
+    Ok(due.get(id).map_err(db_error)?.map(|value| value.value()))
+}
+
+/// Puts `id` in `queue` (or moves it) at `due_ms`.
+fn schedule(tx: &WriteTransaction, queue: Queue, id: &str, due_ms: i64) -> Result<(), StoreError> {
+    let (index, due) = queue_tables(queue);
+    let (mut index, mut due) = (
+        tx.open_table(index).map_err(db_error)?,
+        tx.open_table(due).map_err(db_error)?,
+    );
+    if let Some(old) = due.insert(id, ms(due_ms)).map_err(db_error)? {
+        index.remove((old.value(), id)).map_err(db_error)?;
+    }
+    index.insert((ms(due_ms), id), ()).map_err(db_error)?;
+    Ok(())
+}
+
+fn unschedule(tx: &WriteTransaction, queue: Queue, id: &str) -> Result<(), StoreError> {
+    let (index, due) = queue_tables(queue);
+    let (mut index, mut due) = (
+        tx.open_table(index).map_err(db_error)?,
+        tx.open_table(due).map_err(db_error)?,
+    );
+    if let Some(old) = due.remove(id).map_err(db_error)? {
+        index.remove((old.value(), id)).map_err(db_error)?;
+    }
+    Ok(())
+}
+
+fn lease_key(queue: Queue, id: &str) -> String {
+    format!("{}:{id}", queue.as_str())
+}
+
+/// Unix ms as the tables keep them (times before 1970 do not occur).
+fn ms(unix_ms: i64) -> u64 {
+    u64::try_from(unix_ms).unwrap_or(0)
 }
 
 /// Counter names of one tenant, user and period; the same names as the Redis keys.

@@ -102,6 +102,62 @@ impl Store for Instrumented {
         self.timed("refund", self.inner.refund(reservation_id, now_ms)).await
     }
 
+    async fn expire(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
+        self.timed("expire", self.inner.expire(reservation_id, now_ms)).await
+    }
+
+    async fn late_settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError> {
+        self.timed("late_settle", self.inner.late_settle(reservation_id, settlement))
+            .await
+    }
+
+    async fn due(&self, queue: Queue, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.timed("due", self.inner.due(queue, now_ms, limit)).await
+    }
+
+    async fn claim(
+        &self,
+        queue: Queue,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.timed("claim", self.inner.claim(queue, id, owner, now_ms, lease_ms))
+            .await
+    }
+
+    async fn release(
+        &self,
+        queue: Queue,
+        id: &str,
+        owner: &str,
+        claimed_due_ms: i64,
+        next_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.timed("release", self.inner.release(queue, id, owner, claimed_due_ms, next_ms))
+            .await
+    }
+
+    async fn mark_due(&self, reservation_id: &str, now_ms: i64) -> Result<Option<ReservationState>, StoreError> {
+        self.timed("mark_due", self.inner.mark_due(reservation_id, now_ms))
+            .await
+    }
+
+    async fn outbox_event(&self, id: &str) -> Result<Option<OutboxEvent>, StoreError> {
+        self.timed("outbox_event", self.inner.outbox_event(id)).await
+    }
+
+    async fn save_outbox_event(&self, event: &OutboxEvent) -> Result<(), StoreError> {
+        self.timed("save_outbox_event", self.inner.save_outbox_event(event))
+            .await
+    }
+
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.timed("shared_secret", self.inner.shared_secret(name, candidate))
+            .await
+    }
+
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError> {
         self.timed("period_usage", self.inner.period_usage(tenant, period))
             .await

@@ -92,6 +92,10 @@ impl Default for LedgerEntry {
 
 /// Why a settlement is flagged `anomaly`.
 pub const UNMEASURED_NOTE: &str = "result length not measured; the requested length was billed";
+/// Why every `late_settle` is flagged: money moved after the reconciler gave up on the task.
+pub const LATE_NOTE: &str = "completed after its hold expired; charged late to the original period";
+/// A late settlement whose result could not be measured either.
+pub const LATE_UNMEASURED_NOTE: &str = "completed after its hold expired; charged late to the original period; result length not measured, the requested length was billed";
 
 impl LedgerEntry {
     /// A money step of one reservation. lua/keys.lua (`reservation_entry`) builds the same

@@ -13,8 +13,8 @@ pub mod usage;
 
 pub use instrumented::Instrumented;
 pub use ledger::{
-    LedgerCursor, LedgerEntry, LedgerKind, LedgerPage, LedgerPosition, LedgerQuery, LedgerRow, UNMEASURED_NOTE,
-    ledger_page,
+    LATE_NOTE, LATE_UNMEASURED_NOTE, LedgerCursor, LedgerEntry, LedgerKind, LedgerPage, LedgerPosition, LedgerQuery,
+    LedgerRow, UNMEASURED_NOTE, ledger_page,
 };
 pub use period::Period;
 pub use tenants::{TenantChange, TenantPatch, TenantUpdate};
@@ -284,6 +284,30 @@ impl Finish {
         }
     }
 
+    /// Like a refund (the hold and the slot go, nothing is charged), but the outcome is unknown.
+    fn expire(now_ms: i64) -> Self {
+        Self {
+            kind: LedgerKind::Expire,
+            state: ReservationState::Expired,
+            ..Self::refund(now_ms)
+        }
+    }
+
+    /// A completion seen after the hold expired: charged, always flagged. The store sets
+    /// `result_expires_ms` from the expiry time (see `late_result_expiry`).
+    fn late_settle(settlement: &Settlement) -> Self {
+        Self {
+            kind: LedgerKind::LateSettle,
+            anomaly: Some(if settlement.anomaly {
+                LATE_UNMEASURED_NOTE
+            } else {
+                LATE_NOTE
+            }),
+            result_expires_ms: None,
+            ..Self::settle(settlement)
+        }
+    }
+
     fn apply(&self, record: &mut ReservationRecord) {
         record.state = self.state;
         record.charged = Some(self.charged);
@@ -296,7 +320,7 @@ impl Finish {
     /// an `anomaly` repeating a flagged settlement.
     fn entries(&self, record: &ReservationRecord) -> Vec<LedgerEntry> {
         let entry = match self.kind {
-            LedgerKind::Refund => {
+            LedgerKind::Refund | LedgerKind::Expire => {
                 LedgerEntry::for_reservation(self.kind, record, (0, 0), record.reserved, self.finished_ms)
             }
             kind => LedgerEntry::for_reservation(
@@ -315,10 +339,84 @@ impl Finish {
         std::iter::once(entry).chain(anomaly).collect()
     }
 
-    /// Charged money for the aggregates: `None` for a refund.
-    fn charged(&self) -> Option<Micros> {
-        (self.kind != LedgerKind::Refund).then_some(self.charged)
+    /// What the step adds to each usage bucket of `record`.
+    fn deltas(&self, record: &ReservationRecord) -> Vec<(&'static str, i64)> {
+        match self.kind {
+            LedgerKind::Refund => usage::finish_deltas(record, None),
+            LedgerKind::Expire => usage::expire_deltas(record),
+            LedgerKind::LateSettle => usage::late_settle_deltas(record, self.charged),
+            _ => usage::finish_deltas(record, Some(self.charged)),
+        }
     }
+}
+
+/// When the result of a late settlement stops being downloadable, at the latest: the task
+/// completed after the hold expired (the last poll still saw it running), and the upstream
+/// keeps results 24 h after completion. The completion itself may have been seen much later
+/// (a query days after), so the expiry time is the bound that never promises too much.
+fn late_result_expiry(expired_ms: i64) -> i64 {
+    expired_ms.saturating_add(RESULT_TTL_MS)
+}
+
+/// Whether a final step on `record` owes its caller a relayed callback: the caller asked
+/// for one, and a task exists to report on (an unbound hold's create already failed).
+fn relays(record: &ReservationRecord) -> bool {
+    record.callback_url.is_some() && record.task_id.is_some()
+}
+
+/// The work queues the background workers share across replicas: reservations to reconcile
+/// (`Tasks`, entered at reserve, left when final) and callbacks to relay (`Outbox`, entered
+/// by the final money steps). Each entry has a due time; a worker claims a due entry with a
+/// lease, so one replica at a time works on it, and a dead replica's lease just runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    Tasks,
+    Outbox,
+}
+
+impl Queue {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tasks => "tasks",
+            Self::Outbox => "outbox",
+        }
+    }
+}
+
+/// A callback to relay to a caller, enqueued by the money step that ended its task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    /// `msg_{reservation_id}_{kind}` (see `event_id`): the `webhook-id`, stable across retries.
+    pub id: String,
+    pub reservation_id: String,
+    /// The step that ended the task: settle, refund, expire or late_settle.
+    pub kind: LedgerKind,
+    pub created_ms: i64,
+    /// Failed delivery attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The JSON body, fixed at the first attempt so that every retry sends the same bytes.
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+impl OutboxEvent {
+    fn new(record: &ReservationRecord, kind: LedgerKind, now_ms: i64) -> Self {
+        Self {
+            id: event_id(&record.reservation_id, kind),
+            reservation_id: record.reservation_id.clone(),
+            kind,
+            created_ms: now_ms,
+            attempts: 0,
+            body: None,
+        }
+    }
+}
+
+/// A step applies once per reservation, so (reservation, step) names its event uniquely.
+/// lua/completion.lua builds the same id.
+pub fn event_id(reservation_id: &str, kind: LedgerKind) -> String {
+    format!("msg_{reservation_id}_{}", kind.as_str())
 }
 
 /// The ledger entry of a hold.
@@ -470,6 +568,54 @@ pub trait Store: Send + Sync + 'static {
 
     /// Releases the hold and the concurrency slot, charging nothing, once.
     async fn refund(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError>;
+
+    /// The reconciler gave up: releases the hold and the slot of a `reserved` task as
+    /// `expired`, charging nothing, once (ledger kind `expire`).
+    async fn expire(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError>;
+
+    /// A completion seen after `expire`: charges the settlement to the reservation's own
+    /// period with a `late_settle` and an `anomaly` entry, once; only an `expired` record
+    /// moves (its hold is already released). The record becomes `settled`.
+    async fn late_settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError>;
+
+    /// Ids of `queue` due at `now_ms`, most overdue first, at most `limit`.
+    async fn due(&self, queue: Queue, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError>;
+
+    /// Takes the lease on a due entry for `lease_ms`: its due time, or `None` when it is not
+    /// due, gone, or leased by someone else.
+    async fn claim(
+        &self,
+        queue: Queue,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: u64,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Ends a claim: the entry becomes due at `next_ms` (`None`: it leaves the queue, an
+    /// outbox event with it), unless its due time changed since the claim (a callback asked
+    /// for an immediate look meanwhile: that wins); then drops the lease if still ours.
+    async fn release(
+        &self,
+        queue: Queue,
+        id: &str,
+        owner: &str,
+        claimed_due_ms: i64,
+        next_ms: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    /// An upstream callback for the reservation: makes it due at once, also an `expired`
+    /// one (a completion then is charged late). Returns its state; `None` if unknown.
+    async fn mark_due(&self, reservation_id: &str, now_ms: i64) -> Result<Option<ReservationState>, StoreError>;
+
+    async fn outbox_event(&self, id: &str) -> Result<Option<OutboxEvent>, StoreError>;
+
+    /// Stores an event's attempts and body (an event no longer queued is not recreated).
+    async fn save_outbox_event(&self, event: &OutboxEvent) -> Result<(), StoreError>;
+
+    /// The secret named `name` shared by every replica: the stored one, or `candidate`
+    /// stored now if there is none yet (the first replica to start wins).
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
 
     /// Spent and reserved of a tenant in a period key (as `PeriodKeys::for_kind` gives).
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError>;

@@ -14,7 +14,13 @@
 //! - `P agg:{bucket}:{tenant}` (fields `metric|quality|audio`) and `P aggu:{bucket}:{tenant}`
 //!   (fields `metric|quality|audio|user`): usage aggregates, bucket = the reservation's day,
 //!   ISO week, month or `total` (see `usage`); `P days:{tenant}`: set of days with usage;
-//! - `P alert:{tenant}:{period}:{threshold_ppm}`: a budget alert claimed (`SET NX`).
+//! - `P alert:{tenant}:{period}:{threshold_ppm}`: a budget alert claimed (`SET NX`);
+//! - `P pending`: sorted set of the reservations not yet final, scored by when the
+//!   reconciler looks next (ms); `P outbox`: sorted set of the callback events to relay,
+//!   scored by the next attempt (ms); `P evt:{event_id}`: hash of `OutboxEvent` fields, each
+//!   value JSON-encoded; `P lease:{tasks|outbox}:{id}`: the replica working on an entry
+//!   (`SET NX PX`);
+//! - `P secret:{name}`: a secret shared by every replica (`SET NX`, the first one wins).
 //!
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
@@ -48,6 +54,11 @@ struct Scripts {
     check_rate: Script,
     bind: Script,
     finish: Script,
+    late_settle: Script,
+    claim: Script,
+    release: Script,
+    mark_due: Script,
+    save_event: Script,
 }
 
 impl Scripts {
@@ -68,7 +79,23 @@ impl Scripts {
                 include_str!("lua/check_rate.lua")
             )),
             bind: Script::new(include_str!("lua/bind.lua")),
-            finish: Script::new(concat!(include_str!("lua/keys.lua"), include_str!("lua/finish.lua"))),
+            finish: Script::new(concat!(
+                include_str!("lua/keys.lua"),
+                include_str!("lua/completion.lua"),
+                include_str!("lua/finish.lua")
+            )),
+            late_settle: Script::new(concat!(
+                include_str!("lua/keys.lua"),
+                include_str!("lua/completion.lua"),
+                include_str!("lua/late_settle.lua")
+            )),
+            claim: Script::new(include_str!("lua/claim.lua")),
+            release: Script::new(include_str!("lua/release.lua")),
+            mark_due: Script::new(include_str!("lua/mark_due.lua")),
+            // An event that left the outbox (delivered, given up) is not brought back.
+            save_event: Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end return 1",
+            ),
         }
     }
 }
@@ -126,12 +153,29 @@ impl RedisStore {
             .arg(finish.finished_ms)
             .arg(finish.anomaly.unwrap_or(""))
             .arg(json_fields(finish)?);
-        match status(self.invoke(&invocation).await?)? {
-            (status, None) if status == "not_found" => Ok(FinalizeOutcome::NotFound),
-            (status, Some(fields)) if status == "already_final" => Ok(FinalizeOutcome::AlreadyFinal(record(fields)?)),
-            (status, Some(fields)) if status == "applied" => Ok(FinalizeOutcome::Applied(record(fields)?)),
-            (status, _) => Err(unexpected("finish", &status)),
+        finalized("finish", self.invoke(&invocation).await?)
+    }
+
+    /// The sorted set of a queue.
+    fn queue_key(&self, queue: Queue) -> String {
+        match queue {
+            Queue::Tasks => format!("{}pending", self.prefix),
+            Queue::Outbox => format!("{}outbox", self.prefix),
         }
+    }
+
+    fn lease_key(&self, queue: Queue, id: &str) -> String {
+        format!("{}lease:{}:{id}", self.prefix, queue.as_str())
+    }
+}
+
+/// The reply of a final step's script.
+fn finalized(script: &str, reply: Vec<Value>) -> Result<FinalizeOutcome, StoreError> {
+    match status(reply)? {
+        (status, None) if status == "not_found" => Ok(FinalizeOutcome::NotFound),
+        (status, Some(fields)) if status == "already_final" => Ok(FinalizeOutcome::AlreadyFinal(record(fields)?)),
+        (status, Some(fields)) if status == "applied" => Ok(FinalizeOutcome::Applied(record(fields)?)),
+        (status, _) => Err(unexpected(script, &status)),
     }
 }
 
@@ -340,6 +384,116 @@ impl Store for RedisStore {
         self.finish(reservation_id, &Finish::refund(now_ms)).await
     }
 
+    async fn expire(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
+        self.finish(reservation_id, &Finish::expire(now_ms)).await
+    }
+
+    async fn late_settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError> {
+        let finish = Finish::late_settle(settlement);
+        let mut invocation = self.scripts.late_settle.key(self.key("res", reservation_id));
+        invocation
+            .arg(&self.prefix)
+            .arg(finish.charged)
+            .arg(finish.billed_output_ms.unwrap_or(0))
+            .arg(finish.finished_ms)
+            .arg(finish.anomaly.unwrap_or(""))
+            .arg(RESULT_TTL_MS)
+            .arg(json_fields(&finish)?);
+        finalized("late_settle", self.invoke(&invocation).await?)
+    }
+
+    async fn due(&self, queue: Queue, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut range = cmd("ZRANGEBYSCORE");
+        range
+            .arg(self.queue_key(queue))
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit);
+        self.query(&range).await
+    }
+
+    async fn claim(
+        &self,
+        queue: Queue,
+        id: &str,
+        owner: &str,
+        now_ms: i64,
+        lease_ms: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut invocation = self.scripts.claim.key(self.queue_key(queue));
+        invocation
+            .key(self.lease_key(queue, id))
+            .arg(id)
+            .arg(now_ms)
+            .arg(owner)
+            .arg(lease_ms.max(1));
+        let due: Option<String> = self.invoke(&invocation).await?;
+        due.map(|due| {
+            due.parse::<f64>()
+                .map(|due| due as i64)
+                .map_err(|e| StoreError::Corrupt(format!("queue score {due:?}: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn release(
+        &self,
+        queue: Queue,
+        id: &str,
+        owner: &str,
+        claimed_due_ms: i64,
+        next_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.scripts.release.key(self.queue_key(queue));
+        invocation.key(self.lease_key(queue, id));
+        if queue == Queue::Outbox {
+            invocation.key(self.key("evt", id));
+        }
+        invocation
+            .arg(id)
+            .arg(owner)
+            .arg(claimed_due_ms)
+            .arg(next_ms.map(|ms| ms.to_string()).unwrap_or_default());
+        self.invoke::<i64>(&invocation).await.map(drop)
+    }
+
+    async fn mark_due(&self, reservation_id: &str, now_ms: i64) -> Result<Option<ReservationState>, StoreError> {
+        let mut invocation = self.scripts.mark_due.key(self.key("res", reservation_id));
+        invocation
+            .key(self.queue_key(Queue::Tasks))
+            .arg(reservation_id)
+            .arg(now_ms);
+        let state: Option<String> = self.invoke(&invocation).await?;
+        state
+            .map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("state {json}: {e}"))))
+            .transpose()
+    }
+
+    async fn outbox_event(&self, id: &str) -> Result<Option<OutboxEvent>, StoreError> {
+        let fields: Fields = self.query(cmd("HGETALL").arg(self.key("evt", id))).await?;
+        if fields.is_empty() {
+            Ok(None)
+        } else {
+            from_fields(fields).map(Some)
+        }
+    }
+
+    async fn save_outbox_event(&self, event: &OutboxEvent) -> Result<(), StoreError> {
+        let mut invocation = self.scripts.save_event.key(self.key("evt", &event.id));
+        invocation.arg(json_fields(event)?);
+        self.invoke::<i64>(&invocation).await.map(drop)
+    }
+
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let key = self.key("secret", name);
+        self.query::<Option<String>>(cmd("SET").arg(&key).arg(candidate).arg("NX"))
+            .await?;
+        let stored: Option<Vec<u8>> = self.query(cmd("GET").arg(&key)).await?;
+        stored.ok_or_else(|| StoreError::Corrupt(format!("secret {name} vanished after it was set")))
+    }
+
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError> {
         // Same names as `counter_keys` in lua/keys.lua.
         let prefix = &self.prefix;
@@ -540,7 +694,12 @@ fn json_fields<T: Serialize>(value: &T) -> Result<Fields, StoreError> {
 
 /// The inverse of `json_fields` for a reservation hash.
 fn record(fields: Fields) -> Result<ReservationRecord, StoreError> {
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("reservation hash: {e}"));
+    from_fields(fields)
+}
+
+/// The inverse of `json_fields`.
+fn from_fields<T: serde::de::DeserializeOwned>(fields: Fields) -> Result<T, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("hash of {}: {e}", std::any::type_name::<T>()));
     let map = fields
         .into_iter()
         .map(|(name, json)| Ok((name, serde_json::from_str(&json).map_err(corrupt)?)))

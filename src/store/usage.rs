@@ -130,6 +130,23 @@ pub fn finish_deltas(record: &ReservationRecord, charged: Option<Micros>) -> Vec
     deltas
 }
 
+/// Expire: the hold and the slot go, nothing is charged, the task counts as expired.
+pub fn expire_deltas(record: &ReservationRecord) -> Vec<(&'static str, i64)> {
+    vec![(RESERVED, -record.reserved), (TASKS_RESERVED, -1), (TASKS_EXPIRED, 1)]
+}
+
+/// Late settle: the hold went at expiry; the charge comes now, and the task moves from
+/// expired to settled.
+pub fn late_settle_deltas(record: &ReservationRecord, charged: Micros) -> Vec<(&'static str, i64)> {
+    vec![
+        (SPENT, charged),
+        (INPUT_MS, to_i64(record.billed_input_ms)),
+        (OUTPUT_MS, to_i64(record.billed_output_ms.unwrap_or(0))),
+        (TASKS_SETTLED, 1),
+        (TASKS_EXPIRED, -1),
+    ]
+}
+
 fn to_i64(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }

@@ -12,9 +12,12 @@ use serde_json::{Value, json};
 use vidgate::app::Application;
 use vidgate::config::{Config, StoreBackend, TenantConfig};
 use vidgate::mock_upstream::{MockOptions, MockServer};
+use vidgate::probe::{Resolver, SystemResolver};
 use vidgate::state::{AppState, Clock, SystemClock};
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+/// `callbacks.signing_secret` for tests that relay callbacks: `whsec_` + base64 of 32 bytes.
+pub const SIGNING_SECRET: &str = "whsec_dGVzdC1zaWduaW5nLWtleS10ZXN0LXNpZ25pbmcta2V5IQ==";
 pub const MODEL: &str = "wan2.6-reference-video-flash";
 
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +35,7 @@ pub struct TestApp {
     /// A 5 s reference video on the mock's file host.
     pub reference: String,
     pub clock: Arc<dyn Clock>,
+    resolver: Arc<dyn Resolver>,
     handle: ServerHandle,
     _dir: Arc<tempfile::TempDir>,
 }
@@ -117,16 +121,53 @@ pub async fn spawn_app_with_clock(
     clock: Arc<dyn Clock>,
     adjust: impl FnOnce(&mut Config),
 ) -> TestApp {
+    spawn_app_full(backend, mock, clock, Arc::new(SystemResolver), adjust).await
+}
+
+/// As `spawn_app_with_clock`, with the resolver for callers' callback hosts.
+pub async fn spawn_app_full(
+    backend: Backend,
+    mock: MockOptions,
+    clock: Arc<dyn Clock>,
+    resolver: Arc<dyn Resolver>,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
     let mock = Arc::new(MockServer::start(mock).await.expect("mock upstream starts"));
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let mut config = test_config(backend, &mock, &dir);
     adjust(&mut config);
-    start(config, mock, dir, clock).await
+    start(config, mock, dir, clock, resolver).await
 }
 
-async fn start(config: Config, mock: Arc<MockServer>, dir: Arc<tempfile::TempDir>, clock: Arc<dyn Clock>) -> TestApp {
+/// Callbacks from the (mock) upstream to this gateway: a fixed loopback port, so the
+/// `server.public_base_url` is known before start (the mock needs `allow_local_callbacks`).
+pub fn own_callbacks(config: &mut Config) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    config.server.listen = format!("127.0.0.1:{port}");
+    config.server.public_base_url = format!("http://127.0.0.1:{port}");
+    config.callbacks.allow_private_networks = true;
+}
+
+/// Relayed callbacks signed with `SIGNING_SECRET`, to receivers on loopback (plain http),
+/// retried quickly.
+pub fn relayed_callbacks(config: &mut Config) {
+    config.callbacks.signing_secret = SecretString::from(SIGNING_SECRET.to_string());
+    config.callbacks.allowed_networks = vec!["127.0.0.0/8".into()];
+    config.callbacks.retry_delays_ms = vec![50, 100, 200];
+}
+
+async fn start(
+    config: Config,
+    mock: Arc<MockServer>,
+    dir: Arc<tempfile::TempDir>,
+    clock: Arc<dyn Clock>,
+    resolver: Arc<dyn Resolver>,
+) -> TestApp {
     let reference = upload_reference(&mock, 5000).await;
-    let app = Application::build_with_clock(config.clone(), clock.clone())
+    let app = Application::build_with_resolver(config.clone(), clock.clone(), resolver.clone())
         .await
         .expect("gateway starts");
     let base = format!("http://{}", app.addr());
@@ -141,6 +182,7 @@ async fn start(config: Config, mock: Arc<MockServer>, dir: Arc<tempfile::TempDir
         state,
         reference,
         clock,
+        resolver,
         handle,
         _dir: dir,
     }
@@ -156,7 +198,7 @@ impl TestApp {
     pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Config)) -> TestApp {
         self.handle.stop(true).await;
         adjust(&mut self.config);
-        let (config, mock, dir, clock) = (self.config, self.mock, self._dir, self.clock);
+        let (config, mock, dir, clock, resolver) = (self.config, self.mock, self._dir, self.clock, self.resolver);
         // redb allows one open handle per file: wait until the old server dropped its state.
         for _ in 0..100 {
             if Arc::strong_count(&self.state.store) == 1 {
@@ -165,18 +207,32 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         drop(self.state);
-        start(config, mock, dir, clock).await
+        start(config, mock, dir, clock, resolver).await
     }
 
-    /// A second gateway on the same config, store and mock (another replica; Redis only).
+    /// Another gateway on the same config, store, mock and clock (Redis: a second replica),
+    /// listening on a port of its own.
     pub async fn replica(&self) -> TestApp {
+        let mut config = self.config.clone();
+        config.server.listen = "127.0.0.1:0".into();
         start(
-            self.config.clone(),
+            config,
             self.mock.clone(),
             self._dir.clone(),
             self.clock.clone(),
+            self.resolver.clone(),
         )
         .await
+    }
+
+    /// The value of one metric series (`name{labels}` as rendered), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.state
+            .metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn token(&self, tenant: &str) -> String {

@@ -3,8 +3,11 @@
 mod admin;
 mod alerts;
 mod auth;
+mod chaos;
 mod cli;
+mod completion;
 mod contract;
+mod crash;
 mod drift;
 mod helpers;
 mod idempotency;

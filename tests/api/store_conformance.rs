@@ -8,9 +8,9 @@ use vidgate::config::PeriodKind;
 use vidgate::store::embedded::EmbeddedStore;
 use vidgate::store::redis::RedisStore;
 use vidgate::store::{
-    FinalizeOutcome, LedgerEntry, LedgerKind, LedgerQuery, PeriodKeys, ReservationRecord, ReservationState,
-    ReserveOutcome, ReserveRefusal, ReserveRequest, Settlement, Store, StoreError, TenantChange, TenantPatch,
-    TenantSettings, UNMEASURED_NOTE, ledger_page,
+    FinalizeOutcome, LATE_NOTE, LedgerEntry, LedgerKind, LedgerQuery, OutboxEvent, PeriodKeys, Queue,
+    ReservationRecord, ReservationState, ReserveOutcome, ReserveRefusal, ReserveRequest, Settlement, Store, StoreError,
+    TenantChange, TenantPatch, TenantSettings, UNMEASURED_NOTE, event_id, ledger_page,
 };
 
 use crate::support;
@@ -94,6 +94,16 @@ for_both_backends!(
     config_writes_are_audited_and_admin_changes_survive_an_unchanged_config,
     the_ledger_pages_across_tenants_in_time_order,
     an_alert_is_claimed_once_even_by_concurrent_claimers,
+    an_expire_releases_the_hold_once_and_counts_the_task_expired,
+    a_late_settle_charges_an_expired_task_once_in_its_own_period,
+    only_an_expired_task_is_settled_late,
+    the_task_queue_holds_exactly_the_reservations_not_yet_final,
+    a_claim_is_exclusive_until_released_or_its_lease_runs_out,
+    a_callback_mark_survives_the_release_of_a_claim_taken_before_it,
+    a_callback_mark_brings_back_an_expired_task_and_ignores_ended_ones,
+    a_final_step_of_a_bound_task_with_a_callback_url_enqueues_one_event,
+    an_outbox_event_keeps_its_attempts_and_body_until_it_leaves,
+    the_first_shared_secret_stored_wins,
 );
 
 const TENANT: &str = "acme";
@@ -993,4 +1003,403 @@ async fn every_redis_key_starts_with_the_prefix() {
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
     assert!(keys.len() >= 8, "{keys:?}");
     assert!(keys.iter().all(|key| key.starts_with("vg-test:")), "{keys:?}");
+}
+
+fn ok(outcome: FinalizeOutcome) -> ReservationRecord {
+    match outcome {
+        FinalizeOutcome::Applied(record) => record,
+        other => panic!("expected the step to apply, got {other:?}"),
+    }
+}
+
+async fn an_expire_releases_the_hold_once_and_counts_the_task_expired(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    store.bind("r1", "task-1", "{}").await.unwrap();
+    let expired = ok(store.expire("r1", NOW_MS + 1000).await.unwrap());
+    assert_eq!(
+        (expired.state, expired.charged, expired.finished_ms),
+        (ReservationState::Expired, Some(0), Some(NOW_MS + 1000))
+    );
+    assert_eq!(usage(&*store).await, (0, 0, 0));
+    assert!(matches!(
+        store.expire("r1", NOW_MS + 2000).await.unwrap(),
+        FinalizeOutcome::AlreadyFinal(_)
+    ));
+    assert!(matches!(
+        store.refund("r1", NOW_MS + 2000).await.unwrap(),
+        FinalizeOutcome::AlreadyFinal(_)
+    ));
+    assert!(matches!(
+        store.settle("r1", &settlement(1)).await.unwrap(),
+        FinalizeOutcome::AlreadyFinal(_)
+    ));
+    assert_eq!(store.expire("nope", NOW_MS).await.unwrap(), FinalizeOutcome::NotFound);
+    assert_eq!(
+        money_entries(&*store).await,
+        vec![
+            (LedgerKind::Reserve, "r1".to_string(), 415_000),
+            (LedgerKind::Expire, "r1".to_string(), 415_000)
+        ]
+    );
+    let bucket = store.usage(TENANT, "2026-11", true).await.unwrap().total();
+    assert_eq!(
+        (
+            bucket.reserved,
+            bucket.spent,
+            bucket.tasks.reserved,
+            bucket.tasks.expired
+        ),
+        (0, 0, 0, 1)
+    );
+}
+
+async fn a_late_settle_charges_an_expired_task_once_in_its_own_period(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    store.bind("r1", "task-1", "{}").await.unwrap();
+    let expired_at = NOW_MS + 86_400_000;
+    ok(store.expire("r1", expired_at).await.unwrap());
+    // Seen completed in December: still November's money.
+    let late = Settlement {
+        now_ms: expired_at + 3_600_000,
+        ..settlement(405_000)
+    };
+    let settled = ok(store.late_settle("r1", &late).await.unwrap());
+    assert_eq!(
+        (settled.state, settled.charged, settled.billed_output_ms),
+        (ReservationState::Settled, Some(405_000), Some(4800))
+    );
+    assert_eq!(settled.finished_ms, Some(expired_at + 3_600_000));
+    // Completed after the expiry, at the earliest: its result lives until then + 24 h.
+    assert_eq!(settled.result_expires_ms, Some(expired_at + 86_400_000));
+    assert_eq!(store.reservation("r1").await.unwrap(), Some(settled.clone()));
+    assert_eq!(usage(&*store).await, (405_000, 0, 0));
+    assert!(matches!(
+        store.late_settle("r1", &late).await.unwrap(),
+        FinalizeOutcome::AlreadyFinal(_)
+    ));
+    assert_eq!(usage(&*store).await, (405_000, 0, 0));
+
+    let entries: Vec<LedgerEntry> = ledger(&*store, Some(TENANT))
+        .await
+        .into_iter()
+        .filter(|e| e.kind != LedgerKind::BudgetChange)
+        .collect();
+    let kinds: Vec<LedgerKind> = entries.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            LedgerKind::Reserve,
+            LedgerKind::Expire,
+            LedgerKind::LateSettle,
+            LedgerKind::Anomaly
+        ]
+    );
+    let (charge, flag) = (&entries[2], &entries[3]);
+    assert_eq!(
+        (
+            charge.amount,
+            charge.billed_input_ms,
+            charge.billed_output_ms,
+            charge.task_id.as_str()
+        ),
+        (405_000, 3300, 4800, "task-1")
+    );
+    assert_eq!((charge.time_ms, charge.note.as_str()), (expired_at + 3_600_000, ""));
+    assert_eq!(
+        flag,
+        &LedgerEntry {
+            kind: LedgerKind::Anomaly,
+            note: LATE_NOTE.into(),
+            ..charge.clone()
+        }
+    );
+    let november = store.usage(TENANT, "2026-11", true).await.unwrap().total();
+    assert_eq!(
+        (november.spent, november.reserved, november.billed_output_ms),
+        (405_000, 0, 4800)
+    );
+    assert_eq!(
+        (november.tasks.settled, november.tasks.expired, november.tasks.reserved),
+        (1, 0, 0)
+    );
+}
+
+async fn only_an_expired_task_is_settled_late(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    assert!(matches!(
+        store.late_settle("r1", &settlement(1)).await.unwrap(),
+        FinalizeOutcome::AlreadyFinal(r) if r.state == ReservationState::Reserved
+    ));
+    store.refund("r1", NOW_MS).await.unwrap();
+    assert!(matches!(
+        store.late_settle("r1", &settlement(1)).await.unwrap(),
+        FinalizeOutcome::AlreadyFinal(r) if r.state == ReservationState::Refunded
+    ));
+    assert_eq!(
+        store.late_settle("nope", &settlement(1)).await.unwrap(),
+        FinalizeOutcome::NotFound
+    );
+    assert_eq!(usage(&*store).await, (0, 0, 0));
+}
+
+/// Every id due in `queue` at `now`.
+async fn due(store: &dyn Store, queue: Queue, now: i64) -> Vec<String> {
+    store.due(queue, now, 100).await.unwrap()
+}
+
+async fn the_task_queue_holds_exactly_the_reservations_not_yet_final(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    for (i, id) in ["r1", "r2", "r3", "r4"].into_iter().enumerate() {
+        let held = ReserveRequest {
+            now_ms: NOW_MS + i as i64,
+            ..request(id, "ann", 100_000)
+        };
+        reserved(&*store, &held).await;
+    }
+    // A repeated reserve changes nothing; each hold is due when it was made, oldest first.
+    reserved(&*store, &request("r1", "ann", 100_000)).await;
+    assert_eq!(due(&*store, Queue::Tasks, NOW_MS + 2).await, ["r1", "r2", "r3"]);
+    assert_eq!(store.due(Queue::Tasks, NOW_MS + 9, 2).await.unwrap(), ["r1", "r2"]);
+    store.bind("r1", "task-1", "{}").await.unwrap();
+    store.settle("r1", &settlement(1)).await.unwrap();
+    store.refund("r2", NOW_MS).await.unwrap();
+    store.expire("r3", NOW_MS).await.unwrap();
+    assert_eq!(due(&*store, Queue::Tasks, i64::MAX / 2).await, ["r4"]);
+    assert!(
+        due(&*store, Queue::Outbox, i64::MAX / 2).await.len() == 1,
+        "r1 was bound, with a callback_url"
+    );
+}
+
+async fn a_claim_is_exclusive_until_released_or_its_lease_runs_out(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 100_000)).await;
+    // Not due yet, then due: one owner at a time.
+    assert_eq!(
+        store.claim(Queue::Tasks, "r1", "a", NOW_MS - 1, 60_000).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.claim(Queue::Tasks, "r1", "a", NOW_MS, 60_000).await.unwrap(),
+        Some(NOW_MS)
+    );
+    assert_eq!(
+        store.claim(Queue::Tasks, "r1", "b", NOW_MS + 1, 60_000).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.claim(Queue::Tasks, "nope", "b", NOW_MS, 60_000).await.unwrap(),
+        None
+    );
+    // Released with a next time: not due before it, then anyone's.
+    store
+        .release(Queue::Tasks, "r1", "a", NOW_MS, Some(NOW_MS + 500))
+        .await
+        .unwrap();
+    assert!(due(&*store, Queue::Tasks, NOW_MS + 499).await.is_empty());
+    assert_eq!(
+        store
+            .claim(Queue::Tasks, "r1", "b", NOW_MS + 500, 60_000)
+            .await
+            .unwrap(),
+        Some(NOW_MS + 500)
+    );
+    // Someone else's release does not drop b's lease.
+    store.release(Queue::Tasks, "r1", "a", 0, None).await.unwrap();
+    assert_eq!(
+        store
+            .claim(Queue::Tasks, "r1", "c", NOW_MS + 600, 60_000)
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .release(Queue::Tasks, "r1", "b", NOW_MS + 500, None)
+        .await
+        .unwrap();
+    assert!(due(&*store, Queue::Tasks, i64::MAX / 2).await.is_empty());
+
+    // A claimer that dies leaves a lease that runs out (Redis: real time; embedded: the
+    // callers' clock).
+    reserved(&*store, &request("r2", "ann", 100_000)).await;
+    assert!(
+        store
+            .claim(Queue::Tasks, "r2", "dead", NOW_MS, 50)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut now = NOW_MS + 10;
+    loop {
+        if store
+            .claim(Queue::Tasks, "r2", "alive", now, 60_000)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead claimer's lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        now += 10;
+    }
+}
+
+async fn a_callback_mark_survives_the_release_of_a_claim_taken_before_it(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 100_000)).await;
+    let claimed = store
+        .claim(Queue::Tasks, "r1", "a", NOW_MS, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    // A callback arrives while the claimer polls (at the very same ms): the claimer's
+    // reschedule must not hide it.
+    assert_eq!(
+        store.mark_due("r1", NOW_MS).await.unwrap(),
+        Some(ReservationState::Reserved)
+    );
+    store
+        .release(Queue::Tasks, "r1", "a", claimed, Some(NOW_MS + 60_000))
+        .await
+        .unwrap();
+    assert_eq!(due(&*store, Queue::Tasks, NOW_MS).await, ["r1"]);
+    // Without a mark, the release reschedules.
+    let claimed = store
+        .claim(Queue::Tasks, "r1", "b", NOW_MS, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .release(Queue::Tasks, "r1", "b", claimed, Some(NOW_MS + 60_000))
+        .await
+        .unwrap();
+    assert!(due(&*store, Queue::Tasks, NOW_MS).await.is_empty());
+    // A mark makes a task scheduled later due now.
+    store.mark_due("r1", NOW_MS + 5).await.unwrap();
+    assert_eq!(due(&*store, Queue::Tasks, NOW_MS + 5).await, ["r1"]);
+}
+
+async fn a_callback_mark_brings_back_an_expired_task_and_ignores_ended_ones(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    assert_eq!(store.mark_due("nope", NOW_MS).await.unwrap(), None);
+    for id in ["r1", "r2", "r3"] {
+        reserved(&*store, &request(id, "ann", 100_000)).await;
+        store.bind(id, &format!("task-{id}"), "{}").await.unwrap();
+    }
+    store.expire("r1", NOW_MS).await.unwrap();
+    store.settle("r2", &settlement(1)).await.unwrap();
+    store.refund("r3", NOW_MS).await.unwrap();
+    assert!(due(&*store, Queue::Tasks, i64::MAX / 2).await.is_empty());
+    assert_eq!(
+        store.mark_due("r1", NOW_MS + 7).await.unwrap(),
+        Some(ReservationState::Expired)
+    );
+    assert_eq!(
+        store.mark_due("r2", NOW_MS + 7).await.unwrap(),
+        Some(ReservationState::Settled)
+    );
+    assert_eq!(
+        store.mark_due("r3", NOW_MS + 7).await.unwrap(),
+        Some(ReservationState::Refunded)
+    );
+    assert_eq!(due(&*store, Queue::Tasks, NOW_MS + 7).await, ["r1"]);
+    // A late settlement takes it out again.
+    store.late_settle("r1", &settlement(1)).await.unwrap();
+    assert!(due(&*store, Queue::Tasks, i64::MAX / 2).await.is_empty());
+}
+
+async fn a_final_step_of_a_bound_task_with_a_callback_url_enqueues_one_event(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    // r1: bound, with a callback_url; r2: unbound (its create failed); r3: no callback_url.
+    reserved(&*store, &request("r1", "ann", 100_000)).await;
+    store.bind("r1", "task-1", "{}").await.unwrap();
+    reserved(&*store, &request("r2", "ann", 100_000)).await;
+    let quiet = ReserveRequest {
+        callback_url: None,
+        ..request("r3", "ann", 100_000)
+    };
+    reserved(&*store, &quiet).await;
+    store.bind("r3", "task-3", "{}").await.unwrap();
+    let settled_at = NOW_MS + 60_000;
+    for id in ["r1", "r2", "r3"] {
+        store.settle(id, &settlement(90_000)).await.unwrap();
+        store.settle(id, &settlement(90_000)).await.unwrap();
+    }
+    let id = event_id("r1", LedgerKind::Settle);
+    assert_eq!(id, "msg_r1_settle");
+    assert_eq!(due(&*store, Queue::Outbox, settled_at - 1).await, Vec::<String>::new());
+    assert_eq!(due(&*store, Queue::Outbox, settled_at).await, vec![id.clone()]);
+    assert_eq!(
+        store.outbox_event(&id).await.unwrap(),
+        Some(OutboxEvent {
+            id: id.clone(),
+            reservation_id: "r1".into(),
+            kind: LedgerKind::Settle,
+            created_ms: settled_at,
+            attempts: 0,
+            body: None,
+        })
+    );
+    // An expiry and the late settlement after it: one event each.
+    reserved(&*store, &request("r4", "ann", 100_000)).await;
+    store.bind("r4", "task-4", "{}").await.unwrap();
+    store.expire("r4", NOW_MS).await.unwrap();
+    store.late_settle("r4", &settlement(90_000)).await.unwrap();
+    let mut queued = due(&*store, Queue::Outbox, i64::MAX / 2).await;
+    queued.sort();
+    assert_eq!(queued, ["msg_r1_settle", "msg_r4_expire", "msg_r4_late_settle"]);
+}
+
+async fn an_outbox_event_keeps_its_attempts_and_body_until_it_leaves(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 100_000)).await;
+    store.bind("r1", "task-1", "{}").await.unwrap();
+    store.refund("r1", NOW_MS).await.unwrap();
+    let id = event_id("r1", LedgerKind::Refund);
+    let mut event = store.outbox_event(&id).await.unwrap().unwrap();
+    let claimed = store
+        .claim(Queue::Outbox, &id, "a", NOW_MS, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    event.attempts = 2;
+    event.body = Some(r#"{"id":"task-1","note":"\"quoted\""}"#.into());
+    store.save_outbox_event(&event).await.unwrap();
+    assert_eq!(store.outbox_event(&id).await.unwrap(), Some(event.clone()));
+    store
+        .release(Queue::Outbox, &id, "a", claimed, Some(NOW_MS + 1000))
+        .await
+        .unwrap();
+    assert_eq!(due(&*store, Queue::Outbox, NOW_MS + 1000).await, vec![id.clone()]);
+    let claimed = store
+        .claim(Queue::Outbox, &id, "b", NOW_MS + 1000, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    store.release(Queue::Outbox, &id, "b", claimed, None).await.unwrap();
+    assert!(due(&*store, Queue::Outbox, i64::MAX / 2).await.is_empty());
+    assert_eq!(store.outbox_event(&id).await.unwrap(), None);
+    // Saving an event that left the outbox does not bring it back.
+    store.save_outbox_event(&event).await.unwrap();
+    assert_eq!(store.outbox_event(&id).await.unwrap(), None);
+}
+
+async fn the_first_shared_secret_stored_wins(store: Arc<dyn Store>) {
+    let first = store.shared_secret("k", &[1, 2, 0, 255]).await.unwrap();
+    assert_eq!(first, [1, 2, 0, 255]);
+    let results = futures_util::future::join_all((0..8u8).map(|i| {
+        let store = Arc::clone(&store);
+        async move { store.shared_secret("k2", &[i; 32]).await.unwrap() }
+    }))
+    .await;
+    assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
+    assert_eq!(store.shared_secret("k", &[9]).await.unwrap(), [1, 2, 0, 255]);
 }

@@ -85,6 +85,21 @@ async fn callback_urls_follow_the_callback_rules() {
         .await;
     }
     assert_eq!(app.mock.stats().creates, 0);
+    // Nothing was held for any of them.
+    let usage = app.get_json("/v1/usage?period=total", &app.token("team-a")).await;
+    assert_eq!(usage["reserved"], "0.000000");
+    assert_eq!(usage["tasks"]["reserved"], 0);
+    let ledger = app
+        .get_json("/v1/admin/ledger?tenant=team-a", &app.finance_token())
+        .await;
+    assert!(
+        ledger["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["kind"] == "budget_change"),
+        "{ledger}"
+    );
 }
 
 #[tokio::test]

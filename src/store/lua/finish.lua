@@ -1,9 +1,10 @@
--- Settle or refund, once: only a 'reserved' record moves; money moves in the record's own
--- period, the aggregates in its reservation buckets; the ledger gets the step's entry (and
--- an 'anomaly' repeating a flagged settlement), built as LedgerEntry::for_reservation does.
--- Runs after keys.lua.
+-- Settle, refund or expire, once: only a 'reserved' record moves; money moves in the record's
+-- own period, the aggregates in its reservation buckets; the ledger gets the step's entry (and
+-- an 'anomaly' repeating a flagged settlement), built as LedgerEntry::for_reservation does;
+-- the task leaves the reconciler's queue (and its callback enters the outbox).
+-- Runs after keys.lua and completion.lua.
 -- KEYS[1] reservation hash. ARGV[1] key prefix, ARGV[2] amount charged (added to spent),
--- ARGV[3] kind ('settle' or 'refund'), ARGV[4] billed output ms, ARGV[5] entry time ms,
+-- ARGV[3] kind ('settle', 'refund' or 'expire'), ARGV[4] billed output ms, ARGV[5] entry time ms,
 -- ARGV[6] anomaly note ('' when none), ARGV[7..] record fields and JSON values to write.
 -- Replies {'not_found'}, {'already_final', HGETALL} or {'applied', HGETALL}.
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -15,7 +16,7 @@ if state ~= '"reserved"' then
 end
 
 local names = {'tenant', 'user', 'period', 'reserved', 'periods', 'quality', 'audio', 'billed_input_ms',
-  'reservation_id', 'task_id', 'model', 'currency', 'request_id'}
+  'reservation_id', 'task_id', 'model', 'currency', 'request_id', 'callback_url'}
 local values = redis.call('HMGET', KEYS[1], unpack(names))
 local record = {}
 for i, name in ipairs(names) do
@@ -30,7 +31,8 @@ redis.call('INCRBY', keys.spent, ARGV[2])
 redis.call('INCRBY', keys.user_spent, ARGV[2])
 redis.call('DECR', keys.in_flight)
 
-local settle = ARGV[3] ~= 'refund'
+local relays = record.callback_url ~= cjson.null and record.task_id ~= cjson.null
+local settle = ARGV[3] == 'settle'
 local deltas = {reserved = -hold, n_reserved = -1}
 local entry = {
   time_ms = tonumber(ARGV[5]), kind = ARGV[3], tenant = record.tenant, user = record.user,
@@ -49,6 +51,8 @@ if settle then
   entry.billed_input_ms = record.billed_input_ms
   entry.billed_output_ms = tonumber(ARGV[4])
   entry.amount = tonumber(ARGV[2])
+elseif ARGV[3] == 'expire' then
+  deltas.n_expired = 1
 else
   deltas.n_refunded = 1
 end
@@ -61,4 +65,5 @@ if ARGV[6] ~= '' then
   entry.note = ARGV[6]
   ledger_append(ARGV[1], record.tenant, ARGV[5], cjson.encode(entry))
 end
+task_ended(ARGV[1], record.reservation_id, ARGV[3], ARGV[5], relays)
 return {'applied', redis.call('HGETALL', KEYS[1])}

@@ -93,6 +93,8 @@ aggregate(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[9] == '1', {ARGV[8], ARGV[7],
   {reserved = ARGV[5], n_reserved = 1})
 redis.call('SADD', ARGV[1] .. 'days:' .. ARGV[2], ARGV[8])
 ledger_append(ARGV[1], ARGV[2], ARGV[10], ARGV[11])
+-- completion: every hold enters the reconciler's queue, due for a first look at once.
+redis.call('ZADD', ARGV[1] .. 'pending', ARGV[10], cjson.decode(redis.call('HGET', KEYS[2], 'reservation_id')))
 if ARGV[12] ~= '' then
   local rid = cjson.decode(redis.call('HGET', KEYS[2], 'reservation_id'))
   redis.call('SET', KEYS[3], cjson.encode({rid = rid, hash = ARGV[12]}), 'PX', ARGV[13])

@@ -1,28 +1,51 @@
-//! Real `vidgate` processes for tests that need several (replicas, the mock as a process).
+//! The real `vidgate` binary as child processes (gateways, the mock upstream): started,
+//! their announced address read, their output drained, killed when dropped.
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vidgate");
+pub const BIN: &str = env!("CARGO_BIN_EXE_vidgate");
 
 /// A child process killed when the test ends, however it ends.
-pub struct Process(pub Child);
+pub struct Process(Child);
 
-impl Drop for Process {
-    fn drop(&mut self) {
+impl Process {
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-/// Starts `vidgate <args>` and returns it with the address of its `listening on` line; the
-/// rest of its output is drained so it never blocks on a full pipe.
-pub fn spawn(args: &[&str]) -> (Process, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `vidgate <args>` (logs at `RUST_LOG=log_level`, stderr appended to `log` if
+/// given) and returns it with the address of its `listening on` line; the rest of its
+/// stdout is drained so it never blocks on a full pipe.
+pub fn spawn_logged(args: &[&str], log_level: &str, log: Option<&Path>) -> (Process, String) {
+    let stderr = match log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open the log file"),
+        ),
+        None => Stdio::null(),
+    };
+    let mut command = Command::new(BIN);
+    command.args(args).env("RUST_LOG", log_level);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("VIDGATE_")) {
+        command.env_remove(key);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn vidgate");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
@@ -35,4 +58,17 @@ pub fn spawn(args: &[&str]) -> (Process, String) {
         .to_string();
     std::thread::spawn(move || std::io::copy(&mut stdout.take(u64::MAX), &mut std::io::sink()));
     (Process(child), addr)
+}
+
+/// `spawn_logged` with warnings only, to nowhere.
+pub fn spawn(args: &[&str]) -> (Process, String) {
+    spawn_logged(args, "warn", None)
+}
+
+/// A free loopback port (for a gateway whose own URL must be known before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
 }

@@ -1,0 +1,51 @@
+-- A late settlement, once: only an 'expired' record moves (its hold and slot went at
+-- expiry). The charge goes to the record's own period; the aggregates move the task from
+-- expired to settled; the ledger gets 'late_settle' and the 'anomaly' that flags it; the
+-- result expiry counts from the expiry (see store::late_result_expiry).
+-- Runs after keys.lua and completion.lua.
+-- KEYS[1] reservation hash. ARGV[1] key prefix, ARGV[2] amount charged, ARGV[3] billed output
+-- ms, ARGV[4] entry time ms, ARGV[5] anomaly note, ARGV[6] result lifetime ms,
+-- ARGV[7..] record fields and JSON values to write.
+-- Replies {'not_found'}, {'already_final', HGETALL} or {'applied', HGETALL}.
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  return {'not_found'}
+end
+if state ~= '"expired"' then
+  return {'already_final', redis.call('HGETALL', KEYS[1])}
+end
+
+local names = {'tenant', 'user', 'period', 'periods', 'quality', 'audio', 'billed_input_ms', 'reservation_id',
+  'task_id', 'model', 'currency', 'request_id', 'callback_url', 'finished_ms'}
+local values = redis.call('HMGET', KEYS[1], unpack(names))
+local record = {}
+for i, name in ipairs(names) do
+  record[name] = cjson.decode(values[i])
+end
+local relays = record.callback_url ~= cjson.null and record.task_id ~= cjson.null
+local keys = counter_keys(ARGV[1], record.tenant, record.user, record.period)
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], 'result_expires_ms', string.format('%d', record.finished_ms + tonumber(ARGV[6])))
+redis.call('INCRBY', keys.spent, ARGV[2])
+redis.call('INCRBY', keys.user_spent, ARGV[2])
+
+local periods = record.periods
+aggregate(ARGV[1], record.tenant, record.user, record.quality, record.audio,
+  {periods.day, periods.week, periods.month, 'total'},
+  {spent = ARGV[2], input_ms = record.billed_input_ms, output_ms = ARGV[3], n_settled = 1, n_expired = -1})
+local entry = {
+  time_ms = tonumber(ARGV[4]), kind = 'late_settle', tenant = record.tenant, user = record.user,
+  reservation_id = record.reservation_id, task_id = record.task_id, model = record.model,
+  quality = record.quality, audio = record.audio, billed_input_ms = record.billed_input_ms,
+  billed_output_ms = tonumber(ARGV[3]), amount = tonumber(ARGV[2]), currency = record.currency,
+  request_id = record.request_id, actor = '', note = '',
+}
+if entry.task_id == cjson.null then
+  entry.task_id = ''
+end
+ledger_append(ARGV[1], record.tenant, ARGV[4], cjson.encode(entry))
+entry.kind = 'anomaly'
+entry.note = ARGV[5]
+ledger_append(ARGV[1], record.tenant, ARGV[4], cjson.encode(entry))
+task_ended(ARGV[1], record.reservation_id, 'late_settle', ARGV[4], relays)
+return {'applied', redis.call('HGETALL', KEYS[1])}
