@@ -19,6 +19,9 @@
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -36,7 +39,15 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct RedisStore {
+    client: Client,
+    config: ConnectionManagerConfig,
+    /// The first connection: used by any thread whose own connection could not be made.
     conn: ConnectionManager,
+    /// One connection per thread that calls the store, made on first use and driven by that
+    /// thread's runtime: an actix worker's Redis calls then never hop to another thread and
+    /// back (two context switches per call, the largest cost of a create after the network).
+    /// Bounded by the threads that ever call the store (workers, runtime threads).
+    per_thread: Mutex<HashMap<ThreadId, ConnectionManager>>,
     prefix: String,
     scripts: Scripts,
 }
@@ -85,11 +96,14 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let conn = ConnectionManager::new_with_config(client, config)
+            let conn = ConnectionManager::new_with_config(client.clone(), config.clone())
                 .await
                 .map_err(unavailable)?;
             let store = Self {
+                client,
+                config,
                 conn,
+                per_thread: Mutex::default(),
                 prefix: prefix.to_string(),
                 scripts: Scripts::load(),
             };
@@ -104,13 +118,39 @@ impl RedisStore {
         format!("{}{kind}:{id}", self.prefix)
     }
 
+    /// This thread's connection, made on first use; the first connection if that fails
+    /// within `ATTEMPT_TIMEOUT` (Redis away: the call then fails as it would have).
+    async fn connection(&self) -> ConnectionManager {
+        let thread = std::thread::current().id();
+        if let Some(conn) = self.connections().get(&thread) {
+            return conn.clone();
+        }
+        let made = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            ConnectionManager::new_with_config(self.client.clone(), self.config.clone()),
+        )
+        .await;
+        match made {
+            Ok(Ok(conn)) => self.connections().entry(thread).or_insert(conn).clone(),
+            _ => self.conn.clone(),
+        }
+    }
+
+    fn connections(&self) -> MutexGuard<'_, HashMap<ThreadId, ConnectionManager>> {
+        // Every update is one insert: a panic elsewhere cannot leave the map inconsistent.
+        self.per_thread.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
-        command.query_async(&mut self.conn.clone()).await.map_err(unavailable)
+        command
+            .query_async(&mut self.connection().await)
+            .await
+            .map_err(unavailable)
     }
 
     async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, StoreError> {
         invocation
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.connection().await)
             .await
             .map_err(unavailable)
     }
@@ -228,12 +268,21 @@ impl Store for RedisStore {
         let mut reply = self.invoke::<Vec<Value>>(&invocation).await?.into_iter();
         let status: String = parse(reply.next())?;
         let (refusal, rate) = match status.as_str() {
-            "reserved" => {
-                let record = record(parse(reply.next())?)?;
+            "held" => {
+                let period: String = parse(reply.next())?;
                 let rate = rate_decision(parse(reply.next())?)?;
+                let budget_use = budget_use(parse(reply.next())?)?;
                 return Ok(ReserveReceipt {
-                    outcome: ReserveOutcome::Reserved(record),
+                    outcome: ReserveOutcome::Reserved(ReservationRecord { period, ..hold }),
                     rate,
+                    budget_use: Some(budget_use),
+                });
+            }
+            "reserved" => {
+                return Ok(ReserveReceipt {
+                    outcome: ReserveOutcome::Reserved(record(parse(reply.next())?)?),
+                    rate: None,
+                    budget_use: None,
                 });
             }
             "replay" => {
@@ -241,6 +290,7 @@ impl Store for RedisStore {
                 return Ok(ReserveReceipt {
                     outcome: ReserveOutcome::Replay(record),
                     rate: None,
+                    budget_use: None,
                 });
             }
             "rate_limited" => {
@@ -270,6 +320,7 @@ impl Store for RedisStore {
         Ok(ReserveReceipt {
             outcome: ReserveOutcome::Refused(refusal),
             rate,
+            budget_use: None,
         })
     }
 
@@ -366,8 +417,10 @@ impl Store for RedisStore {
         pipe.add_command(by_kind)
             .cmd("HGETALL")
             .arg(format!("{}aggu:{bucket}:{tenant}", self.prefix));
-        let (by_kind, by_user): (Fields64, Fields64) =
-            pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let (by_kind, by_user): (Fields64, Fields64) = pipe
+            .query_async(&mut self.connection().await)
+            .await
+            .map_err(unavailable)?;
         Ok(UsageBucket::from_fields(by_kind, by_user))
     }
 
@@ -504,6 +557,18 @@ fn rate_decision(values: Vec<i64>) -> Result<Option<RateDecision>, StoreError> {
     }
 }
 
+/// `reserve.lua`'s budget use: `{spent, reserved}`, then the budget when there is one.
+fn budget_use(values: Vec<i64>) -> Result<BudgetUse, StoreError> {
+    match values.as_slice() {
+        [spent, reserved, budget @ ..] if budget.len() <= 1 => Ok(BudgetUse {
+            budget: budget.first().copied(),
+            spent: *spent,
+            reserved: *reserved,
+        }),
+        other => Err(StoreError::Corrupt(format!("budget use {other:?}"))),
+    }
+}
+
 /// Idempotency keys are scoped to the tenant and hashed: any printable key, fixed-size names.
 fn idempotency_key(tenant: &str, key: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -538,19 +603,34 @@ fn json_fields<T: Serialize>(value: &T) -> Result<Fields, StoreError> {
     }
 }
 
-/// The inverse of `json_fields` for a reservation hash.
+/// The inverse of `json_fields` for a reservation hash: the fields joined into one JSON
+/// object and parsed once (names are the record's own, values JSON already; only the
+/// scripts write these hashes).
 fn record(fields: Fields) -> Result<ReservationRecord, StoreError> {
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("reservation hash: {e}"));
-    let map = fields
-        .into_iter()
-        .map(|(name, json)| Ok((name, serde_json::from_str(&json).map_err(corrupt)?)))
-        .collect::<Result<serde_json::Map<_, _>, StoreError>>()?;
-    serde_json::from_value(serde_json::Value::Object(map)).map_err(corrupt)
+    let mut json = String::with_capacity(2 + fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>());
+    json.push('{');
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push('"');
+        json.push_str(name);
+        json.push_str("\":");
+        json.push_str(value);
+    }
+    json.push('}');
+    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("reservation hash: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_with_a_value_that_is_not_json_is_corrupt() {
+        let fields = vec![("state".to_string(), "reserved".to_string())];
+        assert!(matches!(record(fields), Err(StoreError::Corrupt(_))));
+    }
 
     #[test]
     fn a_record_survives_the_trip_through_hash_fields() {

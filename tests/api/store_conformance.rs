@@ -8,7 +8,7 @@ use vidgate::config::PeriodKind;
 use vidgate::store::embedded::EmbeddedStore;
 use vidgate::store::redis::RedisStore;
 use vidgate::store::{
-    FinalizeOutcome, LedgerEntry, LedgerKind, LedgerQuery, PeriodKeys, ReservationRecord, ReservationState,
+    BudgetUse, FinalizeOutcome, LedgerEntry, LedgerKind, LedgerQuery, PeriodKeys, ReservationRecord, ReservationState,
     ReserveOutcome, ReserveRefusal, ReserveRequest, Settlement, Store, StoreError, TenantChange, TenantPatch,
     TenantSettings, UNMEASURED_NOTE, ledger_page,
 };
@@ -94,6 +94,7 @@ for_both_backends!(
     config_writes_are_audited_and_admin_changes_survive_an_unchanged_config,
     the_ledger_pages_across_tenants_in_time_order,
     an_alert_is_claimed_once_even_by_concurrent_claimers,
+    a_new_hold_returns_the_budget_use_the_alerts_need,
 );
 
 const TENANT: &str = "acme";
@@ -993,4 +994,70 @@ async fn every_redis_key_starts_with_the_prefix() {
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
     assert!(keys.len() >= 8, "{keys:?}");
     assert!(keys.iter().all(|key| key.starts_with("vg-test:")), "{keys:?}");
+}
+
+async fn a_new_hold_returns_the_budget_use_the_alerts_need(store: Arc<dyn Store>) {
+    let capped = TenantSettings {
+        budget: Some(10_000_000),
+        ..settings()
+    };
+    with_tenant(&*store, capped).await;
+    let first = store.reserve(&request("r1", "ann", 415_000)).await.unwrap();
+    let used = |spent, reserved| {
+        Some(BudgetUse {
+            budget: Some(10_000_000),
+            spent,
+            reserved,
+        })
+    };
+    assert_eq!(first.budget_use, used(0, 415_000));
+    store.settle("r1", &settlement(405_000)).await.unwrap();
+    let second = store.reserve(&request("r2", "bob", 250_000)).await.unwrap();
+    assert_eq!(
+        second.budget_use,
+        used(405_000, 250_000),
+        "the period's money after the hold"
+    );
+    let (spent, reserved, _) = usage(&*store).await;
+    assert_eq!(second.budget_use, used(spent, reserved), "as period_usage reads it");
+
+    // A retry of the same hold, and a refusal, moved nothing: no budget use.
+    assert_eq!(
+        store.reserve(&request("r2", "bob", 250_000)).await.unwrap().budget_use,
+        None
+    );
+    assert_eq!(
+        store
+            .reserve(&request("r3", "bob", 99_000_000))
+            .await
+            .unwrap()
+            .budget_use,
+        None
+    );
+
+    // Without a budget the use still comes back (the alerts then have nothing to check).
+    store
+        .update_tenant(
+            TENANT,
+            &TenantChange {
+                patch: TenantPatch {
+                    budget: Some(None),
+                    ..TenantPatch::default()
+                },
+                actor: "root".into(),
+                request_id: "req-uncap".into(),
+                now_ms: NOW_MS,
+            },
+        )
+        .await
+        .unwrap();
+    let uncapped = store.reserve(&request("r4", "ann", 100_000)).await.unwrap();
+    assert_eq!(
+        uncapped.budget_use,
+        Some(BudgetUse {
+            budget: None,
+            spent: 405_000,
+            reserved: 350_000,
+        })
+    );
 }
