@@ -8,6 +8,8 @@
 #   bench/run.sh                      (BENCH_DURATION=10 BENCH_REPEATS=3 BENCH_WARMUP=3
 #                                      BENCH_CONNECTIONS=64: about 6 minutes)
 #   BENCH_DURATION=3 BENCH_REPEATS=1 bench/run.sh    (a quick look, about 1.5 minutes)
+#   BENCH_GATEWAY_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 bench/run.sh
+#                                     (LD_PRELOAD for both gateways: try an allocator unbuilt)
 #   bench/run.sh profile              (the create path of c: a perf profile by symbol and by
 #                                      crate, and the heap allocations per create from
 #                                      valgrind's dhat; about 2 minutes)
@@ -60,7 +62,9 @@ cargo build --release --locked --bin vidgate
 vidgate=$root/target/release/vidgate
 
 # 1,000 keep-alive connections need as many descriptors in wrk and in the gateway.
-ulimit -n "$(ulimit -Hn)"
+hard_files=$(ulimit -Hn)
+[ "$hard_files" != unlimited ] || hard_files=65536
+ulimit -n "$hard_files"
 
 work=$(mktemp -d /tmp/vidgate-bench.XXXXXX)
 chmod 755 "$work"
@@ -216,9 +220,11 @@ gateway_conf "$redis_gw_port" "backend = \"redis\"
 redis_url = \"redis://127.0.0.1:$redis_port\"" >"$work/redis.toml"
 gateway_conf "$embedded_gw_port" "backend = \"embedded\"
 path = \"$work/vidgate.redb\"" >"$work/embedded.toml"
-start "$proxy_core" vidgate-redis "$vidgate" serve --config "$work/redis.toml"
+gateway_env=()
+[ -z "${BENCH_GATEWAY_PRELOAD:-}" ] || gateway_env=(env "LD_PRELOAD=$BENCH_GATEWAY_PRELOAD")
+start "$proxy_core" vidgate-redis "${gateway_env[@]}" "$vidgate" serve --config "$work/redis.toml"
 redis_gw_pid=$last_pid
-start "$proxy_core" vidgate-embedded "$vidgate" serve --config "$work/embedded.toml"
+start "$proxy_core" vidgate-embedded "${gateway_env[@]}" "$vidgate" serve --config "$work/embedded.toml"
 embedded_gw_pid=$last_pid
 wait_port "$redis_gw_port"
 wait_port "$embedded_gw_port"
@@ -327,7 +333,7 @@ median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
 if [ "$mode" = profile ]; then
   : >"$results"
-  say "vidgate create-path profile $stamp  (commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ', dirty tree'))"
+  say "vidgate profile (create and query paths) $stamp  (commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ', dirty tree'))"
   say "machine: $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   seconds=$((duration > 5 ? duration : 5))
   # perf_path create|query: a cpu-clock profile of c under wrk, by area and by symbol.
@@ -433,6 +439,7 @@ declare -A label=(
 say "vidgate bench $stamp  (commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ', dirty tree'))"
 say "machine: $(nproc) cores, $(awk '/model name/ {sub(/.*: /, ""); print; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 say "wrk: 1 thread, $connections connections, ${duration}s x $repeats after a ${warmup}s warm-up, scenarios interleaved"
+[ -z "${BENCH_GATEWAY_PRELOAD:-}" ] || say "gateways run with LD_PRELOAD=$BENCH_GATEWAY_PRELOAD"
 say "cores: $load_core = wrk + nginx stub + redis-server; $proxy_core = the proxy under test (nginx proxy or vidgate, 1 worker)"
 say ""
 
@@ -481,7 +488,7 @@ for path in create query; do
   done
   say "Redis round trips per $path (c, MONITOR over 100 sequential ones): $(exact_trips $path)"
   say "Redis commands per $path inside scripts included (c, INFO commandstats delta, same 100): $(round_trips "$work/before" "$work/after" 100)"
-  say "Redis commands per $path under load (c, INFO commandstats delta per repeat): $(cut -d' ' -f2- "$work/$path.trips" | paste -sd';' -)"
+  say "Redis commands per $path under load (c, INFO commandstats delta, last repeat): $(tail -n1 "$work/$path.trips" | cut -d' ' -f2-)"
   say ""
 done
 
