@@ -470,21 +470,21 @@ for path in create query; do
   done
   say "== $path path ($(cut -d' ' -f1-3 /proc/loadavg) load after)"
   printf '%-36s %10s %9s %9s %7s %10s %8s\n' scenario "req/s" "p50 ms" "p99 ms" errors "cpu0/cpu1" "µs/req" | tee -a "$results"
-  declare -A rps=() p99=()
+  declare -A rps=() p99=() cpu=()
   for s in a b c d; do
     rps[$s]=$(awk -v s=$s '$1 == s {print $2}' "$work/$path.runs" | median)
     p50=$(awk -v s=$s '$1 == s {print $3}' "$work/$path.runs" | median)
     p99[$s]=$(awk -v s=$s '$1 == s {print $4}' "$work/$path.runs" | median)
     errors=$(awk -v s=$s '$1 == s {n += $6} END {print n + 0}' "$work/$path.runs")
     busy=$(awk -v s=$s '$1 == s {b = $7} END {print b}' "$work/$path.runs")
-    cpu=$(awk -v s=$s '$1 == s {print $8}' "$work/$path.runs" | median)
-    printf '%-36s %10.0f %9.3f %9.3f %7s %10s %8s\n' "${label[$s]}" "${rps[$s]}" "$p50" "${p99[$s]}" "$errors" "$busy" "$cpu" |
+    cpu[$s]=$(awk -v s=$s '$1 == s {print $8}' "$work/$path.runs" | median)
+    printf '%-36s %10.0f %9.3f %9.3f %7s %10s %8s\n' "${label[$s]}" "${rps[$s]}" "$p50" "${p99[$s]}" "$errors" "$busy" "${cpu[$s]}" |
       tee -a "$results"
   done
   say "(µs/req: CPU of the proxy under test per request: the nginx worker, or vidgate; Redis's own for c: $(median <"$work/$path.redis") µs/req)"
   for s in c d; do
-    say "$(awk -v r="${rps[$s]}" -v b="${rps[b]}" -v p="${p99[$s]}" -v q="${p99[b]}" -v s="$s" \
-      'BEGIN {printf "%s/b: req/s %.2f, p99 %.2f", s, r / b, p / q}')"
+    say "$(awk -v r="${rps[$s]}" -v b="${rps[b]}" -v p="${p99[$s]}" -v q="${p99[b]}" -v s="$s" -v c="${cpu[$s]}" -v d="${cpu[b]}" \
+      'BEGIN {printf "%s/b: req/s %.2f, p99 %.2f (CPU per request: %.1f times b'"'"'s)", s, r / b, p / q, c / d}')"
   done
   say "Redis round trips per $path (c, MONITOR over 100 sequential ones): $(exact_trips $path)"
   say "Redis commands per $path inside scripts included (c, INFO commandstats delta, same 100): $(round_trips "$work/before" "$work/after" 100)"

@@ -27,8 +27,7 @@ pub fn check(state: &AppState, record: &ReservationRecord) {
     });
 }
 
-/// After a new hold, from the budget use its reserve step returned: nothing is read from
-/// the store, and only a threshold reached costs a claim (in the background).
+/// After a new hold, from what its reserve step returned: a store call only to claim.
 pub fn check_hold(state: &AppState, record: &ReservationRecord, used: BudgetUse) {
     let Some(budget) = used.budget.filter(|b| *b > 0) else {
         return;

@@ -42,15 +42,13 @@ pub async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
 }
 
 /// Budget gauges come from the store at scrape time, `REFRESH_CONCURRENCY` tenants at a
-/// time (Redis pipelines them on its one connection); a store error leaves the last values.
+/// time (pipelined on the worker's Redis connection); a store error leaves the last values.
 async fn refresh_budgets(state: &AppState) {
-    let periods = PeriodKeys::at(state.clock.now());
+    let periods = &PeriodKeys::at(state.clock.now());
     let currency = &state.config.pricing.currency;
-    let refresh = |id: &str| {
-        let (state, periods) = (state, &periods);
-        let id = id.to_string();
-        async move {
-            let Ok(Some(tenant)) = state.tenants.get(state.store.as_ref(), &id).await else {
+    stream::iter(&state.config.tenants)
+        .map(|entry| async move {
+            let Ok(Some(tenant)) = state.tenants.get(state.store.as_ref(), &entry.id).await else {
                 return;
             };
             let period = periods.for_kind(tenant.settings.period);
@@ -63,9 +61,7 @@ async fn refresh_budgets(state: &AppState) {
                     usage.reserved,
                 );
             }
-        }
-    };
-    stream::iter(state.config.tenants.iter().map(|entry| refresh(&entry.id)))
+        })
         .buffer_unordered(REFRESH_CONCURRENCY)
         .collect::<()>()
         .await;

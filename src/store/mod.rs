@@ -371,8 +371,7 @@ pub struct ReserveReceipt {
     pub budget_use: Option<BudgetUse>,
 }
 
-/// A tenant's budget and the money its period holds, right after a hold: what the budget
-/// alerts need, returned by the reserve step so a create asks the store nothing more.
+/// A tenant's budget and its period's money right after a hold: what the budget alerts need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetUse {
     pub budget: Option<Micros>,
