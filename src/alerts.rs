@@ -12,7 +12,7 @@ use crate::callbacks;
 use crate::config::Config;
 use crate::probe::address::check_url;
 use crate::state::AppState;
-use crate::store::{ReservationRecord, StoreError};
+use crate::store::{BudgetUse, ReservationRecord, StoreError};
 
 /// Thresholds are compared in millionths of the budget, in integers.
 const PPM: i128 = 1_000_000;
@@ -27,10 +27,39 @@ pub fn check(state: &AppState, record: &ReservationRecord) {
     });
 }
 
+/// After a new hold, from what its reserve step returned: a store call only to claim.
+pub fn check_hold(state: &AppState, record: &ReservationRecord, used: BudgetUse) {
+    let Some(budget) = used.budget.filter(|b| *b > 0) else {
+        return;
+    };
+    let standing = Standing {
+        budget,
+        spent: used.spent,
+        reserved: used.reserved,
+    };
+    let reached = reached(&state.config, &standing);
+    if reached.is_empty() {
+        return;
+    }
+    let (state, tenant, period) = (state.clone(), record.tenant.clone(), record.period.clone());
+    tokio::spawn(async move {
+        if let Err(error) = fire(&state, &tenant, &period, &standing, reached).await {
+            tracing::error!(tenant = %tenant, period = %period, "budget alert claim failed: {error}");
+        }
+    });
+}
+
 /// A threshold as millionths of the budget (0.8 → 800 000).
 pub fn threshold_ppm(threshold: f64) -> u32 {
     // Validated to (0, 1] at startup, so the product fits.
     (threshold * 1e6).round() as u32
+}
+
+/// A tenant's budget and its period's money.
+struct Standing {
+    budget: Micros,
+    spent: Micros,
+    reserved: Micros,
 }
 
 /// Fires every threshold that spent + reserved has reached and no replica has claimed yet.
@@ -43,22 +72,49 @@ async fn fire_crossed(state: &AppState, tenant: &str, period: &str) -> Result<()
         return Ok(());
     };
     let usage = state.store.period_usage(tenant, period).await?;
-    let used = usage.spent.saturating_add(usage.reserved);
-    let mut thresholds: Vec<u32> = state
-        .config
+    let standing = Standing {
+        budget,
+        spent: usage.spent,
+        reserved: usage.reserved,
+    };
+    let reached = reached(&state.config, &standing);
+    fire(state, tenant, period, &standing, reached).await
+}
+
+/// The configured thresholds (millionths, ascending) that spent + reserved has reached.
+fn reached(config: &Config, standing: &Standing) -> Vec<u32> {
+    let used = i128::from(standing.spent.saturating_add(standing.reserved));
+    let mut thresholds: Vec<u32> = config
         .alerts
         .thresholds
         .iter()
         .map(|t| threshold_ppm(*t))
+        .filter(|ppm| used * PPM >= i128::from(standing.budget) * i128::from(*ppm))
         .collect();
     thresholds.sort_unstable();
     thresholds.dedup();
-    for ppm in thresholds {
-        if i128::from(used) * PPM < i128::from(budget) * i128::from(ppm) {
-            break;
-        }
+    thresholds
+}
+
+/// Claims each reached threshold; the replica that wins one logs and delivers it.
+async fn fire(
+    state: &AppState,
+    tenant: &str,
+    period: &str,
+    standing: &Standing,
+    reached: Vec<u32>,
+) -> Result<(), StoreError> {
+    for ppm in reached {
         if state.store.claim_alert(tenant, period, ppm).await? {
-            let text = message(tenant, period, ppm, budget, usage.spent, usage.reserved, &state.config);
+            let text = message(
+                tenant,
+                period,
+                ppm,
+                standing.budget,
+                standing.spent,
+                standing.reserved,
+                &state.config,
+            );
             tracing::warn!(tenant = %tenant, period = %period, threshold_ppm = ppm, "budget alert: {text}");
             deliver(&state.config, text).await;
         }
@@ -151,6 +207,26 @@ mod tests {
         assert_eq!(threshold_ppm(0.95), 950_000);
         assert_eq!(threshold_ppm(1.0), 1_000_000);
         assert_eq!(threshold_ppm(0.333_333_7), 333_334);
+    }
+
+    #[test]
+    fn a_threshold_is_reached_at_exactly_its_share_of_the_budget() {
+        let config = Config::default();
+        let at = |spent, reserved| {
+            reached(
+                &config,
+                &Standing {
+                    budget: 500_000_000,
+                    spent,
+                    reserved,
+                },
+            )
+        };
+        assert_eq!(at(0, 0), Vec::<u32>::new());
+        assert_eq!(at(300_000_000, 99_999_999), Vec::<u32>::new());
+        assert_eq!(at(300_000_000, 100_000_000), vec![800_000]);
+        assert_eq!(at(470_000_000, 5_000_000), vec![800_000, 950_000]);
+        assert_eq!(at(499_000_000, 2_000_000), vec![800_000, 950_000, 1_000_000]);
     }
 
     #[test]

@@ -17,7 +17,8 @@ use crate::error::ApiError;
 use crate::limits::{Policy, RateCheck, RateDecision};
 use crate::state::AppState;
 use crate::store::{
-    FinalizeOutcome, IdempotencyClaim, PeriodKeys, ReservationRecord, ReserveOutcome, ReserveRefusal, ReserveRequest,
+    BudgetUse, FinalizeOutcome, IdempotencyClaim, PeriodKeys, ReservationRecord, ReserveOutcome, ReserveRefusal,
+    ReserveRequest,
 };
 use crate::telemetry::current_request_id;
 use crate::upstream;
@@ -63,11 +64,15 @@ pub async fn create(
     let rate = limit::caller_checks(&state, &caller, Policy::Creates).await?;
     prelimit(&state, &rate)?;
     let durations = probe_references(&state, &request).await?;
-    let (reservation, decision) = match reserve(&state, &caller, &request, durations, idempotency, rate).await? {
-        Held::Replay(record) => return replay(&record),
-        Held::New(record, decision) => (record, decision),
-    };
-    alerts::check(&state, &reservation);
+    let (reservation, decision, budget_use) =
+        match reserve(&state, &caller, &request, durations, idempotency, rate).await? {
+            Held::Replay(record) => return replay(&record),
+            Held::New(record, decision, budget_use) => (record, decision, budget_use),
+        };
+    match budget_use {
+        Some(used) => alerts::check_hold(&state, &reservation, used),
+        None => alerts::check(&state, &reservation),
+    }
     let task = forward(&state, &request, &reservation).await?;
     let task_id = upstream::task_id(&task).ok_or_else(|| {
         tracing::error!(reservation_id = %reservation.reservation_id, "upstream created a task without an id; hold left for the reconciler");
@@ -212,8 +217,8 @@ async fn probe_references(state: &AppState, request: &CreateRequest) -> Result<V
 // Built once per create and matched at once: boxing the record would buy nothing.
 #[allow(clippy::large_enum_variant)]
 enum Held {
-    /// A new hold, and the rate decision for the headers.
-    New(ReservationRecord, Option<RateDecision>),
+    /// A new hold, the rate decision for the headers, and the budget use for the alerts.
+    New(ReservationRecord, Option<RateDecision>, Option<BudgetUse>),
     /// The idempotency key's first request already created the task.
     Replay(ReservationRecord),
 }
@@ -260,7 +265,7 @@ async fn reserve(
     };
     let receipt = state.store.reserve(&reserve).await?;
     match receipt.outcome {
-        ReserveOutcome::Reserved(record) => Ok(Held::New(record, receipt.rate)),
+        ReserveOutcome::Reserved(record) => Ok(Held::New(record, receipt.rate, receipt.budget_use)),
         ReserveOutcome::Replay(record) => Ok(Held::Replay(record)),
         ReserveOutcome::Refused(refusal) => Err(refused(refusal, caller, request, reserve.amount)),
     }

@@ -3,12 +3,16 @@
 
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::stream::{self, StreamExt};
 use secrecy::ExposeSecret;
 
 use crate::auth::bearer_token;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::PeriodKeys;
+
+/// Tenants whose budget gauges are read at once during a scrape.
+const REFRESH_CONCURRENCY: usize = 32;
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("bearer" = [])),
     description = "Prometheus text format. Needs the metrics bearer token when `metrics.bearer_token` is set; \
@@ -37,25 +41,30 @@ pub async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
         .body(state.metrics.render()))
 }
 
-/// Budget gauges come from the store at scrape time; a store error leaves the last values.
+/// Budget gauges come from the store at scrape time, `REFRESH_CONCURRENCY` tenants at a
+/// time (pipelined on the worker's Redis connection); a store error leaves the last values.
 async fn refresh_budgets(state: &AppState) {
-    let periods = PeriodKeys::at(state.clock.now());
+    let periods = &PeriodKeys::at(state.clock.now());
     let currency = &state.config.pricing.currency;
-    for entry in &state.config.tenants {
-        let Ok(Some(tenant)) = state.tenants.get(state.store.as_ref(), &entry.id).await else {
-            continue;
-        };
-        let period = periods.for_kind(tenant.settings.period);
-        if let Ok(usage) = state.store.period_usage(&tenant.id, period).await {
-            state.metrics.set_budget(
-                &tenant.id,
-                currency,
-                tenant.settings.budget,
-                usage.spent,
-                usage.reserved,
-            );
-        }
-    }
+    stream::iter(&state.config.tenants)
+        .map(|entry| async move {
+            let Ok(Some(tenant)) = state.tenants.get(state.store.as_ref(), &entry.id).await else {
+                return;
+            };
+            let period = periods.for_kind(tenant.settings.period);
+            if let Ok(usage) = state.store.period_usage(&tenant.id, period).await {
+                state.metrics.set_budget(
+                    &tenant.id,
+                    currency,
+                    tenant.settings.budget,
+                    usage.spent,
+                    usage.reserved,
+                );
+            }
+        })
+        .buffer_unordered(REFRESH_CONCURRENCY)
+        .collect::<()>()
+        .await;
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -575,6 +575,7 @@ fn reserve_in(
         Ok(ReserveReceipt {
             outcome: ReserveOutcome::Refused(refusal),
             rate,
+            budget_use: None,
         })
     };
     let tenant: Option<TenantRecord> = get_json(&tx.open_table(TENANTS).map_err(db_error)?, &request.tenant)?;
@@ -586,12 +587,19 @@ fn reserve_in(
         return Ok(ReserveReceipt {
             outcome: ReserveOutcome::Reserved(existing),
             rate: None,
+            budget_use: None,
         });
     }
     if let Some(claim) = &request.idempotency {
         match idempotency_in(tx, &reservations, request, claim)? {
             Some(ReserveOutcome::Refused(refusal)) => return refused(refusal, None),
-            Some(outcome) => return Ok(ReserveReceipt { outcome, rate: None }),
+            Some(outcome) => {
+                return Ok(ReserveReceipt {
+                    outcome,
+                    rate: None,
+                    budget_use: None,
+                });
+            }
             None => {}
         }
     }
@@ -610,6 +618,11 @@ fn reserve_in(
     add(&mut counters, &keys.reserved, request.amount)?;
     add(&mut counters, &keys.user_reserved, request.amount)?;
     add(&mut counters, &keys.in_flight, 1)?;
+    let budget_use = BudgetUse {
+        budget: tenant.settings.budget,
+        spent: counter(&counters, &keys.spent)?,
+        reserved: counter(&counters, &keys.reserved)?,
+    };
     drop(counters);
     append(tx, &reserve_entry(&record))?;
     aggregate(tx, &record, &usage::reserve_deltas(&record))?;
@@ -634,6 +647,7 @@ fn reserve_in(
     Ok(ReserveReceipt {
         outcome: ReserveOutcome::Reserved(record),
         rate,
+        budget_use: Some(budget_use),
     })
 }
 

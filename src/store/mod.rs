@@ -465,6 +465,17 @@ pub enum ReserveOutcome {
 pub struct ReserveReceipt {
     pub outcome: ReserveOutcome,
     pub rate: Option<RateDecision>,
+    /// After a new hold: the tenant's budget and its period's money, as the step saw them.
+    pub budget_use: Option<BudgetUse>,
+}
+
+/// A tenant's budget and its period's money right after a hold: what the budget alerts need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetUse {
+    pub budget: Option<Micros>,
+    pub spent: Micros,
+    /// Including the new hold.
+    pub reserved: Micros,
 }
 
 /// A task read with its rate check: `record` is `None` when refused or unknown.

@@ -8,7 +8,7 @@ use vidgate::config::PeriodKind;
 use vidgate::store::embedded::EmbeddedStore;
 use vidgate::store::redis::RedisStore;
 use vidgate::store::{
-    FinalizeOutcome, LATE_NOTE, LedgerEntry, LedgerKind, LedgerQuery, OutboxEvent, PeriodKeys, Queue,
+    BudgetUse, FinalizeOutcome, LATE_NOTE, LedgerEntry, LedgerKind, LedgerQuery, OutboxEvent, PeriodKeys, Queue,
     ReservationRecord, ReservationState, ReserveOutcome, ReserveRefusal, ReserveRequest, Settlement, Store, StoreError,
     TenantChange, TenantPatch, TenantSettings, UNMEASURED_NOTE, event_id, ledger_page,
 };
@@ -104,6 +104,7 @@ for_both_backends!(
     a_final_step_of_a_bound_task_with_a_callback_url_enqueues_one_event,
     an_outbox_event_keeps_its_attempts_and_body_until_it_leaves,
     the_first_shared_secret_stored_wins,
+    a_new_hold_returns_the_budget_use_the_alerts_need,
 );
 
 const TENANT: &str = "acme";
@@ -1402,4 +1403,70 @@ async fn the_first_shared_secret_stored_wins(store: Arc<dyn Store>) {
     .await;
     assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
     assert_eq!(store.shared_secret("k", &[9]).await.unwrap(), [1, 2, 0, 255]);
+}
+
+async fn a_new_hold_returns_the_budget_use_the_alerts_need(store: Arc<dyn Store>) {
+    let capped = TenantSettings {
+        budget: Some(10_000_000),
+        ..settings()
+    };
+    with_tenant(&*store, capped).await;
+    let first = store.reserve(&request("r1", "ann", 415_000)).await.unwrap();
+    let used = |spent, reserved| {
+        Some(BudgetUse {
+            budget: Some(10_000_000),
+            spent,
+            reserved,
+        })
+    };
+    assert_eq!(first.budget_use, used(0, 415_000));
+    store.settle("r1", &settlement(405_000)).await.unwrap();
+    let second = store.reserve(&request("r2", "bob", 250_000)).await.unwrap();
+    assert_eq!(
+        second.budget_use,
+        used(405_000, 250_000),
+        "the period's money after the hold"
+    );
+    let (spent, reserved, _) = usage(&*store).await;
+    assert_eq!(second.budget_use, used(spent, reserved), "as period_usage reads it");
+
+    // A retry of the same hold, and a refusal, moved nothing: no budget use.
+    assert_eq!(
+        store.reserve(&request("r2", "bob", 250_000)).await.unwrap().budget_use,
+        None
+    );
+    assert_eq!(
+        store
+            .reserve(&request("r3", "bob", 99_000_000))
+            .await
+            .unwrap()
+            .budget_use,
+        None
+    );
+
+    // Without a budget the use still comes back (the alerts then have nothing to check).
+    store
+        .update_tenant(
+            TENANT,
+            &TenantChange {
+                patch: TenantPatch {
+                    budget: Some(None),
+                    ..TenantPatch::default()
+                },
+                actor: "root".into(),
+                request_id: "req-uncap".into(),
+                now_ms: NOW_MS,
+            },
+        )
+        .await
+        .unwrap();
+    let uncapped = store.reserve(&request("r4", "ann", 100_000)).await.unwrap();
+    assert_eq!(
+        uncapped.budget_use,
+        Some(BudgetUse {
+            budget: None,
+            spent: 405_000,
+            reserved: 350_000,
+        })
+    );
 }

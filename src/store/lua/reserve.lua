@@ -7,7 +7,10 @@
 -- ARGV[6..8] month, week and day period keys, ARGV[9] audio ('1'/'0'), ARGV[10] entry time
 -- ms, ARGV[11] entry JSON, ARGV[12] body hash for the idempotency key ('' for none),
 -- ARGV[13] its TTL ms, ARGV[14] rate checks JSON, ARGV[15..] record fields and JSON values.
--- Replies {status, ...}: 'reserved' + HGETALL + rate, 'replay' + HGETALL, 'unknown_tenant',
+-- Replies {status, ...}: 'held' + the period booked + rate + budget use ({spent, reserved}
+-- of the period after the hold, then the budget when there is one) for a new hold (the
+-- record is the caller's fields plus that period: no need to send it back), 'reserved' +
+-- HGETALL for an existing one, 'replay' + HGETALL, 'unknown_tenant',
 -- 'idempotency_key_reused', 'request_in_progress', 'rate_limited' + rate,
 -- 'quality_not_allowed', 'concurrency_limited' + max, 'budget_exceeded' + remaining + user
 -- scope (0/1). `rate` is gcra.lua's reply array.
@@ -86,7 +89,7 @@ end
 redis.call('HSET', KEYS[2], unpack(ARGV, 15))
 -- The caller cannot know the tenant's period kind; the script books the hold to it.
 redis.call('HSET', KEYS[2], 'period', cjson.encode(period))
-redis.call('INCRBY', keys.reserved, ARGV[5])
+local reserved = redis.call('INCRBY', keys.reserved, ARGV[5])
 redis.call('INCRBY', keys.user_reserved, ARGV[5])
 redis.call('INCR', keys.in_flight)
 aggregate(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[9] == '1', {ARGV[8], ARGV[7], ARGV[6], 'total'},
@@ -99,4 +102,8 @@ if ARGV[12] ~= '' then
   local rid = cjson.decode(redis.call('HGET', KEYS[2], 'reservation_id'))
   redis.call('SET', KEYS[3], cjson.encode({rid = rid, hash = ARGV[12]}), 'PX', ARGV[13])
 end
-return {'reserved', redis.call('HGETALL', KEYS[2]), rate_reply(decision)}
+local budget_use = {counter(keys.spent), reserved}
+if type(settings.budget) == 'number' then
+  budget_use[3] = settings.budget
+end
+return {'held', period, rate_reply(decision), budget_use}
