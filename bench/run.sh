@@ -10,9 +10,9 @@
 #   BENCH_DURATION=3 BENCH_REPEATS=1 bench/run.sh    (a quick look, about 1.5 minutes)
 #   BENCH_GATEWAY_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 bench/run.sh
 #                                     (LD_PRELOAD for both gateways: try an allocator unbuilt)
-#   bench/run.sh profile              (the create path of c: a perf profile by symbol and by
-#                                      crate, and the heap allocations per create from
-#                                      valgrind's dhat; about 2 minutes)
+#   bench/run.sh profile              (c's create and query paths: perf profiles by thread,
+#                                      crate and symbol; heap allocations per create from
+#                                      valgrind's dhat; about 2.5 minutes)
 # Cores (2): core 0 runs wrk, the nginx stub and redis-server (the load and what the
 # gateway depends on); core 1 runs the proxy under test alone (nginx proxy or vidgate).
 set -euo pipefail
@@ -379,6 +379,9 @@ if [ "$mode" = profile ]; then
     valgrind --tool=dhat --dhat-out-file="$work/dhat-$creates.json" "$vidgate" serve --config "$work/dhat.toml" \
       >"$work/dhat.out" 2>"$work/dhat.err" &
     local pid=$!
+    # This runs in a subshell (process substitution): its own trap stops the gateway.
+    # shellcheck disable=SC2064 # the pid is meant to be expanded now
+    trap "kill $pid 2>/dev/null || true" EXIT
     until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.2; done
     for ((i = 0; i < creates; i++)); do
       curl -sS -o /dev/null --fail "http://127.0.0.1:$port/v1/videos/generations" \
