@@ -48,22 +48,25 @@ pub struct AppState {
     pub completion: Arc<Completion>,
 }
 
+/// Tenant id → the record and when it was read.
+type TenantEntries = HashMap<String, (Arc<TenantRecord>, Instant)>;
+
 /// Known tenants, cached briefly; unknown ones are always asked again.
 #[derive(Clone, Default)]
 pub struct TenantCache {
-    entries: Arc<Mutex<HashMap<String, (TenantRecord, Instant)>>>,
+    entries: Arc<Mutex<TenantEntries>>,
 }
 
 impl TenantCache {
-    pub async fn get(&self, store: &dyn Store, id: &str) -> Result<Option<TenantRecord>, StoreError> {
+    pub async fn get(&self, store: &dyn Store, id: &str) -> Result<Option<Arc<TenantRecord>>, StoreError> {
         if let Some(hit) = self.cached(id) {
             return Ok(Some(hit));
         }
-        let fresh = store.tenant(id).await?;
-        if let Some(record) = &fresh {
-            self.lock().insert(id.to_string(), (record.clone(), Instant::now()));
-        }
-        Ok(fresh)
+        let Some(fresh) = store.tenant(id).await?.map(Arc::new) else {
+            return Ok(None);
+        };
+        self.lock().insert(id.to_string(), (Arc::clone(&fresh), Instant::now()));
+        Ok(Some(fresh))
     }
 
     /// Forgets a tenant, so the next lookup reads the store (after an admin change here).
@@ -71,13 +74,13 @@ impl TenantCache {
         self.lock().remove(id);
     }
 
-    fn cached(&self, id: &str) -> Option<TenantRecord> {
+    fn cached(&self, id: &str) -> Option<Arc<TenantRecord>> {
         let entries = self.lock();
         let (record, at) = entries.get(id)?;
-        (at.elapsed() < TENANT_CACHE_TTL).then(|| record.clone())
+        (at.elapsed() < TENANT_CACHE_TTL).then(|| Arc::clone(record))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (TenantRecord, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TenantEntries> {
         // A panic while holding this lock cannot leave the map inconsistent: keep going.
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

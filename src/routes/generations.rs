@@ -17,8 +17,8 @@ use crate::error::ApiError;
 use crate::limits::{Policy, RateCheck, RateDecision};
 use crate::state::AppState;
 use crate::store::{
-    BudgetUse, FinalizeOutcome, IdempotencyClaim, PeriodKeys, ReservationRecord, ReserveOutcome, ReserveRefusal,
-    ReserveRequest,
+    BindOutcome, BudgetUse, FinalizeOutcome, IdempotencyClaim, PeriodKeys, ReservationRecord, ReserveOutcome,
+    ReserveRefusal, ReserveRequest,
 };
 use crate::telemetry::current_request_id;
 use crate::upstream;
@@ -83,13 +83,19 @@ pub async fn create(
         .tasks
         .with_label_values(&[&caller.tenant, "created"])
         .inc();
-    let record = state.store.bind(&reservation.reservation_id, task_id, &task.to_string()).await.map_err(|e| {
+    let created_task = task.to_string();
+    let record = state.store.bind(&reservation.reservation_id, task_id, &created_task).await.map_err(|e| {
         tracing::error!(reservation_id = %reservation.reservation_id, task_id, "task created upstream but not bound: {e}");
         ApiError::from(e)
     })?;
     let mut response = HttpResponse::Ok();
     limit::add_headers(&mut response, Policy::Creates, decision);
-    Ok(response.json(with_vidgate(task, &record.unwrap_or(reservation))))
+    let record = match record {
+        BindOutcome::Bound => reservation.bound(task_id, &created_task),
+        BindOutcome::Current(record) => *record,
+        BindOutcome::NotFound => reservation,
+    };
+    Ok(response.json(with_vidgate(task, &record)))
 }
 
 /// `GET /v1/tasks/{task_id}`: the owner's tenant only; a final state settles or refunds.

@@ -201,30 +201,29 @@ impl Store for EmbeddedStore {
         Ok(self.limiter.check(rate))
     }
 
-    async fn bind(
-        &self,
-        reservation_id: &str,
-        task_id: &str,
-        created_task: &str,
-    ) -> Result<Option<ReservationRecord>, StoreError> {
+    async fn bind(&self, reservation_id: &str, task_id: &str, created_task: &str) -> Result<BindOutcome, StoreError> {
         let (reservation_id, task_id) = (reservation_id.to_string(), task_id.to_string());
         let created_task = created_task.to_string();
         self.write(move |tx| {
             let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
             let Some(mut record) = get_json::<ReservationRecord>(&reservations, &reservation_id)? else {
-                return Ok(None);
+                return Ok(BindOutcome::NotFound);
             };
             // A reservation pays for one upstream task: the first bind wins.
-            if record.task_id.is_none() {
-                record.task_id = Some(task_id.clone());
-                record.created_task = Some(created_task);
-                put_json(&mut reservations, &reservation_id, &record)?;
-                tx.open_table(TASKS)
-                    .map_err(db_error)?
-                    .insert(task_id.as_str(), reservation_id.as_str())
-                    .map_err(db_error)?;
+            if record.task_id.is_some() {
+                return Ok(BindOutcome::Current(Box::new(record)));
             }
-            Ok(Some(record))
+            record.task_id = Some(task_id.clone());
+            record.created_task = Some(created_task);
+            put_json(&mut reservations, &reservation_id, &record)?;
+            tx.open_table(TASKS)
+                .map_err(db_error)?
+                .insert(task_id.as_str(), reservation_id.as_str())
+                .map_err(db_error)?;
+            Ok(match record.state {
+                ReservationState::Reserved => BindOutcome::Bound,
+                _ => BindOutcome::Current(Box::new(record)),
+            })
         })
         .await
     }

@@ -75,12 +75,7 @@ impl Store for Instrumented {
         self.timed("check_rate", self.inner.check_rate(rate)).await
     }
 
-    async fn bind(
-        &self,
-        reservation_id: &str,
-        task_id: &str,
-        created_task: &str,
-    ) -> Result<Option<ReservationRecord>, StoreError> {
+    async fn bind(&self, reservation_id: &str, task_id: &str, created_task: &str) -> Result<BindOutcome, StoreError> {
         self.timed("bind", self.inner.bind(reservation_id, task_id, created_task))
             .await
     }

@@ -204,7 +204,28 @@ pub struct ReservationRecord {
     pub created_task: Option<String>,
 }
 
+/// What a bind found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BindOutcome {
+    /// This call bound the task to a hold that is still `reserved`: the record is the hold
+    /// with `task_id` and `created_task` set (`ReservationRecord::bound`), so the store does
+    /// not send it back (on the create path, a whole record is a costly reply to parse).
+    Bound,
+    /// Bound before, or finished meanwhile (a callback may beat the bind): the record as stored.
+    Current(Box<ReservationRecord>),
+    NotFound,
+}
+
 impl ReservationRecord {
+    /// The hold after a `BindOutcome::Bound`.
+    pub fn bound(self, task_id: &str, created_task: &str) -> Self {
+        Self {
+            task_id: Some(task_id.to_string()),
+            created_task: Some(created_task.to_string()),
+            ..self
+        }
+    }
+
     /// A fresh hold for `request`, booked to `period`.
     fn hold(request: &ReserveRequest, period: &str) -> Self {
         Self {
@@ -561,13 +582,8 @@ pub trait Store: Send + Sync + 'static {
     async fn check_rate(&self, rate: &[RateCheck]) -> Result<Option<RateDecision>, StoreError>;
 
     /// Attaches the upstream task id, and keeps the upstream's answer (`created_task`, JSON)
-    /// for idempotent retries. Idempotent; `None` if the reservation is unknown.
-    async fn bind(
-        &self,
-        reservation_id: &str,
-        task_id: &str,
-        created_task: &str,
-    ) -> Result<Option<ReservationRecord>, StoreError>;
+    /// for idempotent retries. Idempotent: the first bind wins.
+    async fn bind(&self, reservation_id: &str, task_id: &str, created_task: &str) -> Result<BindOutcome, StoreError>;
 
     async fn reservation(&self, reservation_id: &str) -> Result<Option<ReservationRecord>, StoreError>;
 

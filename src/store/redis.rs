@@ -25,14 +25,19 @@
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Cmd, FromRedisValue, RedisError, Script, ScriptInvocation, Value, cmd, from_redis_value};
+use ::redis::{
+    Client, Cmd, FromRedisValue, RedisError, RedisWrite, Script, ScriptInvocation, ToRedisArgs, Value, cmd,
+    from_redis_value,
+};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::tenants::{self, TenantWrite};
 use super::*;
@@ -373,7 +378,13 @@ impl Store for RedisStore {
         let status: String = parse(reply.next())?;
         let rate = rate_decision(parse(reply.next())?)?;
         let record = match status.as_str() {
-            "found" => Some(record(parse(reply.next())?)?),
+            "found" => {
+                let json: String = parse(reply.next())?;
+                Some(
+                    serde_json::from_str(&json)
+                        .map_err(|e| StoreError::Corrupt(format!("reservation of {task_id}: {e}")))?,
+                )
+            }
             "not_found" | "rate_limited" => None,
             other => return Err(unexpected("read_task", other)),
         };
@@ -386,12 +397,7 @@ impl Store for RedisStore {
         rate_decision(self.invoke(&invocation).await?)
     }
 
-    async fn bind(
-        &self,
-        reservation_id: &str,
-        task_id: &str,
-        created_task: &str,
-    ) -> Result<Option<ReservationRecord>, StoreError> {
+    async fn bind(&self, reservation_id: &str, task_id: &str, created_task: &str) -> Result<BindOutcome, StoreError> {
         let task_json = serde_json::Value::from(task_id).to_string();
         let created_json = serde_json::Value::from(created_task).to_string();
         let mut invocation = self.scripts.bind.key(self.key("res", reservation_id));
@@ -401,8 +407,9 @@ impl Store for RedisStore {
             .arg(reservation_id)
             .arg(created_json);
         match status(self.invoke(&invocation).await?)? {
-            (status, None) if status == "not_found" => Ok(None),
-            (status, Some(fields)) if status == "bound" => record(fields).map(Some),
+            (status, None) if status == "not_found" => Ok(BindOutcome::NotFound),
+            (status, None) if status == "bound" => Ok(BindOutcome::Bound),
+            (status, Some(fields)) if status == "current" => record(fields).map(|r| BindOutcome::Current(Box::new(r))),
             (status, _) => Err(unexpected("bind", &status)),
         }
     }
@@ -744,14 +751,37 @@ fn status(reply: Vec<Value>) -> Result<(String, Option<Fields>), StoreError> {
     Ok((status, fields))
 }
 
-/// A struct as hash fields: its JSON object, one JSON-encoded value per field.
-fn json_fields<T: Serialize>(value: &T) -> Result<Fields, StoreError> {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::Object(map)) => {
-            Ok(map.into_iter().map(|(name, value)| (name, value.to_string())).collect())
+/// A struct as hash field arguments (`name`, JSON value, ...): one serialisation, the
+/// fields written as slices of it (a create writes a 25-field record: no string per field).
+struct JsonFields {
+    json: String,
+    fields: Vec<(Range<usize>, Range<usize>)>,
+}
+
+fn json_fields<T: Serialize>(value: &T) -> Result<JsonFields, StoreError> {
+    let json = serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let map: Vec<(&str, &RawValue)> = serde_json::from_str::<BTreeMap<&str, &RawValue>>(&json)
+        .map_err(|e| StoreError::Corrupt(format!("expected an object: {e}")))?
+        .into_iter()
+        .collect();
+    let start = json.as_ptr() as usize;
+    let span = |text: &str| {
+        let from = text.as_ptr() as usize - start;
+        from..from + text.len()
+    };
+    let fields = map
+        .into_iter()
+        .map(|(name, value)| (span(name), span(value.get())))
+        .collect();
+    Ok(JsonFields { json, fields })
+}
+
+impl ToRedisArgs for JsonFields {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        for (name, value) in &self.fields {
+            out.write_arg(self.json[name.clone()].as_bytes());
+            out.write_arg(self.json[value.clone()].as_bytes());
         }
-        Ok(other) => Err(StoreError::Corrupt(format!("expected an object, got {other}"))),
-        Err(e) => Err(StoreError::Corrupt(e.to_string())),
     }
 }
 
@@ -764,11 +794,24 @@ fn record(fields: Fields) -> Result<ReservationRecord, StoreError> {
 /// The inverse of `json_fields`.
 fn from_fields<T: serde::de::DeserializeOwned>(fields: Fields) -> Result<T, StoreError> {
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("hash of {}: {e}", std::any::type_name::<T>()));
-    let map = fields
-        .into_iter()
-        .map(|(name, json)| Ok((name, serde_json::from_str(&json).map_err(corrupt)?)))
-        .collect::<Result<serde_json::Map<_, _>, StoreError>>()?;
-    serde_json::from_value(serde_json::Value::Object(map)).map_err(corrupt)
+    let mut json = String::with_capacity(fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>() + 2);
+    json.push('{');
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(StoreError::Corrupt(format!("hash field name {name:?}")));
+        }
+        json.push('"');
+        json.push_str(name);
+        json.push_str("\":");
+        // Each value must be one JSON text on its own: `1,"x":2` must not smuggle a field in.
+        let value: &RawValue = serde_json::from_str(value).map_err(corrupt)?;
+        json.push_str(value.get());
+    }
+    json.push('}');
+    serde_json::from_str(&json).map_err(corrupt)
 }
 
 #[cfg(test)]
@@ -816,6 +859,24 @@ mod tests {
         })
         .apply(&mut held);
         let fields = json_fields(&held).expect("a record is a JSON object");
-        assert_eq!(record(fields).expect("fields parse back"), held);
+        let mut args = Vec::new();
+        fields.write_redis_args(&mut args);
+        assert_eq!(args.len(), 2 * fields.fields.len());
+        let pairs = args
+            .chunks(2)
+            .map(|pair| {
+                (
+                    String::from_utf8(pair[0].clone()).unwrap(),
+                    String::from_utf8(pair[1].clone()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(record(pairs).expect("fields parse back"), held);
+    }
+
+    #[test]
+    fn a_value_holding_more_than_one_json_text_is_corrupt() {
+        let fields = vec![("state".to_string(), r#""reserved","tenant":"other""#.to_string())];
+        assert!(matches!(record(fields), Err(StoreError::Corrupt(_))));
     }
 }

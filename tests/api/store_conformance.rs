@@ -8,9 +8,9 @@ use vidgate::config::PeriodKind;
 use vidgate::store::embedded::EmbeddedStore;
 use vidgate::store::redis::RedisStore;
 use vidgate::store::{
-    BudgetUse, FinalizeOutcome, LATE_NOTE, LedgerEntry, LedgerKind, LedgerQuery, OutboxEvent, PeriodKeys, Queue,
-    ReservationRecord, ReservationState, ReserveOutcome, ReserveRefusal, ReserveRequest, Settlement, Store, StoreError,
-    TenantChange, TenantPatch, TenantSettings, UNMEASURED_NOTE, event_id, ledger_page,
+    BindOutcome, BudgetUse, FinalizeOutcome, LATE_NOTE, LedgerEntry, LedgerKind, LedgerQuery, OutboxEvent, PeriodKeys,
+    Queue, ReservationRecord, ReservationState, ReserveOutcome, ReserveRefusal, ReserveRequest, Settlement, Store,
+    StoreError, TenantChange, TenantPatch, TenantSettings, UNMEASURED_NOTE, event_id, ledger_page,
 };
 
 use crate::support;
@@ -84,6 +84,7 @@ for_both_backends!(
     a_settle_is_booked_to_the_period_of_its_reservation,
     a_settlement_above_its_hold_is_charged_in_full,
     a_bound_task_finds_its_reservation,
+    a_bind_after_a_settle_answers_the_stored_record,
     config_is_reapplied_only_when_its_hash_changes,
     concurrent_reservers_never_exceed_the_budget,
     concurrent_reservers_never_exceed_the_concurrency_cap,
@@ -462,13 +463,39 @@ async fn a_bound_task_finds_its_reservation(store: Arc<dyn Store>) {
     with_tenant(&*store, settings()).await;
     reserved(&*store, &request("r1", "ann", 415_000)).await;
     assert_eq!(store.task("task-1").await.unwrap(), None);
-    assert_eq!(store.bind("unknown", "task-1", "{}").await.unwrap(), None);
+    assert_eq!(
+        store.bind("unknown", "task-1", "{}").await.unwrap(),
+        BindOutcome::NotFound
+    );
 
-    let bound = store.bind("r1", "task-1", "{}").await.unwrap().expect("r1 exists");
-    assert_eq!(bound.task_id.as_deref(), Some("task-1"));
-    assert_eq!(store.bind("r1", "task-1", "{}").await.unwrap(), Some(bound.clone()));
+    let hold = store.reservation("r1").await.unwrap().expect("r1 exists");
+    assert_eq!(
+        store.bind("r1", "task-1", "{\"id\":1}").await.unwrap(),
+        BindOutcome::Bound
+    );
+    let bound = hold.bound("task-1", "{\"id\":1}");
+    // The first bind wins; a later one is told what is stored.
+    assert_eq!(
+        store.bind("r1", "task-2", "{}").await.unwrap(),
+        BindOutcome::Current(Box::new(bound.clone()))
+    );
+    assert_eq!(store.task("task-2").await.unwrap(), None);
     assert_eq!(store.task("task-1").await.unwrap(), Some(bound.clone()));
     assert_eq!(store.reservation("r1").await.unwrap(), Some(bound));
+}
+
+async fn a_bind_after_a_settle_answers_the_stored_record(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    // The upstream's callback can settle a reservation before the create binds its task.
+    store.settle("r1", &settlement(400_000)).await.unwrap();
+    let BindOutcome::Current(record) = store.bind("r1", "task-1", "{}").await.unwrap() else {
+        panic!("a settled reservation is answered as stored");
+    };
+    assert_eq!(record.state, ReservationState::Settled);
+    assert_eq!(record.task_id.as_deref(), Some("task-1"));
+    assert_eq!(record.charged, Some(400_000));
+    assert_eq!(store.task("task-1").await.unwrap(), Some(*record));
 }
 
 async fn config_is_reapplied_only_when_its_hash_changes(store: Arc<dyn Store>) {

@@ -2,12 +2,16 @@
 -- keeps the upstream's answer for idempotent retries.
 -- KEYS[1] reservation hash, KEYS[2] task index. ARGV[1] task id as JSON, ARGV[2] reservation
 -- id, ARGV[3] the upstream's answer as a JSON string value.
--- Replies {'not_found'} or {'bound', HGETALL}.
+-- Replies {'not_found'}, {'bound'} when this call bound a hold still reserved (the caller
+-- has the rest of the record), else {'current', HGETALL}.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'not_found'}
 end
 if redis.call('HGET', KEYS[1], 'task_id') == 'null' then
   redis.call('HSET', KEYS[1], 'task_id', ARGV[1], 'created_task', ARGV[3])
   redis.call('SET', KEYS[2], ARGV[2])
+  if redis.call('HGET', KEYS[1], 'state') == '"reserved"' then
+    return {'bound'}
+  end
 end
-return {'bound', redis.call('HGETALL', KEYS[1])}
+return {'current', redis.call('HGETALL', KEYS[1])}
