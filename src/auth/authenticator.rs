@@ -1,6 +1,8 @@
 //! `Authenticator`: verifies a bearer JWT with the configured algorithms and keys and returns the `Caller`.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,6 +31,48 @@ pub struct Authenticator {
     jwks: Option<JwksCache>,
     tenant_claim: String,
     roles_claim: String,
+    leeway_secs: u64,
+    verified: Verified,
+}
+
+/// Tokens verified lately, so that a caller's every request does not pay for the signature
+/// again: keyed by the whole token, each kept `VERIFIED_TTL_SECS` at most and never past the
+/// moment verification itself would refuse it (`exp` + leeway). A key removed from the JWKS
+/// stops tokens it signed within that time.
+#[derive(Default)]
+struct Verified {
+    entries: Mutex<HashMap<Box<str>, (Caller, u64)>>,
+}
+
+const VERIFIED_TTL_SECS: u64 = 30;
+/// About 2 MB of tokens at most; the map starts over when full.
+const VERIFIED_MAX: usize = 4096;
+
+impl Verified {
+    fn get(&self, token: &str, now: u64) -> Option<Caller> {
+        let entries = self.lock();
+        let (caller, until) = entries.get(token)?;
+        (now < *until).then(|| caller.clone())
+    }
+
+    fn insert(&self, token: &str, caller: &Caller, until: u64) {
+        let mut entries = self.lock();
+        if entries.len() >= VERIFIED_MAX {
+            entries.clear();
+        }
+        entries.insert(token.into(), (caller.clone(), until));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, (Caller, u64)>> {
+        // Entries are whole values: a panic elsewhere cannot leave one half-written.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -85,6 +129,8 @@ impl Authenticator {
             jwks,
             tenant_claim: config.tenant_claim.clone(),
             roles_claim: config.roles_claim.clone(),
+            leeway_secs: config.leeway_secs,
+            verified: Verified::default(),
         })
     }
 
@@ -95,6 +141,10 @@ impl Authenticator {
 
     /// Verifies signature, time, issuer and audience, then reads the caller from the claims.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let now = unix_now();
+        if let Some(caller) = self.verified.get(token, now) {
+            return Ok(caller);
+        }
         let header = parse_header(token)?;
         let (alg, validation) = self.allowed(&header.alg)?;
         let claims = if alg.family() == AlgorithmFamily::Hmac {
@@ -104,7 +154,13 @@ impl Authenticator {
             self.verify_asymmetric(token, alg, validation, header.kid.as_deref())
                 .await?
         };
-        caller_from_claims(&claims, &self.tenant_claim, &self.roles_claim)
+        let caller = caller_from_claims(&claims, &self.tenant_claim, &self.roles_claim)?;
+        // `exp` is required: verification refused a token without one.
+        if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+            let until = exp.saturating_add(self.leeway_secs).min(now + VERIFIED_TTL_SECS);
+            self.verified.insert(token, &caller, until);
+        }
+        Ok(caller)
     }
 
     fn allowed(&self, alg: &str) -> Result<(Algorithm, &Validation), AuthError> {

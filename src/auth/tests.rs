@@ -144,6 +144,22 @@ async fn an_expired_token_is_refused_beyond_the_leeway() {
 }
 
 #[tokio::test]
+async fn a_token_verified_before_is_still_refused_once_it_expires() {
+    let auth = Authenticator::from_config(&AuthConfig {
+        leeway_secs: 0,
+        ..hs_config()
+    })
+    .await
+    .unwrap();
+    let token = sign_hs(&claims(json!({"exp": now() + 1})));
+    let first = auth.verify(&token).await.unwrap();
+    // The second answer comes from the verified-token cache.
+    assert_eq!(auth.verify(&token).await.unwrap(), first);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(refused(&auth, &token).await, AuthError::Expired);
+}
+
+#[tokio::test]
 async fn a_token_not_yet_valid_is_refused() {
     let auth = hs_auth().await;
     let token = sign_hs(&claims(json!({"nbf": now() + 300})));

@@ -94,6 +94,7 @@ for_both_backends!(
     admin_changes_create_and_change_tenants_with_an_audit_entry,
     config_writes_are_audited_and_admin_changes_survive_an_unchanged_config,
     the_ledger_pages_across_tenants_in_time_order,
+    a_step_from_a_clock_behind_the_ledger_is_appended_after_it,
     an_alert_is_claimed_once_even_by_concurrent_claimers,
     an_expire_releases_the_hold_once_and_counts_the_task_expired,
     a_late_settle_charges_an_expired_task_once_in_its_own_period,
@@ -813,6 +814,32 @@ async fn config_writes_are_audited_and_admin_changes_survive_an_unchanged_config
     assert_eq!(who, vec!["config", "root", "config"]);
     // The config took back the budget the admin had set, and set its own cap.
     assert_eq!(audit[2].note, r#"{"budget":"","max_concurrent_tasks":3}"#);
+}
+
+async fn a_step_from_a_clock_behind_the_ledger_is_appended_after_it(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    // Replicas' clocks differ: a step stamped earlier than the ledger's last entry still
+    // lands, after it, with its own time.
+    for (id, now_ms) in [("r1", NOW_MS + 5000), ("r2", NOW_MS + 1000), ("r3", NOW_MS + 5000)] {
+        reserved(
+            &*store,
+            &ReserveRequest {
+                now_ms,
+                ..request(id, "ann", 1)
+            },
+        )
+        .await;
+    }
+    let entries = ledger(&*store, Some(TENANT)).await;
+    let steps: Vec<(&str, i64)> = entries
+        .iter()
+        .filter(|e| !e.reservation_id.is_empty())
+        .map(|e| (e.reservation_id.as_str(), e.time_ms))
+        .collect();
+    assert_eq!(
+        steps,
+        [("r1", NOW_MS + 5000), ("r2", NOW_MS + 1000), ("r3", NOW_MS + 5000)]
+    );
 }
 
 async fn the_ledger_pages_across_tenants_in_time_order(store: Arc<dyn Store>) {

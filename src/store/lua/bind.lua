@@ -4,13 +4,14 @@
 -- id, ARGV[3] the upstream's answer as a JSON string value.
 -- Replies {'not_found'}, {'bound'} when this call bound a hold still reserved (the caller
 -- has the rest of the record), else {'current', HGETALL}.
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local found = redis.call('HMGET', KEYS[1], 'task_id', 'state')
+if not found[2] then
   return {'not_found'}
 end
-if redis.call('HGET', KEYS[1], 'task_id') == 'null' then
+if found[1] == 'null' then
   redis.call('HSET', KEYS[1], 'task_id', ARGV[1], 'created_task', ARGV[3])
   redis.call('SET', KEYS[2], ARGV[2])
-  if redis.call('HGET', KEYS[1], 'state') == '"reserved"' then
+  if found[2] == '"reserved"' then
     return {'bound'}
   end
 end

@@ -1,5 +1,5 @@
 -- Shared head of the money scripts: counter key names (redis.rs names the same keys for
--- period_usage), reading a counter, appending to a tenant's ledger stream and updating the
+-- period_usage), appending to a tenant's ledger stream and updating the
 -- usage aggregates (field names as in usage.rs).
 local function counter_keys(prefix, tenant, user, period)
   return {
@@ -11,20 +11,20 @@ local function counter_keys(prefix, tenant, user, period)
   }
 end
 
-local function counter(key)
-  return tonumber(redis.call('GET', key) or '0')
-end
-
 -- XADD at the entry's ms, or at the stream's last ms if that is later (stream ids must
 -- grow; a replica whose clock is behind must not fail the step). Redis numbers the entries
--- within one ms. The entry is one field `e`: the LedgerEntry JSON.
+-- within one ms. The entry is one field `e`: the LedgerEntry JSON. The common case is one
+-- call: Redis refuses an id below the stream's last without writing, and only then is the
+-- last id read.
 local function ledger_append(prefix, tenant, time_ms, entry_json)
   local stream = prefix .. 'ledger:' .. tenant
   local ms = math.max(tonumber(time_ms), 0)
-  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
-  if last then
-    ms = math.max(ms, tonumber(string.match(last[1], '^(%d+)-')))
+  local added = redis.pcall('XADD', stream, string.format('%d-*', ms), 'e', entry_json)
+  if type(added) ~= 'table' or not added.err then
+    return
   end
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  ms = math.max(ms, tonumber(string.match(last[1], '^(%d+)-')))
   redis.call('XADD', stream, string.format('%d-*', ms), 'e', entry_json)
 end
 

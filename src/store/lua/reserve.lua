@@ -1,8 +1,8 @@
 -- One atomic hold: tenant, idempotency key, rate limits, quality, concurrency cap, tenant
 -- and user budgets, then the record, the counters, the aggregates and the `reserve` ledger
 -- entry. Runs after keys.lua and gcra.lua.
--- KEYS[1] tenant record, KEYS[2] reservation hash, KEYS[3] idempotency key (unused when
--- ARGV[12] is empty).
+-- KEYS[1] tenant record, KEYS[2] reservation hash (ARGV[1] .. 'res:' .. reservation id),
+-- KEYS[3] idempotency key (unused when ARGV[12] is empty).
 -- ARGV[1] key prefix, ARGV[2] tenant, ARGV[3] user, ARGV[4] quality, ARGV[5] amount,
 -- ARGV[6..8] month, week and day period keys, ARGV[9] audio ('1'/'0'), ARGV[10] entry time
 -- ms, ARGV[11] entry JSON, ARGV[12] body hash for the idempotency key ('' for none),
@@ -61,35 +61,45 @@ end
 local periods = {month = ARGV[6], week = ARGV[7], day = ARGV[8], total = 'total'}
 local period = periods[settings.period]
 local keys = counter_keys(ARGV[1], ARGV[2], ARGV[3], period)
-if counter(keys.in_flight) >= settings.max_concurrent_tasks then
+local counters = redis.call('MGET', keys.in_flight, keys.spent, keys.reserved, keys.user_spent, keys.user_reserved)
+for i = 1, 5 do
+  counters[i] = tonumber(counters[i] or '0')
+end
+local in_flight, spent, reserved, user_spent, user_reserved = unpack(counters)
+if in_flight >= settings.max_concurrent_tasks then
   return {'concurrency_limited', settings.max_concurrent_tasks}
 end
 
 -- Remaining budget when the amount does not fit, nil when it does (or there is no budget).
 local amount = tonumber(ARGV[5])
-local function shortfall(budget, spent_key, reserved_key)
+local function shortfall(budget, used)
   if type(budget) ~= 'number' then
     return nil
   end
-  local used = counter(spent_key) + counter(reserved_key)
   if used + amount > budget then
     return math.max(budget - used, 0)
   end
   return nil
 end
-local remaining = shortfall(settings.budget, keys.spent, keys.reserved)
+local remaining = shortfall(settings.budget, spent + reserved)
 if remaining then
   return {'budget_exceeded', remaining, 0}
 end
-remaining = shortfall(settings.user_budget, keys.user_spent, keys.user_reserved)
+remaining = shortfall(settings.user_budget, user_spent + user_reserved)
 if remaining then
   return {'budget_exceeded', remaining, 1}
 end
 
-redis.call('HSET', KEYS[2], unpack(ARGV, 15))
--- The caller cannot know the tenant's period kind; the script books the hold to it.
-redis.call('HSET', KEYS[2], 'period', cjson.encode(period))
-local reserved = redis.call('INCRBY', keys.reserved, ARGV[5])
+-- The caller cannot know the tenant's period kind; the script books the hold to it (the
+-- caller's empty `period` field comes first: the later value of a field wins).
+local fields = {KEYS[2]}
+for i = 15, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+fields[#fields + 1] = 'period'
+fields[#fields + 1] = cjson.encode(period)
+redis.call('HSET', unpack(fields))
+reserved = redis.call('INCRBY', keys.reserved, ARGV[5])
 redis.call('INCRBY', keys.user_reserved, ARGV[5])
 redis.call('INCR', keys.in_flight)
 aggregate(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[9] == '1', {ARGV[8], ARGV[7], ARGV[6], 'total'},
@@ -97,12 +107,12 @@ aggregate(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[9] == '1', {ARGV[8], ARGV[7],
 redis.call('SADD', ARGV[1] .. 'days:' .. ARGV[2], ARGV[8])
 ledger_append(ARGV[1], ARGV[2], ARGV[10], ARGV[11])
 -- completion: every hold enters the reconciler's queue, due for a first look at once.
-redis.call('ZADD', ARGV[1] .. 'pending', ARGV[10], cjson.decode(redis.call('HGET', KEYS[2], 'reservation_id')))
+local rid = string.sub(KEYS[2], #ARGV[1] + #'res:' + 1)
+redis.call('ZADD', ARGV[1] .. 'pending', ARGV[10], rid)
 if ARGV[12] ~= '' then
-  local rid = cjson.decode(redis.call('HGET', KEYS[2], 'reservation_id'))
   redis.call('SET', KEYS[3], cjson.encode({rid = rid, hash = ARGV[12]}), 'PX', ARGV[13])
 end
-local budget_use = {counter(keys.spent), reserved}
+local budget_use = {spent, reserved}
 if type(settings.budget) == 'number' then
   budget_use[3] = settings.budget
 end
