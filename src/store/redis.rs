@@ -12,8 +12,9 @@
 //!   id `{ms}-{seq}` = the entry time (kept increasing per tenant) and Redis's sequence; never
 //!   trimmed (the ledger is the record of account);
 //! - `P agg:{bucket}:{tenant}` (fields `metric|quality|audio`) and `P aggu:{bucket}:{tenant}`
-//!   (fields `metric|quality|audio|user`): usage aggregates, bucket = the reservation's day,
-//!   ISO week, month or `total` (see `usage`); `P days:{tenant}`: set of days with usage;
+//!   (fields `metric|quality|audio|user`): usage aggregates, bucket = the reservation's day
+//!   or month (a week is read as its days, the total as its months: see `usage`);
+//!   `P days:{tenant}`: set of days with usage;
 //! - `P alert:{tenant}:{period}:{threshold_ppm}`: a budget alert claimed (`SET NX`);
 //! - `P pending`: sorted set of the reservations not yet final, scored by when the
 //!   reconciler looks next (ms); `P outbox`: sorted set of the callback events to relay,
@@ -25,7 +26,7 @@
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
@@ -566,21 +567,41 @@ impl Store for RedisStore {
     }
 
     async fn usage(&self, tenant: &str, bucket: &str, by_user: bool) -> Result<UsageBucket, StoreError> {
-        let by_kind = cmd("HGETALL")
-            .arg(format!("{}agg:{bucket}:{tenant}", self.prefix))
-            .clone();
-        if !by_user {
-            return Ok(UsageBucket::from_fields(self.query::<Fields64>(&by_kind).await?, []));
-        }
+        // The money steps keep days and months only (8 increments a step instead of 16).
+        let stored: Vec<String> = match bucket.parse::<Period>() {
+            Ok(week @ Period::Week(_)) => week.days().unwrap_or_default(),
+            Ok(Period::Total) => {
+                let months: BTreeSet<String> = self
+                    .usage_days(tenant)
+                    .await?
+                    .iter()
+                    .filter_map(|day| day.get(..7).map(str::to_owned))
+                    .collect();
+                months.into_iter().collect()
+            }
+            _ => vec![bucket.to_string()],
+        };
         let mut pipe = ::redis::pipe();
-        pipe.add_command(by_kind)
-            .cmd("HGETALL")
-            .arg(format!("{}aggu:{bucket}:{tenant}", self.prefix));
-        let (by_kind, by_user): (Fields64, Fields64) = pipe
+        for bucket in &stored {
+            pipe.cmd("HGETALL").arg(format!("{}agg:{bucket}:{tenant}", self.prefix));
+            if by_user {
+                pipe.cmd("HGETALL")
+                    .arg(format!("{}aggu:{bucket}:{tenant}", self.prefix));
+            }
+        }
+        let replies: Vec<Fields64> = pipe
             .query_async(&mut self.connection().await)
             .await
             .map_err(unavailable)?;
-        Ok(UsageBucket::from_fields(by_kind, by_user))
+        let (mut by_kind, mut by_users) = (Vec::new(), Vec::new());
+        for (i, fields) in replies.into_iter().enumerate() {
+            if by_user && i % 2 == 1 {
+                by_users.extend(fields);
+            } else {
+                by_kind.extend(fields);
+            }
+        }
+        Ok(UsageBucket::from_fields(by_kind, by_users))
     }
 
     async fn usage_days(&self, tenant: &str) -> Result<Vec<String>, StoreError> {

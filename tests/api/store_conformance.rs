@@ -95,6 +95,7 @@ for_both_backends!(
     config_writes_are_audited_and_admin_changes_survive_an_unchanged_config,
     the_ledger_pages_across_tenants_in_time_order,
     a_step_from_a_clock_behind_the_ledger_is_appended_after_it,
+    usage_is_summed_by_day_week_month_and_total,
     an_alert_is_claimed_once_even_by_concurrent_claimers,
     an_expire_releases_the_hold_once_and_counts_the_task_expired,
     a_late_settle_charges_an_expired_task_once_in_its_own_period,
@@ -814,6 +815,39 @@ async fn config_writes_are_audited_and_admin_changes_survive_an_unchanged_config
     assert_eq!(who, vec!["config", "root", "config"]);
     // The config took back the budget the admin had set, and set its own cap.
     assert_eq!(audit[2].note, r#"{"budget":"","max_concurrent_tasks":3}"#);
+}
+
+async fn usage_is_summed_by_day_week_month_and_total(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    // ISO week 2026-W49 runs from Monday 30 November to Sunday 6 December.
+    let on = |id: &str, day: &str, month: &str, user: &str| ReserveRequest {
+        periods: PeriodKeys {
+            month: month.into(),
+            week: "2026-W49".into(),
+            day: day.into(),
+        },
+        ..request(id, user, 100_000)
+    };
+    reserved(&*store, &on("r1", "2026-11-30", "2026-11", "ann")).await;
+    reserved(&*store, &on("r2", "2026-12-01", "2026-12", "bob")).await;
+    store.settle("r1", &settlement(90_000)).await.unwrap();
+    let totals = |bucket: &'static str| {
+        let store = Arc::clone(&store);
+        async move {
+            let usage = store.usage(TENANT, bucket, true).await.unwrap();
+            let total = usage.total();
+            let mut users: Vec<String> = usage.by_user.keys().cloned().collect();
+            users.sort();
+            (total.spent, total.reserved, total.tasks.settled, users)
+        }
+    };
+    let both = || (90_000, 100_000, 1, vec!["ann".to_string(), "bob".to_string()]);
+    assert_eq!(totals("2026-W49").await, both());
+    assert_eq!(totals("total").await, both());
+    assert_eq!(totals("2026-11").await, (90_000, 0, 1, vec!["ann".to_string()]));
+    assert_eq!(totals("2026-11-30").await, (90_000, 0, 1, vec!["ann".to_string()]));
+    assert_eq!(totals("2026-12").await, (0, 100_000, 0, vec!["bob".to_string()]));
+    assert_eq!(totals("2026-W48").await, (0, 0, 0, Vec::<String>::new()));
 }
 
 async fn a_step_from_a_clock_behind_the_ledger_is_appended_after_it(store: Arc<dyn Store>) {

@@ -58,7 +58,7 @@ else
 end
 local periods = record.periods
 aggregate(ARGV[1], record.tenant, record.user, record.quality, record.audio,
-  {periods.day, periods.week, periods.month, 'total'}, deltas)
+  {periods.day, periods.month}, deltas)
 ledger_append(ARGV[1], record.tenant, ARGV[5], cjson.encode(entry))
 if ARGV[6] ~= '' then
   entry.kind = 'anomaly'

@@ -28,8 +28,9 @@ local function ledger_append(prefix, tenant, time_ms, entry_json)
   redis.call('XADD', stream, string.format('%d-*', ms), 'e', entry_json)
 end
 
--- Adds {metric = delta} to the task's buckets (reservation day, week, month and total), by
--- quality/audio (`agg:`) and by user (`aggu:`).
+-- Adds {metric = delta} to the task's buckets (its reservation day and month: weeks and the
+-- total are summed from them when read, see RedisStore::usage), by quality/audio (`agg:`)
+-- and by user (`aggu:`).
 local function aggregate(prefix, tenant, user, quality, audio, buckets, deltas)
   local kind = '|' .. quality .. '|' .. (audio and '1' or '0')
   for _, bucket in ipairs(buckets) do

@@ -31,7 +31,7 @@ redis.call('INCRBY', keys.user_spent, ARGV[2])
 
 local periods = record.periods
 aggregate(ARGV[1], record.tenant, record.user, record.quality, record.audio,
-  {periods.day, periods.week, periods.month, 'total'},
+  {periods.day, periods.month},
   {spent = ARGV[2], input_ms = record.billed_input_ms, output_ms = ARGV[3], n_settled = 1, n_expired = -1})
 local entry = {
   time_ms = tonumber(ARGV[4]), kind = 'late_settle', tenant = record.tenant, user = record.user,

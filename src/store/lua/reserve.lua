@@ -102,7 +102,7 @@ redis.call('HSET', unpack(fields))
 reserved = redis.call('INCRBY', keys.reserved, ARGV[5])
 redis.call('INCRBY', keys.user_reserved, ARGV[5])
 redis.call('INCR', keys.in_flight)
-aggregate(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[9] == '1', {ARGV[8], ARGV[7], ARGV[6], 'total'},
+aggregate(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[9] == '1', {ARGV[8], ARGV[6]},
   {reserved = ARGV[5], n_reserved = 1})
 redis.call('SADD', ARGV[1] .. 'days:' .. ARGV[2], ARGV[8])
 ledger_append(ARGV[1], ARGV[2], ARGV[10], ARGV[11])
