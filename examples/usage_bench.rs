@@ -218,6 +218,10 @@ async fn main() {
         "/v1/admin/usage?period=2026-11&group_by=day",
         "/v1/admin/usage?period=2026-11&group_by=day&format=csv",
         "/v1/admin/usage?period=2026-11&tenant=tenant-07&group_by=user",
+        "/v1/admin/usage?period=2026-W47",
+        "/v1/admin/usage?period=2026-W47&group_by=user",
+        "/v1/admin/usage?period=total",
+        "/v1/admin/usage?period=total&group_by=user",
         "/v1/admin/ledger?limit=1000",
         "/v1/admin/ledger?tenant=tenant-07&from=2026-11-15T00:00:00Z&limit=1000&format=csv",
     ] {
