@@ -10,9 +10,9 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
-# cmake: a fallback of aws-lc-sys's build (rustls / jsonwebtoken crypto).
+# cmake: a fallback of aws-lc-sys's build (rustls / jsonwebtoken crypto); make: jemalloc's.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake \
+ && apt-get install -y --no-install-recommends cmake make \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 

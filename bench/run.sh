@@ -8,11 +8,10 @@
 #   bench/run.sh                      (BENCH_DURATION=10 BENCH_REPEATS=3 BENCH_WARMUP=3
 #                                      BENCH_CONNECTIONS=64: about 6 minutes)
 #   BENCH_DURATION=3 BENCH_REPEATS=1 bench/run.sh    (a quick look, about 1.5 minutes)
-#   BENCH_GATEWAY_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 bench/run.sh
-#                                     (LD_PRELOAD for both gateways: try an allocator unbuilt)
 #   bench/run.sh profile              (c's create and query paths: perf profiles by thread,
 #                                      crate and symbol; heap allocations per create from
-#                                      valgrind's dhat; about 2.5 minutes)
+#                                      valgrind's dhat on a system-allocator build; about
+#                                      2.5 minutes, plus that build the first time)
 # Cores (2): core 0 runs wrk, the nginx stub and redis-server (the load and what the
 # gateway depends on); core 1 runs the proxy under test alone (nginx proxy or vidgate).
 set -euo pipefail
@@ -220,11 +219,9 @@ gateway_conf "$redis_gw_port" "backend = \"redis\"
 redis_url = \"redis://127.0.0.1:$redis_port\"" >"$work/redis.toml"
 gateway_conf "$embedded_gw_port" "backend = \"embedded\"
 path = \"$work/vidgate.redb\"" >"$work/embedded.toml"
-gateway_env=()
-[ -z "${BENCH_GATEWAY_PRELOAD:-}" ] || gateway_env=(env "LD_PRELOAD=$BENCH_GATEWAY_PRELOAD")
-start "$proxy_core" vidgate-redis "${gateway_env[@]}" "$vidgate" serve --config "$work/redis.toml"
+start "$proxy_core" vidgate-redis "$vidgate" serve --config "$work/redis.toml"
 redis_gw_pid=$last_pid
-start "$proxy_core" vidgate-embedded "${gateway_env[@]}" "$vidgate" serve --config "$work/embedded.toml"
+start "$proxy_core" vidgate-embedded "$vidgate" serve --config "$work/embedded.toml"
 embedded_gw_pid=$last_pid
 wait_port "$redis_gw_port"
 wait_port "$embedded_gw_port"
@@ -357,7 +354,7 @@ if [ "$mode" = profile ]; then
         pct = $1; sub(/%/, "", pct); sym = $0; sub(/^ *[0-9.]+% +\[[.k]\] /, "", sym)
         area = "other"
         if ($2 == "[k]") area = "kernel (network, scheduling)"
-        else if (sym ~ /^(_?_?(libc_)?malloc|_?_?(libc_)?free|cfree|_int_(malloc|free)|realloc|_int_realloc|malloc_consolidate|tcache|unlink_chunk)/) area = "malloc/free"
+        else if (sym ~ /^(_?_?(libc_)?malloc|_?_?(libc_)?free|cfree|_int_(malloc|free)|realloc|_int_realloc|malloc_consolidate|tcache|unlink_chunk|_rjem_|do_rallocx|je_|imalloc|ifree|isfree)/) area = "malloc/free (jemalloc)"
         else if (sym ~ /^(__)?mem(cpy|move|set|cmp)|^__strlen|^str/) area = "libc memory/string"
         else if (sym ~ /aws_lc|^(aws_lc_|sha256|SHA256|HMAC|hmac)/) area = "aws-lc (JWT HMAC)"
         else if (match(sym, /^<?&?(mut )?[a-z_][a-z0-9_]*::/)) { area = substr(sym, RSTART, RLENGTH); gsub(/^<?&?(mut )?|::$/, "", area) }
@@ -371,12 +368,17 @@ if [ "$mode" = profile ]; then
   say ""
 
   # Heap allocations per create: two gateways under dhat, one making $small creates and one
-  # $large; the difference over the extra creates is what one create allocates.
+  # $large; the difference over the extra creates is what one create allocates. dhat hooks
+  # malloc: this gateway is built with the system allocator (its own target dir, no LTO:
+  # inlining does not change what is allocated).
+  CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    cargo build --release --locked --bin vidgate --features system-allocator --target-dir target/system-allocator
+  dhat_vidgate=$root/target/system-allocator/release/vidgate
   dhat_run() {
     local creates=$1 port i
     port=$(free_port)
     sed "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "$work/redis.toml" >"$work/dhat.toml"
-    valgrind --tool=dhat --dhat-out-file="$work/dhat-$creates.json" "$vidgate" serve --config "$work/dhat.toml" \
+    valgrind --tool=dhat --dhat-out-file="$work/dhat-$creates.json" "$dhat_vidgate" serve --config "$work/dhat.toml" \
       >"$work/dhat.out" 2>"$work/dhat.err" &
     local pid=$!
     # This runs in a subshell (process substitution): its own trap stops the gateway.
@@ -398,7 +400,7 @@ if [ "$mode" = profile ]; then
   large=220
   read -r b1 n1 e1 _ < <(dhat_run "$small")
   read -r b2 n2 e2 _ < <(dhat_run "$large")
-  say "-- heap per create (valgrind dhat, $small vs $large sequential creates, Redis store)"
+  say "-- heap per create (valgrind dhat, $small vs $large sequential creates, Redis store, system allocator)"
   say "$(awk -v b1="$b1" -v n1="$n1" -v b2="$b2" -v n2="$n2" -v e1="$e1" -v e2="$e2" -v k=$((large - small)) \
     'BEGIN {printf "%.0f allocations, %.1f KiB allocated per create; %.0f bytes per create still live at exit", (n2 - n1) / k, (b2 - b1) / k / 1024, (e2 - e1) / k}')"
   say "-- where a create allocates: blocks per create by the first vidgate function on the stack"
@@ -442,7 +444,6 @@ declare -A label=(
 say "vidgate bench $stamp  (commit $(git rev-parse --short HEAD)$(git diff --quiet || echo ', dirty tree'))"
 say "machine: $(nproc) cores, $(awk '/model name/ {sub(/.*: /, ""); print; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 say "wrk: 1 thread, $connections connections, ${duration}s x $repeats after a ${warmup}s warm-up, scenarios interleaved"
-[ -z "${BENCH_GATEWAY_PRELOAD:-}" ] || say "gateways run with LD_PRELOAD=$BENCH_GATEWAY_PRELOAD"
 say "cores: $load_core = wrk + nginx stub + redis-server; $proxy_core = the proxy under test (nginx proxy or vidgate, 1 worker)"
 say ""
 

@@ -9,6 +9,7 @@ use vidgate::mock_upstream::MockOptions;
 
 // glibc's malloc was a quarter of the request path's CPU (bench/README.md, profile); jemalloc
 // costs the same CPU as mimalloc here with half its resident memory.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
