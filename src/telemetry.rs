@@ -38,8 +38,8 @@ pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Lines go through a queue to a thread that writes them in batches, flushed whenever
-    // the queue is empty (a write(2) per access-log line was a fifth of a request's CPU).
-    // Never lossy: a full queue makes the caller wait.
+    // the queue is empty, so that a slow log pipe does not hold requests. Never lossy: a
+    // full queue (128,000 lines) makes the caller wait.
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("vidgate-log")
