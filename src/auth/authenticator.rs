@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -67,12 +67,6 @@ impl Verified {
         // Entries are whole values: a panic elsewhere cannot leave one half-written.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -141,7 +135,8 @@ impl Authenticator {
 
     /// Verifies signature, time, issuer and audience, then reads the caller from the claims.
     pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
-        let now = unix_now();
+        // The clock jsonwebtoken checks `exp` against.
+        let now = jsonwebtoken::get_current_timestamp();
         if let Some(caller) = self.verified.get(token, now) {
             return Ok(caller);
         }

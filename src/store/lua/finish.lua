@@ -7,20 +7,11 @@
 -- ARGV[3] kind ('settle', 'refund' or 'expire'), ARGV[4] billed output ms, ARGV[5] entry time ms,
 -- ARGV[6] anomaly note ('' when none), ARGV[7..] record fields and JSON values to write.
 -- Replies {'not_found'}, {'already_final', HGETALL} or {'applied', HGETALL}.
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  return {'not_found'}
-end
-if state ~= '"reserved"' then
-  return {'already_final', redis.call('HGETALL', KEYS[1])}
-end
-
-local names = {'tenant', 'user', 'period', 'reserved', 'periods', 'quality', 'audio', 'billed_input_ms',
-  'reservation_id', 'task_id', 'model', 'currency', 'request_id', 'callback_url'}
-local values = redis.call('HMGET', KEYS[1], unpack(names))
-local record = {}
-for i, name in ipairs(names) do
-  record[name] = cjson.decode(values[i])
+local record, refusal = record_in_state(KEYS[1], '"reserved"', {'tenant', 'user', 'period', 'reserved', 'periods',
+  'quality', 'audio', 'billed_input_ms', 'reservation_id', 'task_id', 'model', 'currency', 'request_id',
+  'callback_url'})
+if not record then
+  return refusal
 end
 local keys = counter_keys(ARGV[1], record.tenant, record.user, record.period)
 local hold = record.reserved
@@ -34,15 +25,7 @@ redis.call('DECR', keys.in_flight)
 local relays = record.callback_url ~= cjson.null and record.task_id ~= cjson.null
 local settle = ARGV[3] == 'settle'
 local deltas = {reserved = -hold, n_reserved = -1}
-local entry = {
-  time_ms = tonumber(ARGV[5]), kind = ARGV[3], tenant = record.tenant, user = record.user,
-  reservation_id = record.reservation_id, task_id = record.task_id, model = record.model,
-  quality = record.quality, audio = record.audio, billed_input_ms = 0, billed_output_ms = 0,
-  amount = hold, currency = record.currency, request_id = record.request_id, actor = '', note = '',
-}
-if entry.task_id == cjson.null then
-  entry.task_id = ''
-end
+local entry = record_entry(record, ARGV[3], ARGV[5], 0, 0, hold)
 if settle then
   deltas.spent = ARGV[2]
   deltas.input_ms = record.billed_input_ms

@@ -7,20 +7,11 @@
 -- ms, ARGV[4] entry time ms, ARGV[5] anomaly note, ARGV[6] result lifetime ms,
 -- ARGV[7..] record fields and JSON values to write.
 -- Replies {'not_found'}, {'already_final', HGETALL} or {'applied', HGETALL}.
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  return {'not_found'}
-end
-if state ~= '"expired"' then
-  return {'already_final', redis.call('HGETALL', KEYS[1])}
-end
-
-local names = {'tenant', 'user', 'period', 'periods', 'quality', 'audio', 'billed_input_ms', 'reservation_id',
-  'task_id', 'model', 'currency', 'request_id', 'callback_url', 'finished_ms'}
-local values = redis.call('HMGET', KEYS[1], unpack(names))
-local record = {}
-for i, name in ipairs(names) do
-  record[name] = cjson.decode(values[i])
+local record, refusal = record_in_state(KEYS[1], '"expired"', {'tenant', 'user', 'period', 'periods', 'quality',
+  'audio', 'billed_input_ms', 'reservation_id', 'task_id', 'model', 'currency', 'request_id', 'callback_url',
+  'finished_ms'})
+if not record then
+  return refusal
 end
 local relays = record.callback_url ~= cjson.null and record.task_id ~= cjson.null
 local keys = counter_keys(ARGV[1], record.tenant, record.user, record.period)
@@ -33,16 +24,8 @@ local periods = record.periods
 aggregate(ARGV[1], record.tenant, record.user, record.quality, record.audio,
   {periods.day, periods.month},
   {spent = ARGV[2], input_ms = record.billed_input_ms, output_ms = ARGV[3], n_settled = 1, n_expired = -1})
-local entry = {
-  time_ms = tonumber(ARGV[4]), kind = 'late_settle', tenant = record.tenant, user = record.user,
-  reservation_id = record.reservation_id, task_id = record.task_id, model = record.model,
-  quality = record.quality, audio = record.audio, billed_input_ms = record.billed_input_ms,
-  billed_output_ms = tonumber(ARGV[3]), amount = tonumber(ARGV[2]), currency = record.currency,
-  request_id = record.request_id, actor = '', note = '',
-}
-if entry.task_id == cjson.null then
-  entry.task_id = ''
-end
+local entry = record_entry(record, 'late_settle', ARGV[4], record.billed_input_ms, tonumber(ARGV[3]),
+  tonumber(ARGV[2]))
 ledger_append(ARGV[1], record.tenant, ARGV[4], cjson.encode(entry))
 entry.kind = 'anomaly'
 entry.note = ARGV[5]
