@@ -281,6 +281,10 @@ impl Seconds {
     pub fn as_millis_i64(self) -> i64 {
         i64::try_from(self.ms).unwrap_or(i64::MAX)
     }
+
+    pub fn as_duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ms)
+    }
 }
 
 impl Serialize for Seconds {
@@ -550,7 +554,28 @@ impl Config {
                 .map_err(|refusal| ConfigError::invalid("alerts.webhook_url", refusal.to_string()))?;
         }
         self.validate_pricing()?;
+        self.validate_unknown_outcomes()?;
         self.validate_tenants()
+    }
+
+    /// Values that would break a money step half-way or expire a hold whose create may still
+    /// be binding: an idempotency claim must live (`SET ... PX 0` fails inside the reserve
+    /// script), and an unbound hold must outlive two create timeouts with a minute to spare.
+    fn validate_unknown_outcomes(&self) -> Result<(), ConfigError> {
+        if self.idempotency.ttl_secs < 1 {
+            return Err(ConfigError::invalid("idempotency.ttl_secs", "must be at least 1"));
+        }
+        let minimum_ms = self.upstream.timeout_ms.saturating_mul(2).saturating_add(60_000);
+        if self.reconciler.unbound_hold_grace_secs.as_millis() < minimum_ms {
+            return Err(ConfigError::invalid(
+                "reconciler.unbound_hold_grace_secs",
+                format!(
+                    "must be at least 2 x upstream.timeout_ms + 60 s = {} s, so that a slow create still binds before its hold is released",
+                    minimum_ms.div_ceil(1000)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Where the upstream sends task callbacks: https (the token in the path is a secret),

@@ -46,7 +46,7 @@ pub enum ApiError {
         decision: crate::limits::RateDecision,
     },
     #[error("the first request with this Idempotency-Key is still running, or its outcome is being resolved")]
-    RequestInProgress,
+    RequestInProgress { retry_after_secs: u64 },
     #[error("this Idempotency-Key was used with a different body")]
     IdempotencyKeyReused,
     #[error("{message}")]
@@ -62,6 +62,14 @@ pub enum ApiError {
     UpstreamAccountExhausted(String),
     #[error("{0}")]
     UpstreamTimeout(String),
+    /// A create whose outcome is unknown (`timed_out`: no answer in time): the task may
+    /// exist, so the hold named by `reservation_id` stays until the task is found or expires.
+    #[error("{message}")]
+    UpstreamOutcomeUnknown {
+        message: String,
+        reservation_id: String,
+        timed_out: bool,
+    },
     #[error("{0}")]
     StoreUnavailable(String),
     #[error("{0}")]
@@ -118,11 +126,14 @@ impl ApiError {
             Self::ConcurrencyLimited { .. } | Self::RateLimited { .. } | Self::UpstreamRateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::RequestInProgress => StatusCode::CONFLICT,
+            Self::RequestInProgress { .. } => StatusCode::CONFLICT,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UpstreamError(_) | Self::UpstreamAuthFailed(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamAccountExhausted(_) | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamTimeout(_) | Self::UpstreamOutcomeUnknown { timed_out: true, .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Self::UpstreamOutcomeUnknown { .. } => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -141,13 +152,14 @@ impl ApiError {
             Self::TaskNotFound(_) => "task_not_found",
             Self::ConcurrencyLimited { .. } => "concurrency_limited",
             Self::RateLimited { .. } => "rate_limited",
-            Self::RequestInProgress => "request_in_progress",
+            Self::RequestInProgress { .. } => "request_in_progress",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::UpstreamRateLimited { .. } => "upstream_rate_limited",
             Self::UpstreamError(_) => "upstream_error",
             Self::UpstreamAuthFailed(_) => "upstream_auth_failed",
             Self::UpstreamAccountExhausted(_) => "upstream_account_exhausted",
-            Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::UpstreamTimeout(_) | Self::UpstreamOutcomeUnknown { timed_out: true, .. } => "upstream_timeout",
+            Self::UpstreamOutcomeUnknown { .. } => "upstream_outcome_unknown",
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -167,7 +179,8 @@ impl ApiError {
             | Self::UpstreamError(_)
             | Self::UpstreamAuthFailed(_)
             | Self::UpstreamAccountExhausted(_)
-            | Self::UpstreamTimeout(_) => "upstream_error",
+            | Self::UpstreamTimeout(_)
+            | Self::UpstreamOutcomeUnknown { .. } => "upstream_error",
             Self::StoreUnavailable(_) | Self::Internal(_) => "api_error",
             _ => "invalid_request_error",
         }
@@ -204,6 +217,9 @@ struct ErrorBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     param: Option<&'a str>,
     request_id: String,
+    /// The hold a create with an unknown outcome left (`upstream_outcome_unknown`, `upstream_timeout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reservation_id: Option<&'a str>,
 }
 
 /// The `code` of an error response, left in its extensions for the access log and metrics.
@@ -231,6 +247,10 @@ impl ResponseError for ApiError {
                 kind: self.error_type(),
                 param: self.param(),
                 request_id,
+                reservation_id: match self {
+                    Self::UpstreamOutcomeUnknown { reservation_id, .. } => Some(reservation_id),
+                    _ => None,
+                },
             },
         };
         let mut response = HttpResponse::build(self.status());
@@ -250,8 +270,8 @@ impl ResponseError for ApiError {
                     response.insert_header(header);
                 }
             }
-            Self::RequestInProgress => {
-                response.insert_header((RETRY_AFTER, "1"));
+            Self::RequestInProgress { retry_after_secs } => {
+                response.insert_header((RETRY_AFTER, retry_after_secs.to_string()));
             }
             Self::UpstreamRateLimited {
                 retry_after: Some(value),
@@ -322,7 +342,9 @@ impl From<crate::upstream::UpstreamError> for ApiError {
                 tracing::warn!(reason = %reason, "upstream unreachable");
                 Self::UpstreamError("the upstream is unreachable".into())
             }
+            U::Interrupted(reason) => Self::UpstreamError(format!("the exchange with the upstream broke: {reason}")),
             U::Unparseable(reason) => Self::UpstreamError(format!("the upstream's answer was unusable: {reason}")),
+            U::TooLarge(cap) => Self::UpstreamError(format!("the upstream's answer was larger than {cap} bytes")),
         }
     }
 }

@@ -205,7 +205,8 @@ pub struct ErrorBody {
     /// unknown_tenant, quality_not_allowed, task_not_found, request_in_progress, length_required,
     /// payload_too_large, unsupported_media_type, idempotency_key_reused, rate_limited,
     /// concurrency_limited, upstream_rate_limited, upstream_error, upstream_auth_failed,
-    /// upstream_account_exhausted, store_unavailable, upstream_timeout, not_found, method_not_allowed.
+    /// upstream_account_exhausted, upstream_outcome_unknown, store_unavailable, upstream_timeout, not_found,
+    /// method_not_allowed.
     pub code: String,
     pub message: String,
     #[serde(rename = "type")]
@@ -213,6 +214,9 @@ pub struct ErrorBody {
     /// The one field at fault, e.g. `duration`, `video_urls[1]`, `model_params.generate_audio`.
     pub param: Option<String>,
     pub request_id: String,
+    /// With `upstream_outcome_unknown` and a create's `upstream_timeout`: the hold kept while the
+    /// upstream may have created the task.
+    pub reservation_id: Option<String>,
 }
 
 /// The answer to an upstream callback.

@@ -8,18 +8,19 @@ use crate::alerts;
 use crate::billing;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{FinalizeOutcome, ReservationRecord, ReservationState, Settlement};
+use crate::store::{FinalizeOutcome, RecoverOutcome, Recovery, ReservationRecord, ReservationState, Settlement};
 use crate::upstream::{self, TaskStatus};
 
 /// Settles a completed task or refunds a failed/cancelled one; returns the record as it
 /// stands afterwards. A running task, or one already settled or refunded, is returned
-/// unchanged; an expired one is charged late if it completed (a failure moves nothing).
+/// unchanged; one whose hold was released before the task was known (expired, or refused
+/// and then recovered) is charged late if it completed (a failure moves nothing).
 pub async fn observe(state: &AppState, record: ReservationRecord, task: &Value) -> Result<ReservationRecord, ApiError> {
     let status = TaskStatus::of(task);
     let late = match (record.state, status) {
         (_, TaskStatus::Running) => return Ok(record),
         (ReservationState::Reserved, _) => false,
-        (ReservationState::Expired, TaskStatus::Completed) => true,
+        (_, TaskStatus::Completed) if record.charges_late() => true,
         _ => return Ok(record),
     };
     let now_ms = state.clock.now().timestamp_millis();
@@ -34,7 +35,7 @@ pub async fn observe(state: &AppState, record: ReservationRecord, task: &Value) 
                 true => (state.store.late_settle(id, &settlement).await?, true),
                 false => match state.store.settle(id, &settlement).await? {
                     // The reconciler expired the hold since this record was read.
-                    FinalizeOutcome::AlreadyFinal(now) if now.state == ReservationState::Expired => {
+                    FinalizeOutcome::AlreadyFinal(now) if now.charges_late() => {
                         (state.store.late_settle(id, &settlement).await?, true)
                     }
                     outcome => (outcome, false),
@@ -47,7 +48,7 @@ pub async fn observe(state: &AppState, record: ReservationRecord, task: &Value) 
         if late {
             tracing::warn!(
                 reservation_id = %done.reservation_id, request_id = %done.request_id, tenant = %done.tenant,
-                "task completed after its hold expired: charged late (late_settle, flagged anomaly)"
+                "task completed after its hold was released: charged late (late_settle, flagged anomaly)"
             );
         }
         record_metrics(state, status, done);
@@ -55,6 +56,74 @@ pub async fn observe(state: &AppState, record: ReservationRecord, task: &Value) 
         ended(state, done);
     }
     Ok(outcome.record().cloned().unwrap_or(record))
+}
+
+/// An upstream callback named `task_id` for a reservation that has none (its create's
+/// outcome was unknown, its bind did not land, or it was refused and created anyway): the
+/// task is re-fetched, bound if it fits the reservation (else an `anomaly`), and its money
+/// moved as for any task. An upstream error is returned, so the upstream retries its callback.
+pub async fn recover(state: &AppState, record: ReservationRecord, task_id: &str) -> Result<(), ApiError> {
+    let task = state.upstream.get_task(task_id).await?;
+    let refusal = recovery_refusal(&record, task_id, &task, state.config.upstream.timeout_ms);
+    let recovery = Recovery {
+        reservation_id: record.reservation_id.clone(),
+        task_id: task_id.to_string(),
+        created_task: task.to_string(),
+        now_ms: state.clock.now().timestamp_millis(),
+        refusal,
+    };
+    match state.store.recover(&recovery).await? {
+        RecoverOutcome::Bound(bound) => {
+            tracing::warn!(
+                reservation_id = %bound.reservation_id, request_id = %bound.request_id, tenant = %bound.tenant, task_id,
+                state = bound.state.as_str(), "task recovered from the upstream's callback"
+            );
+            state
+                .metrics
+                .tasks
+                .with_label_values(&[&bound.tenant, "recovered"])
+                .inc();
+            observe(state, bound, &task).await?;
+        }
+        RecoverOutcome::Refused(note) => {
+            tracing::error!(reservation_id = %record.reservation_id, task_id, "recovery refused: {note}")
+        }
+        RecoverOutcome::AlreadyBound(_) | RecoverOutcome::NotFound => {}
+    }
+    Ok(())
+}
+
+/// How far the upstream's `created` (unix seconds) may lie from the reservation's creation.
+const CREATED_SLACK_MS: i64 = 5_000;
+
+/// Why a re-fetched task must not be bound to `record`: another id than asked for, another
+/// model, or created outside [reservation − 5 s, reservation + create timeout + 5 s].
+fn recovery_refusal(record: &ReservationRecord, task_id: &str, task: &Value, timeout_ms: u64) -> Option<String> {
+    if upstream::task_id(task) != Some(task_id) {
+        return Some(format!("the upstream answered for task {task_id} with another id"));
+    }
+    let model = task.get("model").and_then(Value::as_str).unwrap_or("");
+    if model != record.model {
+        return Some(format!(
+            "the upstream's callback named task {task_id} of model {model:?}, not the reservation's {:?}",
+            record.model
+        ));
+    }
+    let earliest = record.created_ms.saturating_sub(CREATED_SLACK_MS);
+    let latest = record
+        .created_ms
+        .saturating_add(i64::try_from(timeout_ms).unwrap_or(i64::MAX))
+        .saturating_add(CREATED_SLACK_MS);
+    match task
+        .get("created")
+        .and_then(Value::as_i64)
+        .map(|s| s.saturating_mul(1000))
+    {
+        Some(created_ms) if (earliest..=latest).contains(&created_ms) => None,
+        created => Some(format!(
+            "the upstream's callback named task {task_id} created at {created:?} ms, outside [{earliest}, {latest}] for this reservation"
+        )),
+    }
 }
 
 /// After the reconciler expired a hold: counted, and the caller told.
@@ -111,5 +180,73 @@ fn record_metrics(state: &AppState, status: TaskStatus, done: &ReservationRecord
             metrics.record_refund(&done.tenant, &done.currency, done.reserved);
         }
         TaskStatus::Running => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::PeriodKeys;
+
+    fn reservation(created_ms: i64) -> ReservationRecord {
+        ReservationRecord {
+            reservation_id: "rsv_1".into(),
+            tenant: "t".into(),
+            user: "u".into(),
+            request_id: String::new(),
+            task_id: None,
+            state: ReservationState::Reserved,
+            period: "2026-12".into(),
+            periods: PeriodKeys::at(chrono::DateTime::from_timestamp_millis(created_ms).unwrap()),
+            model: "wan2.6-reference-video-flash".into(),
+            quality: "720p".into(),
+            audio: true,
+            currency: "USD".into(),
+            price_per_second: 50_000,
+            reference_durations_ms: vec![4000],
+            billed_input_ms: 4000,
+            requested_output_ms: 5000,
+            reserved: 450_000,
+            charged: None,
+            billed_output_ms: None,
+            callback_url: None,
+            created_ms,
+            finished_ms: None,
+            result_expires_ms: None,
+            created_task: None,
+            recovered: false,
+            refused_task: None,
+        }
+    }
+
+    fn task(id: &str, model: &str, created_s: i64) -> Value {
+        json!({"id": id, "model": model, "created": created_s, "status": "completed"})
+    }
+
+    #[test]
+    fn a_recovered_task_must_match_the_reservations_model_and_creation_window() {
+        let record = reservation(1_800_000_000_000);
+        let model = "wan2.6-reference-video-flash";
+        let ok = |created_s| {
+            recovery_refusal(
+                &record,
+                "task-unified-1",
+                &task("task-unified-1", model, created_s),
+                30_000,
+            )
+        };
+        assert_eq!(ok(1_800_000_000), None);
+        assert_eq!(ok(1_799_999_995), None, "5 s before the reservation");
+        assert_eq!(ok(1_800_000_035), None, "the timeout plus 5 s after");
+        assert!(ok(1_799_999_994).is_some());
+        assert!(ok(1_800_000_036).is_some());
+        let other_model = task("task-unified-1", "wan2.6-other", 1_800_000_000);
+        assert!(recovery_refusal(&record, "task-unified-1", &other_model, 30_000).is_some());
+        let other_id = task("task-unified-2", model, 1_800_000_000);
+        assert!(recovery_refusal(&record, "task-unified-1", &other_id, 30_000).is_some());
+        let no_created = json!({"id": "task-unified-1", "model": model});
+        assert!(recovery_refusal(&record, "task-unified-1", &no_created, 30_000).is_some());
     }
 }

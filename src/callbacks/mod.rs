@@ -3,11 +3,12 @@
 //! and relaying it to the caller's own callback URL, signed, from a durable outbox.
 
 mod completion;
+pub mod reapply;
 mod reconciler;
 mod relay;
 pub mod token;
 
-pub use completion::observe;
+pub use completion::{observe, recover};
 pub use relay::signature;
 
 use std::sync::Arc;

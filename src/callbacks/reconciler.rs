@@ -13,6 +13,7 @@ use crate::config::ReconcilerConfig;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{FinalizeOutcome, Queue, ReservationRecord, ReservationState};
+use crate::upstream::TaskStatus;
 
 /// Due entries read per round.
 const BATCH: usize = 64;
@@ -92,19 +93,44 @@ async fn look(state: &AppState, id: &str, now: i64, due: i64) -> Result<Option<i
     match (record.state, record.task_id.clone()) {
         (ReservationState::Reserved, None) => unbound(state, record, now).await,
         (ReservationState::Reserved, Some(task_id)) => bound(state, record, &task_id, now, due).await,
-        // Brought back by an upstream callback after expiry: one look; a completion is
-        // charged late, anything else changes nothing (another callback brings it back).
-        (ReservationState::Expired, Some(task_id)) => {
-            match state.upstream.get_task(&task_id).await {
-                Ok(task) => {
-                    super::observe(state, record, &task).await?;
-                }
-                Err(error) => tracing::warn!(reservation_id = %id, task_id, "poll of an expired task failed: {error}"),
-            }
-            Ok(None)
-        }
+        (_, Some(task_id)) if record.charges_late() => released(state, record, &task_id, now).await,
         _ => Ok(None),
     }
+}
+
+/// A task whose hold was released before it ended (expired, or refused and then recovered):
+/// polled until it ends, a completion charged late, at most until twice the maximum task
+/// age (so a poll that failed at expiry does not lose a completion, even without callbacks).
+async fn released(
+    state: &AppState,
+    record: ReservationRecord,
+    task_id: &str,
+    now: i64,
+) -> Result<Option<i64>, ApiError> {
+    let config = &state.config.reconciler;
+    let id = record.reservation_id.clone();
+    let ended = match state.upstream.get_task(task_id).await {
+        Ok(task) => {
+            super::observe(state, record.clone(), &task).await?;
+            TaskStatus::of(&task).is_final()
+        }
+        Err(error) => {
+            tracing::warn!(reservation_id = %id, task_id, "poll of a released task failed: {error}");
+            false
+        }
+    };
+    let give_up = record
+        .created_ms
+        .saturating_add(config.max_task_age_secs.as_millis_i64().saturating_mul(2));
+    if ended || now >= give_up {
+        return Ok(None);
+    }
+    Ok(Some(now.saturating_add(released_interval(config))))
+}
+
+/// How often a released task is polled: the slowest regular rate.
+fn released_interval(config: &ReconcilerConfig) -> i64 {
+    config.poll_interval_secs.as_millis_i64().saturating_mul(2)
 }
 
 /// A hold without a task id: its create is still on the way, or died (process killed,
@@ -173,6 +199,11 @@ async fn bound(
                  completion will be charged as late_settle"
             );
             completion::expired(state, &done);
+            // The expiry took it off the queue: it stays there, polled as a released task.
+            state
+                .store
+                .mark_due(&done.reservation_id, now.saturating_add(released_interval(config)))
+                .await?;
         }
         return Ok(None);
     }

@@ -21,6 +21,8 @@ const ASPECT_RATIOS: [&str; 5] = ["16:9", "9:16", "1:1", "4:3", "3:4"];
 const QUALITIES: [&str; 2] = ["720p", "1080p"];
 /// Shortest generated length, whatever the offset.
 const MIN_OUTPUT_MS: u64 = 500;
+/// `[mock:after=huge]`: past the gateway's 1 MiB cap on upstream answers.
+const HUGE_ANSWER_BYTES: usize = 2 << 20;
 /// Upper bound for marker seconds, so a typo cannot park a task for days.
 const MAX_MARKER_SECONDS: f64 = 3600.0;
 
@@ -41,6 +43,21 @@ pub(crate) struct Markers {
     slow: Duration,
     hang: Duration,
     http: Option<StatusCode>,
+    after: Option<After>,
+}
+
+/// `[mock:after=...]`: the task IS created (its callback scheduled), then the create answers
+/// as if something broke after the upstream's write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// An HTTP error status (`after=500`, `after=502`, ...).
+    Status(StatusCode),
+    /// 200 with a task object without its `id` (`after=noid`).
+    NoId,
+    /// 200 with a body over the gateway's 1 MiB cap (`after=huge`).
+    Huge,
+    /// 200 headers, then the connection breaks mid-body (`after=reset`).
+    Reset,
 }
 
 /// Reads `[mock:NAME]` and `[mock:NAME=VALUE]` anywhere in the prompt.
@@ -57,6 +74,10 @@ pub(crate) fn parse_markers(prompt: &str) -> Result<Markers, String> {
             Some(("slow", value)) => markers.slow = seconds(marker, value, 0.0)?,
             Some(("hang", value)) => markers.hang = seconds(marker, value, 0.0)?,
             Some(("http", value)) => markers.http = Some(http_status(marker, value)?),
+            Some(("after", "noid")) => markers.after = Some(After::NoId),
+            Some(("after", "huge")) => markers.after = Some(After::Huge),
+            Some(("after", "reset")) => markers.after = Some(After::Reset),
+            Some(("after", value)) => markers.after = Some(After::Status(http_status(marker, value)?)),
             _ => return Err(format!("unknown marker [mock:{marker}]")),
         }
     }
@@ -468,7 +489,40 @@ pub(crate) async fn create(
     if !markers.hang.is_zero() {
         tokio::time::sleep(markers.hang).await;
     }
-    Ok(HttpResponse::Ok().json(task))
+    match markers.after {
+        None => Ok(HttpResponse::Ok().json(task)),
+        Some(after) => Ok(answer_after_create(after, task)?),
+    }
+}
+
+/// The broken answer `[mock:after=...]` asks for, to a create that did create its task.
+fn answer_after_create(after: After, mut task: Value) -> Result<HttpResponse, ApiError> {
+    match after {
+        After::Status(status) => Err(ApiError::simulated(status)),
+        After::NoId => {
+            if let Some(object) = task.as_object_mut() {
+                object.remove("id");
+            }
+            Ok(HttpResponse::Ok().json(task))
+        }
+        After::Huge => {
+            task["padding"] = Value::String("x".repeat(HUGE_ANSWER_BYTES));
+            Ok(HttpResponse::Ok().json(task))
+        }
+        After::Reset => {
+            let head =
+                futures_util::stream::once(async { Ok::<_, std::io::Error>(web::Bytes::from_static(b"{\"id\":")) });
+            let broken = futures_util::stream::once(async {
+                Err::<web::Bytes, _>(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "simulated reset",
+                ))
+            });
+            Ok(HttpResponse::Ok()
+                .content_type("application/json")
+                .streaming(futures_util::StreamExt::chain(head, broken)))
+        }
+    }
 }
 
 /// `GET /v1/tasks/{task_id}`.
@@ -525,6 +579,12 @@ mod tests {
     #[test]
     fn markers_are_read_anywhere_in_the_prompt() {
         let m = parse_markers("a [mock:out=4.8] b [mock:slow=0.5][mock:hang=1] [mock:fail] [mock:http=429]").unwrap();
+        assert_eq!(
+            parse_markers("[mock:after=504]").unwrap().after,
+            Some(After::Status(StatusCode::GATEWAY_TIMEOUT))
+        );
+        assert_eq!(parse_markers("[mock:after=noid]").unwrap().after, Some(After::NoId));
+        assert_eq!(parse_markers("[mock:after=reset]").unwrap().after, Some(After::Reset));
         assert_eq!(m.out_ms, Some(4800));
         assert_eq!(m.slow, Duration::from_millis(500));
         assert_eq!(m.hang, Duration::from_secs(1));
@@ -535,6 +595,8 @@ mod tests {
             "[mock:out=abc]",
             "[mock:out=0]",
             "[mock:http=200]",
+            "[mock:after=200]",
+            "[mock:after=later]",
             "[mock:nope]",
             "[mock:fail",
             "[mock:slow=-1]",

@@ -13,6 +13,7 @@ use super::view::with_vidgate;
 use crate::alerts;
 use crate::billing;
 use crate::callbacks;
+use crate::callbacks::reapply::Step;
 use crate::error::ApiError;
 use crate::limits::{Policy, RateCheck, RateDecision};
 use crate::state::AppState;
@@ -21,9 +22,13 @@ use crate::store::{
     ReserveRefusal, ReserveRequest,
 };
 use crate::telemetry::current_request_id;
-use crate::upstream;
+use crate::upstream::{CreateOutcome, UpstreamError};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// How long a create keeps retrying its bind before answering (the rest goes on in the
+/// background), and the first pause between tries.
+const BIND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+const BIND_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// `POST /v1/videos/generations`: validate → reserve → forward → bind.
 #[utoipa::path(
@@ -41,12 +46,12 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
         (status = 405, description = "`method_not_allowed`", body = crate::openapi::ErrorEnvelope),
         (status = 413, description = "`payload_too_large`", body = crate::openapi::ErrorEnvelope),
         (status = 415, description = "`unsupported_media_type`", body = crate::openapi::ErrorEnvelope),
-        (status = 409, description = "`request_in_progress`: the first request with this Idempotency-Key has not finished", body = crate::openapi::ErrorEnvelope),
+        (status = 409, description = "`request_in_progress` (with Retry-After): the first request with this Idempotency-Key has not finished, or its outcome is unknown", body = crate::openapi::ErrorEnvelope),
         (status = 422, description = "`idempotency_key_reused`: same key, different body", body = crate::openapi::ErrorEnvelope),
         (status = 429, description = "`rate_limited`, `concurrency_limited`, `upstream_rate_limited` (with Retry-After)", body = crate::openapi::ErrorEnvelope),
-        (status = 502, description = "`upstream_error`, `upstream_auth_failed`", body = crate::openapi::ErrorEnvelope),
+        (status = 502, description = "`upstream_error` (the upstream refused, nothing created, the hold released), `upstream_auth_failed`, `upstream_outcome_unknown` (the upstream may have created the task: the hold stays, `error.reservation_id` names it)", body = crate::openapi::ErrorEnvelope),
         (status = 503, description = "`upstream_account_exhausted`, `store_unavailable`", body = crate::openapi::ErrorEnvelope),
-        (status = 504, description = "`upstream_timeout`", body = crate::openapi::ErrorEnvelope),
+        (status = 504, description = "`upstream_timeout`: no answer in time, the task may exist; the hold stays, `error.reservation_id` names it", body = crate::openapi::ErrorEnvelope),
     )
 )]
 pub async fn create(
@@ -73,29 +78,24 @@ pub async fn create(
         Some(used) => alerts::check_hold(&state, &reservation, used),
         None => alerts::check(&state, &reservation),
     }
-    let task = forward(&state, &request, &reservation).await?;
-    let task_id = upstream::task_id(&task).ok_or_else(|| {
-        tracing::error!(reservation_id = %reservation.reservation_id, "upstream created a task without an id; hold left for the reconciler");
-        ApiError::UpstreamError("the upstream's answer carried no task id".into())
-    })?;
-    state
-        .metrics
-        .tasks
-        .with_label_values(&[&caller.tenant, "created"])
-        .inc();
-    let created_task = task.to_string();
-    let record = state.store.bind(&reservation.reservation_id, task_id, &created_task).await.map_err(|e| {
-        tracing::error!(reservation_id = %reservation.reservation_id, task_id, "task created upstream but not bound: {e}");
-        ApiError::from(e)
-    })?;
-    let mut response = HttpResponse::Ok();
-    limit::add_headers(&mut response, Policy::Creates, decision);
-    let record = match record {
-        BindOutcome::Bound => reservation.bound(task_id, &created_task),
-        BindOutcome::Current(record) => *record,
-        BindOutcome::NotFound => reservation,
-    };
-    Ok(response.json(with_vidgate(task, &record)))
+    match forward(&state, &request, &reservation).await {
+        CreateOutcome::Created { task, task_id } => {
+            state
+                .metrics
+                .tasks
+                .with_label_values(&[&caller.tenant, "created"])
+                .inc();
+            let record = bind_until_bound(&state, reservation, &task_id, &task).await;
+            let mut response = HttpResponse::Ok();
+            limit::add_headers(&mut response, Policy::Creates, decision);
+            Ok(response.json(with_vidgate(task, &record)))
+        }
+        CreateOutcome::Refused(error) => {
+            release_refused(&state, &reservation.reservation_id).await;
+            Err(error.into())
+        }
+        CreateOutcome::Unknown(error) => Err(outcome_unknown(&state, &reservation, error)),
+    }
 }
 
 /// `GET /v1/tasks/{task_id}`: the owner's tenant only; a final state settles or refunds.
@@ -269,7 +269,15 @@ async fn reserve(
         idempotency,
         rate,
     };
-    let receipt = state.store.reserve(&reserve).await?;
+    let receipt = state.store.reserve(&reserve).await.inspect_err(|_| {
+        // The step may have run: its hold goes as soon as the store answers again.
+        callbacks::reapply::spawn(
+            state,
+            Step::ReleaseUnsent {
+                reservation_id: reserve.reservation_id.clone(),
+            },
+        );
+    })?;
     match receipt.outcome {
         ReserveOutcome::Reserved(record) => Ok(Held::New(record, receipt.rate, receipt.budget_use)),
         ReserveOutcome::Replay(record) => Ok(Held::Replay(record)),
@@ -293,37 +301,106 @@ fn refused(refusal: ReserveRefusal, caller: &TenantCaller, request: &CreateReque
         },
         ReserveRefusal::RateLimited(decision) => limit::refusal(Policy::Creates, decision),
         ReserveRefusal::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
-        ReserveRefusal::RequestInProgress => ApiError::RequestInProgress,
+        ReserveRefusal::RequestInProgress { outcome_unknown } => ApiError::RequestInProgress {
+            retry_after_secs: if outcome_unknown { 60 } else { 1 },
+        },
     }
 }
 
-/// Sends the create once. A definite refusal releases the hold at once; an ambiguous
-/// outcome (timeout) keeps it for the reconciler, since the task may exist upstream.
-async fn forward(
-    state: &AppState,
-    request: &CreateRequest,
-    reservation: &ReservationRecord,
-) -> Result<Value, ApiError> {
+/// Sends the create once (never retried: the upstream has no idempotency key) and says
+/// what it did.
+async fn forward(state: &AppState, request: &CreateRequest, reservation: &ReservationRecord) -> CreateOutcome {
     let body = request.upstream_body(callbacks::upstream_callback_url(state, &reservation.reservation_id).as_deref());
-    match state.upstream.create_task(&body).await {
-        Ok(task) => Ok(task),
-        Err(error) if error.is_definite() => {
-            let now_ms = state.clock.now().timestamp_millis();
-            match state.store.refund(&reservation.reservation_id, now_ms).await {
-                Ok(FinalizeOutcome::Applied(done)) => {
-                    state.metrics.record_refund(&done.tenant, &done.currency, done.reserved)
-                }
-                Ok(_) => {}
-                Err(store_error) => tracing::error!(
-                    reservation_id = %reservation.reservation_id,
-                    "refund after upstream refusal failed: {store_error}"
-                ),
+    CreateOutcome::of(state.upstream.create_task(&body).await)
+}
+
+/// Binds the created task, retrying within `BIND_DEADLINE`; then the bind goes on in the
+/// background (and the upstream's callback can recover it). Either way the caller gets the
+/// task: it exists, and it will be charged once the bind lands.
+async fn bind_until_bound(
+    state: &AppState,
+    reservation: ReservationRecord,
+    task_id: &str,
+    task: &Value,
+) -> ReservationRecord {
+    let created_task = task.to_string();
+    let deadline = tokio::time::Instant::now() + BIND_DEADLINE;
+    let mut delay = BIND_FIRST_DELAY;
+    loop {
+        match state
+            .store
+            .bind(&reservation.reservation_id, task_id, &created_task)
+            .await
+        {
+            Ok(BindOutcome::Bound) => return reservation.bound(task_id, &created_task),
+            Ok(BindOutcome::Current(record)) => return *record,
+            Ok(BindOutcome::NotFound) => {
+                tracing::error!(reservation_id = %reservation.reservation_id, task_id, "created task's reservation is gone");
+                return reservation.bound(task_id, &created_task);
             }
-            Err(error.into())
+            Err(error) if tokio::time::Instant::now() + delay >= deadline => {
+                tracing::error!(
+                    reservation_id = %reservation.reservation_id, task_id,
+                    "task created upstream but not bound yet ({error}); binding in the background"
+                );
+                callbacks::reapply::spawn(
+                    state,
+                    Step::Bind {
+                        reservation_id: reservation.reservation_id.clone(),
+                        task_id: task_id.to_string(),
+                        created_task: created_task.clone(),
+                    },
+                );
+                return reservation.bound(task_id, &created_task);
+            }
+            Err(error) => {
+                tracing::warn!(reservation_id = %reservation.reservation_id, task_id, "bind failed, retrying: {error}")
+            }
         }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+}
+
+/// A create the upstream refused created nothing: the hold goes at once (in the background
+/// until the store answers).
+async fn release_refused(state: &AppState, reservation_id: &str) {
+    let now_ms = state.clock.now().timestamp_millis();
+    match state.store.refund(reservation_id, now_ms).await {
+        Ok(FinalizeOutcome::Applied(done)) => state.metrics.record_refund(&done.tenant, &done.currency, done.reserved),
+        Ok(_) => {}
         Err(error) => {
-            tracing::warn!(reservation_id = %reservation.reservation_id, "create outcome unknown ({error}); hold kept for reconciliation");
-            Err(error.into())
+            tracing::warn!(
+                reservation_id,
+                "refund after an upstream refusal not applied yet: {error}"
+            );
+            callbacks::reapply::spawn(
+                state,
+                Step::Refund {
+                    reservation_id: reservation_id.to_string(),
+                },
+            );
         }
+    }
+}
+
+/// The task may exist: the hold stays unbound (the upstream's callback can still reveal the
+/// task; else the reconciler releases it after the grace period), and the caller learns
+/// which reservation to ask about.
+fn outcome_unknown(state: &AppState, reservation: &ReservationRecord, error: UpstreamError) -> ApiError {
+    let recoverable = if state.config.server.public_base_url.is_empty() {
+        "no server.public_base_url, so no upstream callback can reveal it"
+    } else {
+        "the upstream's callback will reveal it if it exists"
+    };
+    tracing::warn!(reservation_id = %reservation.reservation_id, "create outcome unknown ({error}); hold kept: {recoverable}");
+    let timed_out = matches!(error, UpstreamError::Timeout(_));
+    ApiError::UpstreamOutcomeUnknown {
+        message: format!(
+            "the upstream may have created the task ({error}); the hold {} stays until it is known; do not retry without the same Idempotency-Key",
+            reservation.reservation_id
+        ),
+        reservation_id: reservation.reservation_id.clone(),
+        timed_out,
     }
 }

@@ -262,8 +262,30 @@ impl Store for EmbeddedStore {
     }
 
     async fn late_settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError> {
-        let (reservation_id, finish) = (reservation_id.to_string(), Finish::late_settle(settlement));
-        self.write(move |tx| late_settle_in(tx, &reservation_id, &finish)).await
+        let (reservation_id, settlement) = (reservation_id.to_string(), settlement.clone());
+        self.write(move |tx| late_settle_in(tx, &reservation_id, &settlement))
+            .await
+    }
+
+    async fn recover(&self, recovery: &Recovery) -> Result<RecoverOutcome, StoreError> {
+        let recovery = recovery.clone();
+        self.write(move |tx| recover_in(tx, &recovery)).await
+    }
+
+    async fn release_unsent(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
+        // A redb transaction that failed was not applied and never will be, so no reserve can
+        // still be on its way: refunding an unbound hold is all there is to do.
+        let reservation_id = reservation_id.to_string();
+        self.write(move |tx| {
+            let record: Option<ReservationRecord> =
+                get_json(&tx.open_table(RESERVATIONS).map_err(db_error)?, &reservation_id)?;
+            match record {
+                Some(record) if record.task_id.is_some() => Ok(FinalizeOutcome::AlreadyFinal(record)),
+                Some(_) => finish_in(tx, &reservation_id, &Finish::refund(now_ms)),
+                None => Ok(FinalizeOutcome::NotFound),
+            }
+        })
+        .await
     }
 
     async fn due(&self, queue: Queue, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
@@ -357,19 +379,8 @@ impl Store for EmbeddedStore {
             let Some(record) = record else {
                 return Ok(None);
             };
-            if matches!(record.state, ReservationState::Reserved | ReservationState::Expired) {
-                let due = match due_of(tx, Queue::Tasks, &reservation_id)? {
-                    // Earlier than both the due time a reconciler may have claimed and now,
-                    // so that its release sees the change and leaves the entry due.
-                    Some(due) => due.min(ms(now_ms)).saturating_sub(1),
-                    None => ms(now_ms),
-                };
-                schedule(
-                    tx,
-                    Queue::Tasks,
-                    &reservation_id,
-                    i64::try_from(due).unwrap_or(i64::MAX),
-                )?;
+            if record.state == ReservationState::Reserved || record.charges_late() {
+                make_due(tx, &reservation_id, now_ms)?;
             }
             Ok(Some(record.state))
         })
@@ -659,8 +670,9 @@ struct Claim {
 }
 
 /// The key's first request decides (as `reserve.lua`): a live claim with another body is
-/// refused; with a task, replayed; still running, in progress; failed before creating a
-/// task (or expired), `None`: this request runs anew.
+/// refused; with a task, replayed; still running, or released with its outcome unknown
+/// (expired unbound), in progress; refused before creating a task, `None`: this request
+/// runs anew.
 fn idempotency_in(
     tx: &WriteTransaction,
     reservations: &Table<&str, &str>,
@@ -679,7 +691,14 @@ fn idempotency_in(
     Ok(match first {
         Some(first) if first.task_id.is_some() => Some(ReserveOutcome::Replay(first)),
         Some(first) if first.state == ReservationState::Reserved => {
-            Some(ReserveOutcome::Refused(ReserveRefusal::RequestInProgress))
+            Some(ReserveOutcome::Refused(ReserveRefusal::RequestInProgress {
+                outcome_unknown: false,
+            }))
+        }
+        Some(first) if first.state == ReservationState::Expired => {
+            Some(ReserveOutcome::Refused(ReserveRefusal::RequestInProgress {
+                outcome_unknown: true,
+            }))
         }
         _ => None,
     })
@@ -743,16 +762,21 @@ fn finish_in(tx: &WriteTransaction, reservation_id: &str, finish: &Finish) -> Re
     Ok(FinalizeOutcome::Applied(record))
 }
 
-/// A late settlement inside its write transaction: only an `expired` record moves; the
-/// charge goes to its own period, the hold and the slot went at expiry.
-fn late_settle_in(tx: &WriteTransaction, reservation_id: &str, finish: &Finish) -> Result<FinalizeOutcome, StoreError> {
+/// A late settlement inside its write transaction: only a record that `charges_late` moves;
+/// the charge goes to its own period, the hold and the slot went at its release.
+fn late_settle_in(
+    tx: &WriteTransaction,
+    reservation_id: &str,
+    settlement: &Settlement,
+) -> Result<FinalizeOutcome, StoreError> {
     let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
     let Some(mut record) = get_json::<ReservationRecord>(&reservations, reservation_id)? else {
         return Ok(FinalizeOutcome::NotFound);
     };
-    if record.state != ReservationState::Expired {
+    if !record.charges_late() {
         return Ok(FinalizeOutcome::AlreadyFinal(record));
     }
+    let finish = &Finish::late_settle(settlement, record.state);
     let expired_ms = record.finished_ms.unwrap_or(record.created_ms);
     finish.apply(&mut record);
     record.result_expires_ms = Some(late_result_expiry(expired_ms));
@@ -768,6 +792,63 @@ fn late_settle_in(tx: &WriteTransaction, reservation_id: &str, finish: &Finish) 
     aggregate(tx, &record, &finish.deltas(&record))?;
     ended(tx, &record, finish)?;
     Ok(FinalizeOutcome::Applied(record))
+}
+
+/// A recovery inside its write transaction (see `Store::recover`).
+fn recover_in(tx: &WriteTransaction, recovery: &Recovery) -> Result<RecoverOutcome, StoreError> {
+    let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
+    let Some(mut record) = get_json::<ReservationRecord>(&reservations, &recovery.reservation_id)? else {
+        return Ok(RecoverOutcome::NotFound);
+    };
+    if record.task_id.is_some() {
+        return Ok(RecoverOutcome::AlreadyBound(record));
+    }
+    let mut tasks = tx.open_table(TASKS).map_err(db_error)?;
+    let owner = tasks
+        .get(recovery.task_id.as_str())
+        .map_err(db_error)?
+        .map(|owner| owner.value().to_string());
+    let refusal = recovery.refusal.clone().or_else(|| {
+        owner.filter(|owner| *owner != recovery.reservation_id).map(|owner| {
+            format!(
+                "the upstream's callback named task {}, which belongs to reservation {owner}",
+                recovery.task_id
+            )
+        })
+    });
+    if let Some(note) = refusal {
+        if record.refused_task.as_deref() != Some(recovery.task_id.as_str()) {
+            record.refused_task = Some(recovery.task_id.clone());
+            put_json(&mut reservations, &recovery.reservation_id, &record)?;
+            drop((reservations, tasks));
+            append(
+                tx,
+                &recovery_anomaly(&record, &recovery.task_id, &note, recovery.now_ms),
+            )?;
+        }
+        return Ok(RecoverOutcome::Refused(note));
+    }
+    record.task_id = Some(recovery.task_id.clone());
+    record.created_task = Some(recovery.created_task.clone());
+    record.recovered = true;
+    put_json(&mut reservations, &recovery.reservation_id, &record)?;
+    tasks
+        .insert(recovery.task_id.as_str(), recovery.reservation_id.as_str())
+        .map_err(db_error)?;
+    drop((reservations, tasks));
+    make_due(tx, &recovery.reservation_id, recovery.now_ms)?;
+    Ok(RecoverOutcome::Bound(record))
+}
+
+/// Makes a reservation due for the reconciler now: earlier than both the due time a
+/// reconciler may have claimed and now, so that its release sees the change and leaves the
+/// entry due.
+fn make_due(tx: &WriteTransaction, reservation_id: &str, now_ms: i64) -> Result<(), StoreError> {
+    let due = match due_of(tx, Queue::Tasks, reservation_id)? {
+        Some(due) => due.min(ms(now_ms)).saturating_sub(1),
+        None => ms(now_ms),
+    };
+    schedule(tx, Queue::Tasks, reservation_id, i64::try_from(due).unwrap_or(i64::MAX))
 }
 
 /// What every final step does besides money: the task leaves the reconciler's queue, and

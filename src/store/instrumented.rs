@@ -106,6 +106,15 @@ impl Store for Instrumented {
             .await
     }
 
+    async fn recover(&self, recovery: &Recovery) -> Result<RecoverOutcome, StoreError> {
+        self.timed("recover", self.inner.recover(recovery)).await
+    }
+
+    async fn release_unsent(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
+        self.timed("release_unsent", self.inner.release_unsent(reservation_id, now_ms))
+            .await
+    }
+
     async fn due(&self, queue: Queue, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
         self.timed("due", self.inner.due(queue, now_ms, limit)).await
     }

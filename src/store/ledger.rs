@@ -96,6 +96,11 @@ pub const UNMEASURED_NOTE: &str = "result length not measured; the requested len
 pub const LATE_NOTE: &str = "completed after its hold expired; charged late to the original period";
 /// A late settlement whose result could not be measured either.
 pub const LATE_UNMEASURED_NOTE: &str = "completed after its hold expired; charged late to the original period; result length not measured, the requested length was billed";
+/// A task the upstream created although it refused the create (a 502 or 503 after its write).
+pub const REFUSED_LATE_NOTE: &str =
+    "created upstream although the create was refused; charged late to the original period";
+/// The same, with a result that could not be measured.
+pub const REFUSED_LATE_UNMEASURED_NOTE: &str = "created upstream although the create was refused; charged late to the original period; result length not measured, the requested length was billed";
 
 impl LedgerEntry {
     /// A money step of one reservation. lua/keys.lua (`reservation_entry`) builds the same

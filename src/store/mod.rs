@@ -14,7 +14,7 @@ pub mod usage;
 pub use instrumented::Instrumented;
 pub use ledger::{
     LATE_NOTE, LATE_UNMEASURED_NOTE, LedgerCursor, LedgerEntry, LedgerKind, LedgerPage, LedgerPosition, LedgerQuery,
-    LedgerRow, UNMEASURED_NOTE, ledger_page,
+    LedgerRow, REFUSED_LATE_NOTE, REFUSED_LATE_UNMEASURED_NOTE, UNMEASURED_NOTE, ledger_page,
 };
 pub use period::Period;
 pub use tenants::{TenantChange, TenantPatch, TenantUpdate};
@@ -202,6 +202,13 @@ pub struct ReservationRecord {
     /// The upstream's answer to the create (JSON), kept at bind to answer idempotent retries.
     #[serde(default)]
     pub created_task: Option<String>,
+    /// Bound after its create's outcome was unknown or refused, by `Store::recover`: a
+    /// completion then charges even a hold already released (`late_settle`).
+    #[serde(default)]
+    pub recovered: bool,
+    /// The task a recovery refused to bind (its anomaly is written once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_task: Option<String>,
 }
 
 /// What a bind found.
@@ -253,6 +260,18 @@ impl ReservationRecord {
             finished_ms: None,
             result_expires_ms: None,
             created_task: None,
+            recovered: false,
+            refused_task: None,
+        }
+    }
+
+    /// Whether a completion seen now is charged late: the hold was released before the task
+    /// was known to exist (expired, or refunded as refused and then recovered).
+    pub fn charges_late(&self) -> bool {
+        match self.state {
+            ReservationState::Expired => true,
+            ReservationState::Refunded => self.recovered,
+            _ => false,
         }
     }
 }
@@ -270,6 +289,9 @@ struct Finish {
     /// Set when the settlement is flagged: the note of its `anomaly` entry.
     #[serde(skip)]
     anomaly: Option<&'static str>,
+    /// The state the step moves from: `reserved`, or for a late settlement, the released one.
+    #[serde(skip)]
+    from: ReservationState,
     state: ReservationState,
     /// Also what the step adds to spent.
     charged: Micros,
@@ -285,6 +307,7 @@ impl Finish {
         Self {
             kind: LedgerKind::Settle,
             anomaly: settlement.anomaly.then_some(UNMEASURED_NOTE),
+            from: ReservationState::Reserved,
             state: ReservationState::Settled,
             charged: settlement.amount,
             billed_output_ms: Some(settlement.billed_output_ms),
@@ -297,6 +320,7 @@ impl Finish {
         Self {
             kind: LedgerKind::Refund,
             anomaly: None,
+            from: ReservationState::Reserved,
             state: ReservationState::Refunded,
             charged: 0,
             billed_output_ms: None,
@@ -314,16 +338,20 @@ impl Finish {
         }
     }
 
-    /// A completion seen after the hold expired: charged, always flagged. The store sets
-    /// `result_expires_ms` from the expiry time (see `late_result_expiry`).
-    fn late_settle(settlement: &Settlement) -> Self {
+    /// A completion seen after the hold was released (`from`: expired, or refunded and then
+    /// recovered): charged, always flagged. The store sets `result_expires_ms` from the
+    /// release time (see `late_result_expiry`).
+    fn late_settle(settlement: &Settlement, from: ReservationState) -> Self {
+        let note = match (from, settlement.anomaly) {
+            (ReservationState::Refunded, false) => REFUSED_LATE_NOTE,
+            (ReservationState::Refunded, true) => REFUSED_LATE_UNMEASURED_NOTE,
+            (_, false) => LATE_NOTE,
+            (_, true) => LATE_UNMEASURED_NOTE,
+        };
         Self {
             kind: LedgerKind::LateSettle,
-            anomaly: Some(if settlement.anomaly {
-                LATE_UNMEASURED_NOTE
-            } else {
-                LATE_NOTE
-            }),
+            anomaly: Some(note),
+            from,
             result_expires_ms: None,
             ..Self::settle(settlement)
         }
@@ -365,7 +393,7 @@ impl Finish {
         match self.kind {
             LedgerKind::Refund => usage::finish_deltas(record, None),
             LedgerKind::Expire => usage::expire_deltas(record),
-            LedgerKind::LateSettle => usage::late_settle_deltas(record, self.charged),
+            LedgerKind::LateSettle => usage::late_settle_deltas(record, self.charged, self.from),
             _ => usage::finish_deltas(record, Some(self.charged)),
         }
     }
@@ -451,6 +479,15 @@ fn reserve_entry(record: &ReservationRecord) -> LedgerEntry {
     )
 }
 
+/// The `anomaly` entry of a recovery that was refused: nothing moves, finance is told.
+fn recovery_anomaly(record: &ReservationRecord, task_id: &str, note: &str, now_ms: i64) -> LedgerEntry {
+    LedgerEntry {
+        task_id: task_id.to_string(),
+        note: note.to_string(),
+        ..LedgerEntry::for_reservation(LedgerKind::Anomaly, record, (0, 0), 0, now_ms)
+    }
+}
+
 /// Why a reservation was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReserveRefusal {
@@ -467,8 +504,11 @@ pub enum ReserveRefusal {
     RateLimited(RateDecision),
     /// The idempotency key was used with another body.
     IdempotencyKeyReused,
-    /// The idempotency key's first request has not finished (or its outcome is unknown).
-    RequestInProgress,
+    /// The idempotency key's first request has not finished, or (`outcome_unknown`) its
+    /// hold was released without ever learning whether the upstream created the task.
+    RequestInProgress {
+        outcome_unknown: bool,
+    },
 }
 
 // Returned once per create and never kept in bulk, so the large variant costs nothing.
@@ -533,6 +573,31 @@ impl FinalizeOutcome {
             Self::NotFound => None,
         }
     }
+}
+
+/// A task revealed by an upstream callback for a reservation that has no task id: its
+/// create's outcome was unknown, its bind never landed, or it was refused and created anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub reservation_id: String,
+    pub task_id: String,
+    /// The task as re-fetched from the upstream (JSON), kept like a create's answer.
+    pub created_task: String,
+    pub now_ms: i64,
+    /// Why the task must not be bound (its model or creation time does not fit the
+    /// reservation): written as an `anomaly` instead, once per task.
+    pub refusal: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecoverOutcome {
+    /// Bound now, and due for the reconciler at once: the record as it stands.
+    Bound(ReservationRecord),
+    /// The reservation already had a task id: nothing changed.
+    AlreadyBound(ReservationRecord),
+    /// Not bound (the refusal, or another reservation owns the task): an `anomaly` entry says why.
+    Refused(String),
+    NotFound,
 }
 
 /// A tenant's money in one period.
@@ -600,10 +665,22 @@ pub trait Store: Send + Sync + 'static {
     /// `expired`, charging nothing, once (ledger kind `expire`).
     async fn expire(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError>;
 
-    /// A completion seen after `expire`: charges the settlement to the reservation's own
-    /// period with a `late_settle` and an `anomaly` entry, once; only an `expired` record
-    /// moves (its hold is already released). The record becomes `settled`.
+    /// A completion seen after the hold was released: charges the settlement to the
+    /// reservation's own period with a `late_settle` and an `anomaly` entry, once; only a
+    /// record that `charges_late` moves (an `expired` one, or a `refunded` one recovered after
+    /// its create was refused). The record becomes `settled`.
     async fn late_settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError>;
+
+    /// Binds a task found after the create (see `Recovery`), once, atomically: unless the
+    /// reservation has a task id already, another reservation owns the task, or the
+    /// recovery is refused. A bound reservation is due for the reconciler at once, whatever
+    /// its state, so its completion is charged (late, if the hold was released meanwhile).
+    async fn recover(&self, recovery: &Recovery) -> Result<RecoverOutcome, StoreError>;
+
+    /// Undoes a reserve whose answer was lost (a store timeout) before anything was sent
+    /// upstream: refunds the hold if it exists and is unbound, and otherwise makes sure a
+    /// reserve with this id still on its way can never hold anything. Idempotent.
+    async fn release_unsent(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError>;
 
     /// Ids of `queue` due at `now_ms`, most overdue first, at most `limit`.
     async fn due(&self, queue: Queue, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError>;

@@ -21,7 +21,9 @@
 //!   scored by the next attempt (ms); `P evt:{event_id}`: hash of `OutboxEvent` fields, each
 //!   value JSON-encoded; `P lease:{tasks|outbox}:{id}`: the replica working on an entry
 //!   (`SET NX PX`);
-//! - `P secret:{name}`: a secret shared by every replica (`SET NX`, the first one wins).
+//! - `P secret:{name}`: a secret shared by every replica (`SET NX`, the first one wins);
+//! - `P unsent:{reservation_id}`: a reserve that timed out and was released before anything was
+//!   sent upstream: if the stalled script still runs, it holds nothing (expires after an hour).
 //!
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
@@ -49,6 +51,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Per command; the scripts are short, a slow answer means Redis is in trouble.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The oldest Redis the scripts run on (major, minor).
+const MIN_VERSION: (u32, u32) = (7, 0);
+/// How long a reserve whose caller gave up stays unable to hold (`release_unsent`): longer
+/// than any stall a queued command survives in practice; after that the reconciler's unbound
+/// grace still releases it.
+const UNSENT_MARK_MS: u64 = 3_600_000;
 
 pub struct RedisStore {
     client: Client,
@@ -75,6 +83,8 @@ struct Scripts {
     release: Script,
     mark_due: Script,
     save_event: Script,
+    recover: Script,
+    mark_unsent: Script,
 }
 
 impl Scripts {
@@ -107,7 +117,18 @@ impl Scripts {
             )),
             claim: Script::new(include_str!("lua/claim.lua")),
             release: Script::new(include_str!("lua/release.lua")),
-            mark_due: Script::new(include_str!("lua/mark_due.lua")),
+            mark_due: Script::new(concat!(include_str!("lua/due.lua"), include_str!("lua/mark_due.lua"))),
+            recover: Script::new(concat!(
+                include_str!("lua/keys.lua"),
+                include_str!("lua/completion.lua"),
+                include_str!("lua/due.lua"),
+                include_str!("lua/recover.lua")
+            )),
+            // A reserve whose caller gave up: marked so that it cannot hold if it still runs.
+            mark_unsent: Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end \
+                 redis.call('SET', KEYS[2], '1', 'PX', ARGV[1]) return 0",
+            ),
             // An event that left the outbox (delivered, given up) is not brought back.
             save_event: Script::new(
                 "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end return 1",
@@ -140,10 +161,30 @@ impl RedisStore {
                 scripts: Scripts::load(),
             };
             store.ping().await?;
+            store.check_version().await?;
             Ok(store)
         })
         .await
         .map_err(|_| StoreError::Unavailable(format!("redis did not answer within {}s", CONNECT_TIMEOUT.as_secs())))?
+    }
+
+    /// Refuses a server older than `MIN_VERSION`: the scripts need Redis 7.0 (XADD with
+    /// `<ms>-*` ids), and a script that fails there would have written half its step.
+    async fn check_version(&self) -> Result<(), StoreError> {
+        let info: String = self.query(cmd("INFO").arg("server")).await?;
+        let version = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .map(str::trim)
+            .unwrap_or("unknown");
+        if version_at_least(version, MIN_VERSION) {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "Redis {version} is too old: vidgate needs Redis >= {}.{}",
+                MIN_VERSION.0, MIN_VERSION.1
+            )))
+        }
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
@@ -210,6 +251,15 @@ impl RedisStore {
 
     fn lease_key(&self, queue: Queue, id: &str) -> String {
         format!("{}lease:{}:{id}", self.prefix, queue.as_str())
+    }
+}
+
+/// Whether `version` ("7.2.4") is at least `min`; an unreadable version is not.
+fn version_at_least(version: &str, min: (u32, u32)) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
     }
 }
 
@@ -298,6 +348,7 @@ impl Store for RedisStore {
         invocation
             .key(self.key("res", &request.reservation_id))
             .key(idempotency_key)
+            .key(self.key("unsent", &request.reservation_id))
             .arg(&self.prefix)
             .arg(&request.tenant)
             .arg(&request.user)
@@ -348,7 +399,18 @@ impl Store for RedisStore {
             }
             "unknown_tenant" => (ReserveRefusal::UnknownTenant, None),
             "idempotency_key_reused" => (ReserveRefusal::IdempotencyKeyReused, None),
-            "request_in_progress" => (ReserveRefusal::RequestInProgress, None),
+            "request_in_progress" => (
+                ReserveRefusal::RequestInProgress {
+                    outcome_unknown: parse::<i64>(reply.next())? == 1,
+                },
+                None,
+            ),
+            "released" => {
+                return Err(StoreError::Unavailable(format!(
+                    "reservation {} was released after its reserve timed out",
+                    request.reservation_id
+                )));
+            }
             "quality_not_allowed" => (ReserveRefusal::QualityNotAllowed, None),
             "concurrency_limited" => (
                 ReserveRefusal::ConcurrencyLimited {
@@ -446,7 +508,9 @@ impl Store for RedisStore {
     }
 
     async fn late_settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError> {
-        let finish = Finish::late_settle(settlement);
+        // The script picks the note by the state it finds.
+        let finish = Finish::late_settle(settlement, ReservationState::Expired);
+        let after_refusal = Finish::late_settle(settlement, ReservationState::Refunded);
         let mut invocation = self.scripts.late_settle.key(self.key("res", reservation_id));
         invocation
             .arg(&self.prefix)
@@ -455,8 +519,45 @@ impl Store for RedisStore {
             .arg(finish.finished_ms)
             .arg(finish.anomaly.unwrap_or(""))
             .arg(RESULT_TTL_MS)
+            .arg(after_refusal.anomaly.unwrap_or(""))
             .arg(json_fields(&finish)?);
         finalized("late_settle", self.invoke(&invocation).await?)
+    }
+
+    async fn recover(&self, recovery: &Recovery) -> Result<RecoverOutcome, StoreError> {
+        let json = |text: &str| serde_json::Value::from(text).to_string();
+        let mut invocation = self.scripts.recover.key(self.key("res", &recovery.reservation_id));
+        invocation
+            .key(self.key("task", &recovery.task_id))
+            .key(self.queue_key(Queue::Tasks))
+            .arg(&self.prefix)
+            .arg(&recovery.reservation_id)
+            .arg(json(&recovery.task_id))
+            .arg(&recovery.task_id)
+            .arg(json(&recovery.created_task))
+            .arg(recovery.now_ms)
+            .arg(recovery.refusal.as_deref().unwrap_or(""));
+        let mut reply = self.invoke::<Vec<Value>>(&invocation).await?.into_iter();
+        let status: String = parse(reply.next())?;
+        match status.as_str() {
+            "not_found" => Ok(RecoverOutcome::NotFound),
+            "already_bound" => Ok(RecoverOutcome::AlreadyBound(record(parse(reply.next())?)?)),
+            "bound" => Ok(RecoverOutcome::Bound(record(parse(reply.next())?)?)),
+            "refused" => Ok(RecoverOutcome::Refused(parse(reply.next())?)),
+            other => Err(unexpected("recover", other)),
+        }
+    }
+
+    async fn release_unsent(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
+        let mut invocation = self.scripts.mark_unsent.key(self.key("res", reservation_id));
+        invocation.key(self.key("unsent", reservation_id)).arg(UNSENT_MARK_MS);
+        match self.invoke::<i64>(&invocation).await? {
+            0 => Ok(FinalizeOutcome::NotFound),
+            _ => match self.reservation(reservation_id).await? {
+                Some(record) if record.task_id.is_some() => Ok(FinalizeOutcome::AlreadyFinal(record)),
+                _ => self.refund(reservation_id, now_ms).await,
+            },
+        }
     }
 
     async fn due(&self, queue: Queue, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
@@ -899,5 +1000,14 @@ mod tests {
     fn a_value_holding_more_than_one_json_text_is_corrupt() {
         let fields = vec![("state".to_string(), r#""reserved","tenant":"other""#.to_string())];
         assert!(matches!(record(fields), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn redis_older_than_seven_is_refused() {
+        assert!(version_at_least("7.0.0", MIN_VERSION));
+        assert!(version_at_least("7.2.4", MIN_VERSION));
+        assert!(version_at_least("8.0.1", MIN_VERSION));
+        assert!(!version_at_least("6.2.14", MIN_VERSION));
+        assert!(!version_at_least("garbage", MIN_VERSION));
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::ReservationRecord;
+use super::{ReservationRecord, ReservationState};
 use crate::billing::Micros;
 
 /// Counter names inside a bucket (the same in lua/keys.lua).
@@ -135,15 +135,23 @@ pub fn expire_deltas(record: &ReservationRecord) -> Vec<(&'static str, i64)> {
     vec![(RESERVED, -record.reserved), (TASKS_RESERVED, -1), (TASKS_EXPIRED, 1)]
 }
 
-/// Late settle: the hold went at expiry; the charge comes now, and the task moves from
-/// expired to settled.
-pub fn late_settle_deltas(record: &ReservationRecord, charged: Micros) -> Vec<(&'static str, i64)> {
+/// Late settle: the hold went at expiry (or at the refund of a refused create); the charge
+/// comes now, and the task moves from expired (refunded) to settled.
+pub fn late_settle_deltas(
+    record: &ReservationRecord,
+    charged: Micros,
+    from: ReservationState,
+) -> Vec<(&'static str, i64)> {
+    let was = match from {
+        ReservationState::Refunded => TASKS_REFUNDED,
+        _ => TASKS_EXPIRED,
+    };
     vec![
         (SPENT, charged),
         (INPUT_MS, to_i64(record.billed_input_ms)),
         (OUTPUT_MS, to_i64(record.billed_output_ms.unwrap_or(0))),
         (TASKS_SETTLED, 1),
-        (TASKS_EXPIRED, -1),
+        (was, -1),
     ]
 }
 

@@ -21,6 +21,9 @@ const READ_ATTEMPTS: u32 = 3;
 const READ_BACKOFF: Duration = Duration::from_millis(200);
 /// 100 MB at a slow 2 Mbit/s still fits; the configured timeout is for API calls.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// The largest answer read from the upstream or its file host: a task object is a few KiB,
+/// so anything near this is not one, and it is never held whole in memory.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// Holds the company key; cloning shares the connection pool.
 #[derive(Clone)]
@@ -147,7 +150,9 @@ impl UpstreamClient {
             Err(UpstreamError::Status { status, .. }) => status.to_string().into(),
             Err(UpstreamError::Timeout(_)) => "timeout".into(),
             Err(UpstreamError::Unreachable(_)) => "unreachable".into(),
+            Err(UpstreamError::Interrupted(_)) => "interrupted".into(),
             Err(UpstreamError::Unparseable(_)) => "unparseable".into(),
+            Err(UpstreamError::TooLarge(_)) => "too_large".into(),
         };
         self.metrics.observe_upstream(operation, &status, started.elapsed());
         if crate::telemetry::exporting_traces() {
@@ -171,21 +176,35 @@ impl UpstreamClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let bytes = self.read_capped(response).await?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| UpstreamError::Unparseable(e.to_string()));
         }
         Err(status_error(status, &bytes, retry_after))
     }
 
+    /// The body, chunk by chunk, refused once it passes `MAX_ANSWER_BYTES`.
+    async fn read_capped(&self, mut response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(&e))? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(UpstreamError::TooLarge(MAX_ANSWER_BYTES));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// A connection that was never made is definite (nothing sent), checked first: a connect
+    /// timeout is both. After sending, a timeout or any other break leaves the outcome open.
     fn transport_error(&self, error: &reqwest::Error) -> UpstreamError {
-        if error.is_timeout() {
-            UpstreamError::Timeout(self.timeout_ms)
-        } else if error.is_connect() {
+        if error.is_connect() {
             // The error text names the host only; the key is never part of it.
             UpstreamError::Unreachable(without_url(error))
+        } else if error.is_timeout() {
+            UpstreamError::Timeout(self.timeout_ms)
         } else {
-            UpstreamError::Unparseable(without_url(error))
+            UpstreamError::Interrupted(without_url(error))
         }
     }
 }

@@ -24,15 +24,48 @@ pub enum UpstreamError {
     /// The request never reached the upstream (connection refused, DNS, TLS).
     #[error("upstream unreachable: {0}")]
     Unreachable(String),
+    /// The request was sent, then the exchange broke (a reset, a body cut short).
+    #[error("upstream exchange interrupted: {0}")]
+    Interrupted(String),
     /// An answer that is not the documented JSON.
     #[error("upstream answer unparseable: {0}")]
     Unparseable(String),
+    /// An answer body over the cap (`MAX_ANSWER_BYTES`): never read whole.
+    #[error("upstream answer larger than {0} bytes")]
+    TooLarge(usize),
 }
 
-impl UpstreamError {
-    /// True when the upstream certainly did not create anything (safe to refund at once).
-    pub fn is_definite(&self) -> bool {
-        matches!(self, Self::Status { .. } | Self::Unreachable(_))
+/// What a create did upstream, as far as vidgate can tell: the three cases the money rules
+/// follow (design.md, Money, "Unknown outcomes").
+#[derive(Debug)]
+pub enum CreateOutcome {
+    /// A 200 with a task id: bind it.
+    Created { task: Value, task_id: String },
+    /// Certainly nothing created (4xx, 429, 502, 503, or no connection): release the hold.
+    Refused(UpstreamError),
+    /// The task may exist (500, 504, other 5xx, a timeout or reset after sending, a 200
+    /// without an id or too large to read): keep the hold unbound for recovery.
+    Unknown(UpstreamError),
+}
+
+impl CreateOutcome {
+    pub fn of(result: Result<Value, UpstreamError>) -> Self {
+        match result {
+            Ok(task) => match task_id(&task).map(str::to_owned) {
+                Some(task_id) => Self::Created { task, task_id },
+                None => Self::Unknown(UpstreamError::Unparseable("the answer carried no task id".into())),
+            },
+            Err(error @ UpstreamError::Status { status, .. }) if status >= 500 && !matches!(status, 502 | 503) => {
+                Self::Unknown(error)
+            }
+            Err(error @ (UpstreamError::Status { .. } | UpstreamError::Unreachable(_))) => Self::Refused(error),
+            Err(
+                error @ (UpstreamError::Timeout(_)
+                | UpstreamError::Interrupted(_)
+                | UpstreamError::Unparseable(_)
+                | UpstreamError::TooLarge(_)),
+            ) => Self::Unknown(error),
+        }
     }
 }
 

@@ -62,7 +62,7 @@ public_base_url = "http://127.0.0.1:{port}"
 base_url = "http://{mock}"
 files_base_url = "http://{mock}"
 api_key = "sk-evo-mock"
-timeout_ms = 2000
+timeout_ms = 1000
 [auth]
 hs256_secret = "{SECRET}"
 [store]
@@ -80,7 +80,7 @@ retry_delays_ms = [100, 200, 400]
 [reconciler]
 first_poll_after_secs = 1
 poll_interval_secs = 0.5
-unbound_hold_grace_secs = 3
+unbound_hold_grace_secs = 62
 [[tenants]]
 id = "chaos"
 period = "total"

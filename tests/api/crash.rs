@@ -30,6 +30,7 @@ listen = "127.0.0.1:0"
 base_url = "http://127.0.0.1:9"
 files_base_url = "http://127.0.0.1:9"
 api_key = "sk-evo-mock"
+timeout_ms = 500
 [auth]
 hs256_secret = "{SECRET}"
 [store]
@@ -39,7 +40,7 @@ key_prefix = "{prefix}"
 [reconciler]
 first_poll_after_secs = 0.1
 poll_interval_secs = 0.1
-unbound_hold_grace_secs = 0.5
+unbound_hold_grace_secs = 61
 [[tenants]]
 id = "crash"
 budget = "10.00"
@@ -51,9 +52,10 @@ budget = "10.00"
     let log = dir.path().join("gateway.log");
     let (mut gateway, _) = spawn_logged(&["serve", "--config", config.to_str().unwrap()], "info", Some(&log));
 
-    // What a create does before it dies: the hold, and nothing after it.
+    // What a create does before it dies: the hold, and nothing after it; made a grace period
+    // ago (the shortest grace startup accepts is 2 × upstream.timeout_ms + 60 s).
     let store = RedisStore::connect(&redis.url(), &prefix).await.unwrap();
-    let now = chrono::Utc::now();
+    let now = chrono::Utc::now() - chrono::Duration::seconds(62);
     let hold = ReserveRequest {
         reservation_id: format!("rsv_{}", ulid::Ulid::new()),
         tenant: "crash".into(),

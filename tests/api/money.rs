@@ -152,7 +152,7 @@ async fn a_new_month_on_the_gateway_clock_brings_a_new_budget_redis() {
 async fn refunds(backend: Backend) {
     let app = spawn_app(backend).await;
     let response = app
-        .post_create(&app.token("team-a"), &app.create_body("broken [mock:http=500]"))
+        .post_create(&app.token("team-a"), &app.create_body("broken [mock:http=502]"))
         .await;
     assert_error(response, StatusCode::BAD_GATEWAY, "upstream_error", None).await;
     for marker in ["[mock:fail]", "[mock:cancel]"] {

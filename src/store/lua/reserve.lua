@@ -1,8 +1,12 @@
 -- One atomic hold: tenant, idempotency key, rate limits, quality, concurrency cap, tenant
 -- and user budgets, then the record, the counters, the aggregates and the `reserve` ledger
 -- entry. Runs after keys.lua and gcra.lua.
+-- Every check comes before the first write, and no write after it can fail (the idempotency
+-- TTL is validated at startup, Redis >= 7.0 is checked for XADD's `<ms>-*` ids), so the
+-- step applies whole or not at all.
 -- KEYS[1] tenant record, KEYS[2] reservation hash (ARGV[1] .. 'res:' .. reservation id),
--- KEYS[3] idempotency key (unused when ARGV[12] is empty).
+-- KEYS[3] idempotency key (unused when ARGV[12] is empty), KEYS[4] the reservation's
+-- release mark (see release_unsent in redis.rs).
 -- ARGV[1] key prefix, ARGV[2] tenant, ARGV[3] user, ARGV[4] quality, ARGV[5] amount,
 -- ARGV[6..8] month, week and day period keys, ARGV[9] audio ('1'/'0'), ARGV[10] entry time
 -- ms, ARGV[11] entry JSON, ARGV[12] body hash for the idempotency key ('' for none),
@@ -11,9 +15,10 @@
 -- of the period after the hold, then the budget when there is one) for a new hold (the
 -- record is the caller's fields plus that period: no need to send it back), 'reserved' +
 -- HGETALL for an existing one, 'replay' + HGETALL, 'unknown_tenant',
--- 'idempotency_key_reused', 'request_in_progress', 'rate_limited' + rate,
+-- 'idempotency_key_reused', 'request_in_progress' + outcome unknown (0/1), 'rate_limited' + rate,
 -- 'quality_not_allowed', 'concurrency_limited' + max, 'budget_exceeded' + remaining + user
--- scope (0/1). `rate` is gcra.lua's reply array.
+-- scope (0/1), 'released' (its caller gave up on this step and released it). `rate` is
+-- gcra.lua's reply array.
 local tenant_json = redis.call('GET', KEYS[1])
 if not tenant_json then
   return {'unknown_tenant'}
@@ -21,9 +26,13 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'reserved', redis.call('HGETALL', KEYS[2]), {}}
 end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return {'released'}
+end
 
--- The key's first request decides: same body and a task → replay it; still running (or its
--- outcome unknown) → in progress; it failed before creating a task → this one runs anew.
+-- The key's first request decides: same body and a task → replay it; still running → in
+-- progress; released with its outcome unknown (expired unbound) → in progress for the key's
+-- lifetime; refused before creating a task → this one runs anew.
 if ARGV[12] ~= '' then
   local claim = redis.call('GET', KEYS[3])
   if claim then
@@ -36,8 +45,12 @@ if ARGV[12] ~= '' then
     if task_id and task_id ~= 'null' then
       return {'replay', redis.call('HGETALL', first)}
     end
-    if redis.call('HGET', first, 'state') == '"reserved"' then
-      return {'request_in_progress'}
+    local state = redis.call('HGET', first, 'state')
+    if state == '"reserved"' then
+      return {'request_in_progress', 0}
+    end
+    if state == '"expired"' then
+      return {'request_in_progress', 1}
     end
   end
 end
