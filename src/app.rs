@@ -61,6 +61,13 @@ impl Application {
         resolver: Arc<dyn Resolver>,
     ) -> Result<Self, StartError> {
         config.validate()?;
+        if config.server.public_base_url.is_empty() {
+            tracing::warn!(
+                "server.public_base_url is empty: tasks are polled only, and a create whose outcome is unknown \
+                 (an upstream 500/504, a timeout) cannot be recovered: its hold is released after \
+                 reconciler.unbound_hold_grace_secs and the task, if the upstream made it, is not charged"
+            );
+        }
         let metrics = Arc::new(Metrics::new());
         let prober = Prober::new(&config.probe).map_err(|reason| ConfigError::Invalid {
             key: "probe".into(),

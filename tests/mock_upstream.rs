@@ -300,6 +300,34 @@ async fn the_http_marker_answers_that_error_and_creates_no_task() {
 }
 
 #[tokio::test]
+async fn the_after_marker_creates_the_task_then_answers_as_broken() {
+    let mock = mock().await;
+    for code in [500, 502, 504] {
+        let response = create(&mock, &body(&format!("x [mock:after={code}]"))).await;
+        assert_eq!(response.status().as_u16(), code);
+    }
+    let response = create(&mock, &body("x [mock:after=noid]")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let task: Value = response.json().await.unwrap();
+    assert!(task.get("id").is_none() && task["status"] == "pending", "{task}");
+    let response = create(&mock, &body("x [mock:after=huge]")).await;
+    assert!(response.bytes().await.unwrap().len() > 2 << 20);
+    let sent = client()
+        .post(format!("{}/v1/videos/generations", mock.base_url()))
+        .bearer_auth(KEY)
+        .json(&body("x [mock:after=reset]"))
+        .send()
+        .await;
+    match sent {
+        Ok(response) => assert!(response.bytes().await.is_err(), "the body breaks off"),
+        Err(error) => assert!(!error.is_connect(), "the request was sent: {error}"),
+    }
+    let stats = mock.stats();
+    assert_eq!((stats.creates, stats.tasks_created), (6, 6), "every task was created");
+    mock.stop().await;
+}
+
+#[tokio::test]
 async fn invalid_create_bodies_get_400_naming_the_field() {
     let mock = mock().await;
     let mut cases = Vec::new();

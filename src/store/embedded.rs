@@ -42,6 +42,11 @@ const EVENTS: TableDefinition<&str, &str> = TableDefinition::new("events");
 const LEASES: TableDefinition<&str, (u64, &str)> = TableDefinition::new("leases");
 /// Secrets shared by every user of the store (the callback token key).
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// Reservation id → until when (unix ms) a reserve with that id may not hold: its caller gave
+/// up on it (`release_unsent`).
+const UNSENT: TableDefinition<&str, u64> = TableDefinition::new("unsent");
+/// How long such a mark lasts (as the Redis store's).
+const UNSENT_MARK_MS: u64 = 3_600_000;
 
 /// Separates the parts of a composite string key; tenant ids and period keys never hold it.
 const SEP: char = '\u{1f}';
@@ -273,8 +278,6 @@ impl Store for EmbeddedStore {
     }
 
     async fn release_unsent(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
-        // A redb transaction that failed was not applied and never will be, so no reserve can
-        // still be on its way: refunding an unbound hold is all there is to do.
         let reservation_id = reservation_id.to_string();
         self.write(move |tx| {
             let record: Option<ReservationRecord> =
@@ -282,7 +285,15 @@ impl Store for EmbeddedStore {
             match record {
                 Some(record) if record.task_id.is_some() => Ok(FinalizeOutcome::AlreadyFinal(record)),
                 Some(_) => finish_in(tx, &reservation_id, &Finish::refund(now_ms)),
-                None => Ok(FinalizeOutcome::NotFound),
+                None => {
+                    let mut unsent = tx.open_table(UNSENT).map_err(db_error)?;
+                    // Old marks go here, so the table holds only the last hour's.
+                    unsent.retain(|_, until| until > ms(now_ms)).map_err(db_error)?;
+                    unsent
+                        .insert(reservation_id.as_str(), ms(now_ms).saturating_add(UNSENT_MARK_MS))
+                        .map_err(db_error)?;
+                    Ok(FinalizeOutcome::NotFound)
+                }
             }
         })
         .await
@@ -599,6 +610,18 @@ fn reserve_in(
             rate: None,
             budget_use: None,
         });
+    }
+    let released = tx
+        .open_table(UNSENT)
+        .map_err(db_error)?
+        .get(request.reservation_id.as_str())
+        .map_err(db_error)?
+        .is_some_and(|until| until.value() > ms(request.now_ms));
+    if released {
+        return Err(StoreError::Unavailable(format!(
+            "reservation {} was released after its reserve timed out",
+            request.reservation_id
+        )));
     }
     if let Some(claim) = &request.idempotency {
         match idempotency_in(tx, &reservations, request, claim)? {

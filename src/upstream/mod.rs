@@ -105,3 +105,46 @@ pub fn result_url(task: &Value) -> Option<&str> {
         .iter()
         .find_map(Value::as_str)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn status(status: u16) -> Result<Value, UpstreamError> {
+        Err(UpstreamError::Status {
+            status,
+            code: status.to_string(),
+            message: String::new(),
+            retry_after: None,
+        })
+    }
+
+    fn kind(outcome: CreateOutcome) -> &'static str {
+        match outcome {
+            CreateOutcome::Created { .. } => "created",
+            CreateOutcome::Refused(_) => "refused",
+            CreateOutcome::Unknown(_) => "unknown",
+        }
+    }
+
+    #[test]
+    fn every_create_outcome_is_created_refused_or_unknown() {
+        let of = |result| kind(CreateOutcome::of(result));
+        assert_eq!(of(Ok(json!({"id": "task-unified-1"}))), "created");
+        for refused in [400, 401, 402, 403, 404, 413, 429, 502, 503] {
+            assert_eq!(of(status(refused)), "refused", "{refused}");
+        }
+        assert_eq!(of(Err(UpstreamError::Unreachable("refused".into()))), "refused");
+        for unknown in [500, 501, 504, 505, 599] {
+            assert_eq!(of(status(unknown)), "unknown", "{unknown}");
+        }
+        assert_eq!(of(Ok(json!({"status": "pending"}))), "unknown", "200 without an id");
+        assert_eq!(of(Ok(json!({"id": ""}))), "unknown", "200 with an empty id");
+        assert_eq!(of(Err(UpstreamError::Timeout(30_000))), "unknown");
+        assert_eq!(of(Err(UpstreamError::Interrupted("reset".into()))), "unknown");
+        assert_eq!(of(Err(UpstreamError::Unparseable("<html>".into()))), "unknown");
+        assert_eq!(of(Err(UpstreamError::TooLarge(1 << 20))), "unknown");
+    }
+}

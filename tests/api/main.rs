@@ -19,5 +19,6 @@ mod reports;
 mod store_conformance;
 mod support;
 mod tasks;
+mod unknown_outcomes;
 mod upstream_faults;
 mod validation;

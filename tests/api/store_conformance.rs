@@ -8,9 +8,10 @@ use vidgate::config::PeriodKind;
 use vidgate::store::embedded::EmbeddedStore;
 use vidgate::store::redis::RedisStore;
 use vidgate::store::{
-    BindOutcome, BudgetUse, FinalizeOutcome, LATE_NOTE, LedgerEntry, LedgerKind, LedgerQuery, OutboxEvent, PeriodKeys,
-    Queue, ReservationRecord, ReservationState, ReserveOutcome, ReserveRefusal, ReserveRequest, Settlement, Store,
-    StoreError, TenantChange, TenantPatch, TenantSettings, UNMEASURED_NOTE, event_id, ledger_page,
+    BindOutcome, BudgetUse, FinalizeOutcome, IdempotencyClaim, LATE_NOTE, LedgerEntry, LedgerKind, LedgerQuery,
+    OutboxEvent, PeriodKeys, Queue, REFUSED_LATE_NOTE, RecoverOutcome, Recovery, ReservationRecord, ReservationState,
+    ReserveOutcome, ReserveRefusal, ReserveRequest, Settlement, Store, StoreError, TenantChange, TenantPatch,
+    TenantSettings, UNMEASURED_NOTE, event_id, ledger_page,
 };
 
 use crate::support;
@@ -108,6 +109,11 @@ for_both_backends!(
     an_outbox_event_keeps_its_attempts_and_body_until_it_leaves,
     the_first_shared_secret_stored_wins,
     a_new_hold_returns_the_budget_use_the_alerts_need,
+    a_recovered_task_is_bound_once_and_due_for_the_reconciler,
+    a_refused_recovery_binds_nothing_and_writes_one_anomaly,
+    a_task_created_after_its_create_was_refused_is_charged_late_once,
+    a_released_reserve_is_refunded_and_a_reserve_after_its_release_holds_nothing,
+    an_idempotency_key_stays_in_progress_while_its_first_outcome_is_unknown,
 );
 
 const TENANT: &str = "acme";
@@ -1557,4 +1563,223 @@ async fn a_new_hold_returns_the_budget_use_the_alerts_need(store: Arc<dyn Store>
             reserved: 350_000,
         })
     );
+}
+
+fn recovery(reservation_id: &str, task_id: &str, refusal: Option<&str>) -> Recovery {
+    Recovery {
+        reservation_id: reservation_id.into(),
+        task_id: task_id.into(),
+        created_task: format!(r#"{{"id":"{task_id}"}}"#),
+        now_ms: NOW_MS + 5_000,
+        refusal: refusal.map(str::to_owned),
+    }
+}
+
+fn anomalies(entries: &[LedgerEntry]) -> Vec<(String, String)> {
+    entries
+        .iter()
+        .filter(|e| e.kind == LedgerKind::Anomaly)
+        .map(|e| (e.reservation_id.clone(), e.task_id.clone()))
+        .collect()
+}
+
+async fn a_recovered_task_is_bound_once_and_due_for_the_reconciler(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    reserved(&*store, &request("r2", "ann", 415_000)).await;
+    let RecoverOutcome::Bound(bound) = store.recover(&recovery("r1", "task-1", None)).await.unwrap() else {
+        panic!("an unbound hold takes the task");
+    };
+    assert_eq!(
+        (bound.state, bound.task_id.as_deref(), bound.recovered),
+        (ReservationState::Reserved, Some("task-1"), true)
+    );
+    assert_eq!(bound.created_task.as_deref(), Some(r#"{"id":"task-1"}"#));
+    assert_eq!(
+        store.task("task-1").await.unwrap().map(|r| r.reservation_id),
+        Some("r1".into())
+    );
+    assert!(
+        due(&*store, Queue::Tasks, NOW_MS + 5_000)
+            .await
+            .contains(&"r1".to_string())
+    );
+    assert!(matches!(
+        store.recover(&recovery("r1", "task-9", None)).await.unwrap(),
+        RecoverOutcome::AlreadyBound(r) if r.task_id.as_deref() == Some("task-1")
+    ));
+    // Another reservation claiming the same task: refused, noted once, nothing bound.
+    for _ in 0..2 {
+        assert!(matches!(
+            store.recover(&recovery("r2", "task-1", None)).await.unwrap(),
+            RecoverOutcome::Refused(note) if note.contains("r1")
+        ));
+    }
+    assert_eq!(store.reservation("r2").await.unwrap().unwrap().task_id, None);
+    assert_eq!(
+        store.task("task-1").await.unwrap().map(|r| r.reservation_id),
+        Some("r1".into())
+    );
+    let entries = ledger(&*store, Some(TENANT)).await;
+    assert_eq!(anomalies(&entries), [("r2".to_string(), "task-1".to_string())]);
+    assert_eq!(
+        store.recover(&recovery("nope", "task-2", None)).await.unwrap(),
+        RecoverOutcome::NotFound
+    );
+    assert_eq!(usage(&*store).await, (0, 830_000, 2), "a recovery moves no money");
+}
+
+async fn a_refused_recovery_binds_nothing_and_writes_one_anomaly(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            store
+                .recover(&recovery("r1", "task-1", Some("wrong model")))
+                .await
+                .unwrap(),
+            RecoverOutcome::Refused("wrong model".into())
+        );
+    }
+    assert_eq!(store.reservation("r1").await.unwrap().unwrap().task_id, None);
+    assert_eq!(store.task("task-1").await.unwrap(), None);
+    let entries = ledger(&*store, Some(TENANT)).await;
+    let notes: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.kind == LedgerKind::Anomaly)
+        .map(|e| e.note.as_str())
+        .collect();
+    assert_eq!(notes, ["wrong model"]);
+    // A later, fitting task is still taken.
+    assert!(matches!(
+        store.recover(&recovery("r1", "task-2", None)).await.unwrap(),
+        RecoverOutcome::Bound(_)
+    ));
+}
+
+async fn a_task_created_after_its_create_was_refused_is_charged_late_once(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    ok(store.refund("r1", NOW_MS + 1_000).await.unwrap());
+    assert!(matches!(
+        store.late_settle("r1", &settlement(405_000)).await.unwrap(),
+        FinalizeOutcome::AlreadyFinal(_)
+    ));
+    let RecoverOutcome::Bound(bound) = store.recover(&recovery("r1", "task-1", None)).await.unwrap() else {
+        panic!("a refunded hold without a task takes the task");
+    };
+    assert_eq!((bound.state, bound.recovered), (ReservationState::Refunded, true));
+    assert!(
+        due(&*store, Queue::Tasks, NOW_MS + 5_000)
+            .await
+            .contains(&"r1".to_string())
+    );
+    let settled = ok(store.late_settle("r1", &settlement(405_000)).await.unwrap());
+    assert_eq!(
+        (settled.state, settled.charged),
+        (ReservationState::Settled, Some(405_000))
+    );
+    assert!(matches!(
+        store.late_settle("r1", &settlement(405_000)).await.unwrap(),
+        FinalizeOutcome::AlreadyFinal(_)
+    ));
+    assert_eq!(usage(&*store).await, (405_000, 0, 0));
+    let entries: Vec<LedgerEntry> = ledger(&*store, Some(TENANT))
+        .await
+        .into_iter()
+        .filter(|e| e.kind != LedgerKind::BudgetChange)
+        .collect();
+    let kinds: Vec<LedgerKind> = entries.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            LedgerKind::Reserve,
+            LedgerKind::Refund,
+            LedgerKind::LateSettle,
+            LedgerKind::Anomaly
+        ]
+    );
+    assert_eq!((entries[2].amount, entries[2].task_id.as_str()), (405_000, "task-1"));
+    assert_eq!(entries[3].note, REFUSED_LATE_NOTE);
+    let november = store.usage(TENANT, "2026-11", false).await.unwrap().total();
+    assert_eq!(
+        (november.spent, november.tasks.settled, november.tasks.refunded),
+        (405_000, 1, 0)
+    );
+    // Relayed like any ending of a task the caller asked to hear about.
+    assert!(
+        due(&*store, Queue::Outbox, i64::MAX / 2)
+            .await
+            .contains(&event_id("r1", LedgerKind::LateSettle))
+    );
+}
+
+async fn a_released_reserve_is_refunded_and_a_reserve_after_its_release_holds_nothing(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    // The reserve landed before its release: refunded once.
+    reserved(&*store, &request("r1", "ann", 415_000)).await;
+    ok(store.release_unsent("r1", NOW_MS + 1_000).await.unwrap());
+    assert!(matches!(
+        store.release_unsent("r1", NOW_MS + 2_000).await.unwrap(),
+        FinalizeOutcome::AlreadyFinal(_)
+    ));
+    assert_eq!(usage(&*store).await, (0, 0, 0));
+    // The release came first: the reserve, arriving late, holds nothing.
+    assert_eq!(
+        store.release_unsent("r2", NOW_MS + 1_000).await.unwrap(),
+        FinalizeOutcome::NotFound
+    );
+    assert!(matches!(
+        store.reserve(&request("r2", "ann", 415_000)).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert_eq!(store.reservation("r2").await.unwrap(), None);
+    assert_eq!(usage(&*store).await, (0, 0, 0));
+    // A bound task is never released.
+    reserved(&*store, &request("r3", "ann", 415_000)).await;
+    store.bind("r3", "task-3", "{}").await.unwrap();
+    assert!(matches!(
+        store.release_unsent("r3", NOW_MS + 1_000).await.unwrap(),
+        FinalizeOutcome::AlreadyFinal(r) if r.state == ReservationState::Reserved
+    ));
+    let kinds: Vec<LedgerKind> = ledger(&*store, Some(TENANT))
+        .await
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| *k != LedgerKind::BudgetChange)
+        .collect();
+    assert_eq!(kinds, [LedgerKind::Reserve, LedgerKind::Refund, LedgerKind::Reserve]);
+}
+
+async fn an_idempotency_key_stays_in_progress_while_its_first_outcome_is_unknown(store: Arc<dyn Store>) {
+    with_tenant(&*store, settings()).await;
+    let keyed = |id: &str, key: &str| ReserveRequest {
+        idempotency: Some(IdempotencyClaim {
+            key: key.into(),
+            body_hash: "h".into(),
+            ttl_ms: 86_400_000,
+        }),
+        ..request(id, "ann", 415_000)
+    };
+    // Released with its outcome unknown (expired unbound): in progress for the key's lifetime.
+    reserved(&*store, &keyed("r1", "k1")).await;
+    assert_eq!(
+        refusal(&*store, &keyed("r2", "k1")).await,
+        ReserveRefusal::RequestInProgress { outcome_unknown: false }
+    );
+    ok(store.expire("r1", NOW_MS + 1_000).await.unwrap());
+    assert_eq!(
+        refusal(&*store, &keyed("r2", "k1")).await,
+        ReserveRefusal::RequestInProgress { outcome_unknown: true }
+    );
+    // Recovered later: the key replays the task.
+    store.recover(&recovery("r1", "task-1", None)).await.unwrap();
+    assert!(matches!(
+        store.reserve(&keyed("r2", "k1")).await.unwrap().outcome,
+        ReserveOutcome::Replay(r) if r.reservation_id == "r1"
+    ));
+    // Refused for certain (refunded unbound): a retry runs anew.
+    reserved(&*store, &keyed("r3", "k2")).await;
+    ok(store.refund("r3", NOW_MS + 1_000).await.unwrap());
+    reserved(&*store, &keyed("r4", "k2")).await;
 }

@@ -93,6 +93,42 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Stalls the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Ends a `pause` (SIGCONT): what was sent meanwhile runs now.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// Holds every client's writes for `ms` (`CLIENT PAUSE ... WRITE`): they run in the
+    /// order they came once the pause ends.
+    pub fn pause_writes(&self, ms: u64) {
+        let status = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "CLIENT",
+                "PAUSE",
+                &ms.to_string(),
+                "WRITE",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run redis-cli");
+        assert!(status.success(), "CLIENT PAUSE");
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} redis-server");
+    }
+
     fn wait_until_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
