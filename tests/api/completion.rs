@@ -622,6 +622,41 @@ async fn a_completion_after_expiry_is_charged_late_to_the_original_period_redis(
     late_settle(Backend::Redis).await;
 }
 
+/// Without callbacks (no `public_base_url`), a task still running when its hold expired is
+/// polled again later, so its completion is charged late all the same.
+async fn late_settle_by_polling(backend: Backend) {
+    let clock = ManualClock::at("2026-11-20T10:00:00Z");
+    let app = spawn_app_with_clock(backend, quick_mock(), clock.clone(), |c| {
+        c.reconciler.max_task_age_secs = Seconds::from_secs(600);
+    })
+    .await;
+    let (task_id, rid) = create(&app, "[mock:slow=3600] never on time").await;
+    clock.set("2026-11-20T10:10:01Z");
+    wait_state(&app, &rid, ReservationState::Expired).await;
+    assert!(app.mock.complete(&task_id).await);
+    clock.set("2026-11-20T10:12:00Z");
+    let settled = wait_state(&app, &rid, ReservationState::Settled).await;
+    assert_eq!(settled.charged, Some(500_000));
+    assert_eq!(
+        ledger_kinds(&app).await,
+        ["reserve", "expire", "late_settle", "anomaly"]
+    );
+    let polls = app.mock.stats().queries;
+    clock.set("2026-11-20T12:00:00Z");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.mock.stats().queries, polls, "an ended task is not polled again");
+}
+
+#[tokio::test]
+async fn a_task_completed_after_its_expiry_is_charged_late_by_polling_alone_embedded() {
+    late_settle_by_polling(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_task_completed_after_its_expiry_is_charged_late_by_polling_alone_redis() {
+    late_settle_by_polling(Backend::Redis).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_reconcilers_on_one_redis_poll_each_task_once_at_a_time() {
     const TASKS: usize = 30;
