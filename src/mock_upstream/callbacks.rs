@@ -27,7 +27,8 @@ impl CallbackPolicy {
 
 /// `deliver`, with the configured faults: dropped (never sent), delayed by a random
 /// 0..=`callback_delay_ms`, or sent twice at once.
-pub(crate) async fn deliver_faulty(shared: &Shared, url: &str, body: &Value) {
+/// `None` when dropped, else whether an attempt got a 2xx.
+pub(crate) async fn deliver_faulty(shared: &Shared, url: &str, body: &Value) -> Option<bool> {
     let options = &shared.options;
     let (dropped, duplicated, delay) = {
         let mut rng = rand::rng();
@@ -39,19 +40,20 @@ pub(crate) async fn deliver_faulty(shared: &Shared, url: &str, body: &Value) {
     };
     if dropped {
         shared.count(|stats| stats.callbacks_dropped += 1);
-        return;
+        return None;
     }
     tokio::time::sleep(Duration::from_millis(delay)).await;
     if duplicated {
         shared.count(|stats| stats.callbacks_duplicated += 1);
-        futures_util::future::join(deliver(shared, url, body), deliver(shared, url, body)).await;
+        let (a, b) = futures_util::future::join(deliver(shared, url, body), deliver(shared, url, body)).await;
+        Some(a || b)
     } else {
-        deliver(shared, url, body).await;
+        Some(deliver(shared, url, body).await)
     }
 }
 
-/// POSTs the task object to `url` until one attempt gets a 2xx, or the retries run out.
-pub(crate) async fn deliver(shared: &Shared, url: &str, body: &Value) {
+/// POSTs the task object to `url` until one attempt gets a 2xx (true), or the retries run out.
+pub(crate) async fn deliver(shared: &Shared, url: &str, body: &Value) -> bool {
     let policy = &shared.callback_policy;
     let waits = std::iter::once(Duration::ZERO).chain(policy.retry_delays.iter().copied());
     for (attempt, wait) in waits.enumerate() {
@@ -59,7 +61,7 @@ pub(crate) async fn deliver(shared: &Shared, url: &str, body: &Value) {
         shared.count(|stats| stats.callbacks_sent += 1);
         let sent = shared.http.post(url).timeout(policy.timeout).json(body).send().await;
         match sent {
-            Ok(response) if response.status().is_success() => return,
+            Ok(response) if response.status().is_success() => return true,
             Ok(response) => {
                 tracing::debug!(attempt, status = %response.status(), "mock callback refused")
             }
@@ -67,6 +69,7 @@ pub(crate) async fn deliver(shared: &Shared, url: &str, body: &Value) {
         }
     }
     tracing::debug!(task = %body["id"], "mock callback given up");
+    false
 }
 
 #[cfg(test)]

@@ -281,12 +281,19 @@ fn routes(config: &mut web::ServiceConfig) {
                 .route(web::head().to(files::uploaded_file)),
         )
         .route("/_mock/stats", web::get().to(stats))
+        .route("/_mock/tasks", web::get().to(task_list))
         .default_service(web::to(not_found));
 }
 
 /// `GET /_mock/stats`: the counters as JSON (no key needed: a test hook, not an upstream route).
 async fn stats(shared: web::Data<Shared>) -> HttpResponse {
     HttpResponse::Ok().json(shared.snapshot())
+}
+
+/// `GET /_mock/tasks`: every task with its prompt, status and whether its callback got
+/// through (a test hook: what the upstream ran, for reconciling a gateway's charges).
+async fn task_list(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(shared.task_list())
 }
 
 async fn not_found(req: HttpRequest, shared: web::Data<Shared>) -> Result<HttpResponse, ApiError> {

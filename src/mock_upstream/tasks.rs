@@ -108,6 +108,7 @@ fn http_status(marker: &str, value: &str) -> Result<StatusCode, String> {
 /// A create request that passed validation.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CreateRequest {
+    prompt: String,
     video_count: usize,
     quality: String,
     duration_s: u64,
@@ -121,7 +122,7 @@ pub(crate) fn validate(body: &Value, options: &MockOptions) -> Result<CreateRequ
         .as_object()
         .ok_or_else(|| ApiError::bad_request("The request body must be a JSON object"))?;
     validate_model(body)?;
-    validate_prompt(body)?;
+    let prompt = validate_prompt(body)?;
     let video_count = validate_video_urls(body)?;
     if let Some(ratio) = optional_str(body, "aspect_ratio")? {
         one_of("aspect_ratio", ratio, &ASPECT_RATIOS)?;
@@ -138,6 +139,7 @@ pub(crate) fn validate(body: &Value, options: &MockOptions) -> Result<CreateRequ
     let audio = validate_audio(body)?;
     let callback_url = validate_callback_url(body, options.allow_local_callbacks)?;
     Ok(CreateRequest {
+        prompt: prompt.to_owned(),
         video_count,
         quality: quality.to_owned(),
         duration_s,
@@ -180,7 +182,7 @@ fn validate_model(body: &Map<String, Value>) -> Result<(), ApiError> {
     }
 }
 
-fn validate_prompt(body: &Map<String, Value>) -> Result<(), ApiError> {
+fn validate_prompt(body: &Map<String, Value>) -> Result<&str, ApiError> {
     let prompt = optional_str(body, "prompt")?.ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?;
     if prompt.trim().is_empty() {
         return Err(ApiError::invalid("prompt", "prompt must not be empty"));
@@ -191,7 +193,7 @@ fn validate_prompt(body: &Map<String, Value>) -> Result<(), ApiError> {
             format!("prompt must be at most {MAX_PROMPT_CHARS} characters"),
         ));
     }
-    Ok(())
+    Ok(prompt)
 }
 
 fn validate_video_urls(body: &Map<String, Value>) -> Result<usize, ApiError> {
@@ -272,6 +274,10 @@ pub(crate) struct Task {
     pub(crate) callback_url: Option<String>,
     /// Set by the completion timer, so the final state never waits on the wall clock alone.
     finalized: bool,
+    prompt: String,
+    /// What became of its callback: `none` (not asked, or not yet), `dropped` (the
+    /// `callback_drop_pct` fault), `delivered` (an attempt got a 2xx) or `failed`.
+    callback: &'static str,
 }
 
 enum Phase {
@@ -304,6 +310,8 @@ impl Task {
             credits_reserved: credits(&request),
             callback_url: request.callback_url,
             finalized: false,
+            prompt: request.prompt,
+            callback: "none",
         }
     }
 
@@ -451,9 +459,31 @@ impl Shared {
             (task.to_json(&self.base_url, Instant::now()), task.callback_url.clone())
         };
         if let Some(url) = callback_url {
-            callbacks::deliver_faulty(self, &url, &body).await;
+            let callback = match callbacks::deliver_faulty(self, &url, &body).await {
+                None => "dropped",
+                Some(true) => "delivered",
+                Some(false) => "failed",
+            };
+            if let Some(task) = lock(&self.tasks).get_mut(id) {
+                task.callback = callback;
+            }
         }
         true
+    }
+
+    /// Every task: id, prompt, status and what became of its callback.
+    pub(crate) fn task_list(&self) -> Vec<Value> {
+        let now = Instant::now();
+        let tasks = lock(&self.tasks);
+        let mut list: Vec<Value> = tasks
+            .values()
+            .map(|task| {
+                json!({"id": task.id, "prompt": task.prompt, "status": task.to_json(&self.base_url, now)["status"],
+                       "callback": task.callback})
+            })
+            .collect();
+        list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        list
     }
 
     fn task_json(&self, id: &str) -> Option<Value> {
