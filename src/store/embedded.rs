@@ -42,6 +42,8 @@ const EVENTS: TableDefinition<&str, &str> = TableDefinition::new("events");
 const LEASES: TableDefinition<&str, (u64, &str)> = TableDefinition::new("leases");
 /// Secrets shared by every user of the store (the callback token key).
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// The task list: (tenant, created ms, reservation id) of every reservation.
+const TASK_INDEX: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("task_index");
 
 /// Separates the parts of a composite string key; tenant ids and period keys never hold it.
 const SEP: char = '\u{1f}';
@@ -50,6 +52,7 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     /// Rate limits live in process: one node only.
     limiter: Arc<LocalLimiter>,
+    path: std::path::PathBuf,
 }
 
 impl EmbeddedStore {
@@ -81,10 +84,12 @@ impl EmbeddedStore {
         tx.open_table(EVENTS).map_err(db_error)?;
         tx.open_table(LEASES).map_err(db_error)?;
         tx.open_table(SECRETS).map_err(db_error)?;
+        tx.open_table(TASK_INDEX).map_err(db_error)?;
         tx.commit().map_err(db_error)?;
         Ok(Self {
             db: Arc::new(db),
             limiter: Arc::default(),
+            path: path.to_path_buf(),
         })
     }
 
@@ -489,6 +494,83 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn task_index(
+        &self,
+        tenant: &str,
+        range: &TaskIndexRange,
+        limit: usize,
+    ) -> Result<Vec<TaskIndexEntry>, StoreError> {
+        let (tenant, range) = (tenant.to_string(), range.clone());
+        self.read(move |tx| {
+            let index = tx.open_table(TASK_INDEX).map_err(db_error)?;
+            let from = ms(range.from_ms.unwrap_or(0));
+            let to = range.to_ms.map_or(u64::MAX, ms);
+            let end = match &range.before {
+                Some(before) if ms(before.created_ms) < to => (ms(before.created_ms), before.reservation_id.as_str()),
+                _ => (to, ""),
+            };
+            if (from, "") >= end {
+                return Ok(Vec::new());
+            }
+            let mut entries = Vec::new();
+            let span = (tenant.as_str(), from, "")..(tenant.as_str(), end.0, end.1);
+            for item in index.range(span).map_err(db_error)?.rev().take(limit) {
+                let (key, _) = item.map_err(db_error)?;
+                let (_, created_ms, reservation_id) = key.value();
+                entries.push(TaskIndexEntry {
+                    created_ms: i64::try_from(created_ms).unwrap_or(i64::MAX),
+                    reservation_id: reservation_id.to_string(),
+                });
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn reservations(&self, ids: &[String]) -> Result<Vec<ReservationRecord>, StoreError> {
+        let ids = ids.to_vec();
+        self.read(move |tx| {
+            let reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                out.extend(get_json::<ReservationRecord>(&reservations, id)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn user_period_usage(&self, tenant: &str, user: &str, period: &str) -> Result<PeriodUsage, StoreError> {
+        let keys = CounterKeys::new(tenant, user, period);
+        self.read(move |tx| {
+            let counters = tx.open_table(COUNTERS).map_err(db_error)?;
+            Ok(PeriodUsage {
+                spent: counter(&counters, &keys.user_spent)?,
+                reserved: counter(&counters, &keys.user_reserved)?,
+                in_flight: u32::try_from(counter(&counters, &keys.in_flight)?).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
+    async fn describe(&self) -> Result<String, StoreError> {
+        Ok(format!("embedded (redb) at {}", self.path.display()))
+    }
+}
+
+/// Enters a new hold in its tenant's task list.
+fn index_task(tx: &WriteTransaction, record: &ReservationRecord) -> Result<(), StoreError> {
+    let key = (
+        record.tenant.as_str(),
+        ms(record.created_ms),
+        record.reservation_id.as_str(),
+    );
+    tx.open_table(TASK_INDEX)
+        .map_err(db_error)?
+        .insert(key, ())
+        .map_err(db_error)?;
+    Ok(())
 }
 
 /// Applies a tenant write planned by `tenants::plan` with its audit entry; the record
@@ -632,6 +714,7 @@ fn reserve_in(
         .map_err(db_error)?;
     // completion: every hold enters the reconciler's queue, due for a first look at once.
     schedule(tx, Queue::Tasks, &record.reservation_id, record.created_ms)?;
+    index_task(tx, &record)?;
     if let Some(claim) = &request.idempotency {
         let stored = Claim {
             rid: record.reservation_id.clone(),

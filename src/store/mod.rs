@@ -8,6 +8,7 @@ mod instrumented;
 mod ledger;
 mod period;
 pub mod redis;
+mod task_index;
 mod tenants;
 pub mod usage;
 
@@ -17,6 +18,7 @@ pub use ledger::{
     LedgerRow, UNMEASURED_NOTE, ledger_page,
 };
 pub use period::Period;
+pub use task_index::{MAX_SCANNED, TaskCursor, TaskIndexEntry, TaskIndexRange, TaskListQuery, TaskPage, task_page};
 pub use tenants::{TenantChange, TenantPatch, TenantUpdate};
 pub use usage::{TaskCounts, Totals, UsageBucket};
 
@@ -667,6 +669,28 @@ pub trait Store: Send + Sync + 'static {
     /// Claims a budget alert (threshold in millionths of the budget) for a tenant and
     /// period: true for exactly one caller across all replicas.
     async fn claim_alert(&self, tenant: &str, period: &str, threshold_ppm: u32) -> Result<bool, StoreError>;
+
+    // Team self-service: the task list, the user's budget for quotes, the startup log.
+
+    /// A tenant's task index (written by `reserve`), newest first: the entries in `range`,
+    /// at most `limit` (see `task_page` for a filtered page).
+    async fn task_index(
+        &self,
+        tenant: &str,
+        range: &TaskIndexRange,
+        limit: usize,
+    ) -> Result<Vec<TaskIndexEntry>, StoreError>;
+
+    /// The reservations with these ids that exist, in any order.
+    async fn reservations(&self, ids: &[String]) -> Result<Vec<ReservationRecord>, StoreError>;
+
+    /// Spent and reserved of one user of a tenant in a period key: what the user budget
+    /// is checked against (`in_flight` is the tenant's).
+    async fn user_period_usage(&self, tenant: &str, user: &str, period: &str) -> Result<PeriodUsage, StoreError>;
+
+    /// The backend in a few words for the startup log (`redis 7.2.4`, `embedded (redb) at PATH`);
+    /// never a credential.
+    async fn describe(&self) -> Result<String, StoreError>;
 }
 
 /// Opens the configured backend.

@@ -21,7 +21,9 @@
 //!   scored by the next attempt (ms); `P evt:{event_id}`: hash of `OutboxEvent` fields, each
 //!   value JSON-encoded; `P lease:{tasks|outbox}:{id}`: the replica working on an entry
 //!   (`SET NX PX`);
-//! - `P secret:{name}`: a secret shared by every replica (`SET NX`, the first one wins).
+//! - `P secret:{name}`: a secret shared by every replica (`SET NX`, the first one wins);
+//! - `P tasklist:{tenant}`: sorted set of the tenant's reservations for the task list, all
+//!   scores 0, members `{created ms, 15 digits}:{reservation id}` read by text range.
 //!
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
@@ -638,6 +640,81 @@ impl Store for RedisStore {
         let key = format!("{}alert:{tenant}:{period}:{threshold_ppm}", self.prefix);
         let claimed: Option<String> = self.query(cmd("SET").arg(key).arg(1).arg("NX")).await?;
         Ok(claimed.is_some())
+    }
+
+    async fn task_index(
+        &self,
+        tenant: &str,
+        range: &TaskIndexRange,
+        limit: usize,
+    ) -> Result<Vec<TaskIndexEntry>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let max = match (&range.before, range.to_ms) {
+            (Some(before), Some(to)) if before.created_ms >= to => format!("({}", task_index::padded_ms(to)),
+            (Some(before), _) => format!("({}", before.member()),
+            (None, Some(to)) => format!("({}", task_index::padded_ms(to)),
+            (None, None) => "+".to_string(),
+        };
+        let min = range
+            .from_ms
+            .map_or_else(|| "-".to_string(), |from| format!("[{}", task_index::padded_ms(from)));
+        let mut zrange = cmd("ZRANGE");
+        zrange
+            .arg(self.key("tasklist", tenant))
+            .arg(max)
+            .arg(min)
+            .arg("BYLEX")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit);
+        let members: Vec<String> = self.query(&zrange).await?;
+        members.iter().map(|m| TaskIndexEntry::from_member(m)).collect()
+    }
+
+    async fn reservations(&self, ids: &[String]) -> Result<Vec<ReservationRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            pipe.cmd("HGETALL").arg(self.key("res", id));
+        }
+        let replies: Vec<Fields> = pipe
+            .query_async(&mut self.connection().await)
+            .await
+            .map_err(unavailable)?;
+        replies
+            .into_iter()
+            .filter(|fields| !fields.is_empty())
+            .map(record)
+            .collect()
+    }
+
+    async fn user_period_usage(&self, tenant: &str, user: &str, period: &str) -> Result<PeriodUsage, StoreError> {
+        // Same names as `counter_keys` in lua/keys.lua.
+        let prefix = &self.prefix;
+        let mut mget = cmd("MGET");
+        mget.arg(format!("{prefix}uspent:{tenant}:{period}:{user}"))
+            .arg(format!("{prefix}ureserved:{tenant}:{period}:{user}"))
+            .arg(format!("{prefix}inflight:{tenant}"));
+        let (spent, reserved, in_flight): (Option<i64>, Option<i64>, Option<u32>) = self.query(&mget).await?;
+        Ok(PeriodUsage {
+            spent: spent.unwrap_or(0),
+            reserved: reserved.unwrap_or(0),
+            in_flight: in_flight.unwrap_or(0),
+        })
+    }
+
+    async fn describe(&self) -> Result<String, StoreError> {
+        let info: String = self.query(cmd("INFO").arg("server")).await?;
+        let version = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .map_or("(version unknown)", str::trim);
+        Ok(format!("redis {version}"))
     }
 }
 
