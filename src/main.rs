@@ -57,8 +57,13 @@ enum Command {
     },
     /// Mock upstream + gateway in one process, with a token and curl lines to paste.
     Demo {
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
+        /// Default: the config's `server.listen` (127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Pricing, auth, tenants and limits from this file; the upstream is always the
+        /// built-in mock and the store a fresh temporary one.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Mint an HS256 token from the configured secret (prints the JWT only).
     Token {
@@ -112,7 +117,7 @@ async fn main() -> ExitCode {
             };
             vidgate::cli::mock_upstream(options).await
         }
-        Command::Demo { listen } => vidgate::cli::demo(&listen).await,
+        Command::Demo { listen, config } => vidgate::cli::demo(listen.as_deref(), config.as_deref()).await,
         Command::Token {
             tenant,
             sub,

@@ -13,6 +13,7 @@ mod helpers;
 mod idempotency;
 mod limits;
 mod money;
+mod newcomer;
 mod overspend;
 mod quotes;
 mod references;
