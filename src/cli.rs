@@ -1,6 +1,8 @@
-//! The commands behind the `vidgate` binary: serve, mock-upstream, demo, token, check-config.
+//! The commands behind the `vidgate` binary: serve, mock-upstream, demo, token, check-config,
+//! store export and import.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -11,6 +13,7 @@ use crate::auth;
 use crate::billing;
 use crate::config::{Config, DEFAULT_MODEL, PeriodKind, StoreBackend, StoreConfig, TenantConfig};
 use crate::mock_upstream::{self, MockOptions, MockServer};
+use crate::store::{self, DumpCounts, DumpItem, Store};
 
 /// A failed command: the message is printed, the process exits non-zero.
 pub type CommandResult = Result<(), String>;
@@ -215,4 +218,100 @@ vidgate demo: a gateway at {base} in front of a simulated upstream (embedded sto
 The sample reference video is {reference_url} (4 s). API docs: {base}/docs/
 Ctrl-C stops the demo."#
     );
+}
+
+/// Items written to the store per import step.
+const IMPORT_CHUNK: usize = 1000;
+
+/// `vidgate store export`: everything the configured store holds, as JSON lines on stdout.
+pub async fn store_export(config_path: &Path) -> CommandResult {
+    use std::io::Write;
+    let store = open_store(config_path).await?;
+    let (sink, mut items) = tokio::sync::mpsc::channel(IMPORT_CHUNK);
+    let reading = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.export(sink).await }
+    });
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut counts = DumpCounts::default();
+    while let Some(item) = items.recv().await {
+        let line = serde_json::to_string(&item).map_err(|e| format!("cannot encode a {}: {e}", item.kind()))?;
+        writeln!(out, "{line}").map_err(|e| format!("cannot write the dump: {e}"))?;
+        counts.add(&item);
+    }
+    out.flush().map_err(|e| format!("cannot write the dump: {e}"))?;
+    reading
+        .await
+        .map_err(|e| format!("export failed: {e}"))?
+        .map_err(|e| format!("export failed: {e}"))?;
+    eprintln!(
+        "vidgate: exported {} items ({counts}) from {}",
+        counts.total(),
+        describe(store.as_ref()).await
+    );
+    Ok(())
+}
+
+/// `vidgate store import`: a dump from stdin into the configured store, which must be empty.
+pub async fn store_import(config_path: &Path) -> CommandResult {
+    use std::io::BufRead;
+    let store = open_store(config_path).await?;
+    let target = describe(store.as_ref()).await;
+    if let Some(held) = store.holds().await.map_err(|e| e.to_string())? {
+        return Err(format!(
+            "refusing to import into {target}: it is not empty (it holds {held}). Import into an empty \
+             store only: a new store.path, an unused store.key_prefix or an empty Redis database; a gateway \
+             started on a store first writes its config's tenants and keys there, so import before the first start"
+        ));
+    }
+    let mut counts = DumpCounts::default();
+    let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
+    let mut written = false;
+    let stopped = |line: usize, error: String, written: bool| {
+        let state = match written {
+            true => format!("{target} now holds part of the dump: empty it before importing again"),
+            false => "nothing was written".to_string(),
+        };
+        format!("import stopped at line {line}: {error}; {state}")
+    };
+    let stdin = std::io::stdin().lock();
+    let mut last = 0;
+    for (index, line) in stdin.lines().enumerate() {
+        last = index + 1;
+        let line = line.map_err(|e| stopped(last, format!("cannot read the dump: {e}"), written))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item: DumpItem = serde_json::from_str(&line).map_err(|e| stopped(last, e.to_string(), written))?;
+        counts.add(&item);
+        chunk.push(item);
+        if chunk.len() == IMPORT_CHUNK {
+            store
+                .import(std::mem::take(&mut chunk))
+                .await
+                .map_err(|e| stopped(last, e.to_string(), true))?;
+            written = true;
+        }
+    }
+    store
+        .import(chunk)
+        .await
+        .map_err(|e| stopped(last, e.to_string(), true))?;
+    eprintln!("vidgate: imported {} items ({counts}) into {target}", counts.total());
+    Ok(())
+}
+
+/// The store of a config file, opened without starting a gateway (redb allows one process
+/// per file: stop the gateway first).
+async fn open_store(config_path: &Path) -> Result<Arc<dyn Store>, String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    store::open(&config.store).await.map_err(|e| {
+        format!(
+            "cannot open the store ({e}); stop every gateway using it first (the embedded store allows one process)"
+        )
+    })
+}
+
+async fn describe(store: &dyn Store) -> String {
+    store.describe().await.unwrap_or_else(|e| format!("the store ({e})"))
 }

@@ -78,10 +78,29 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Move a store's contents: export to JSON lines, import into an empty store.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Print the OpenAPI document (equal to the committed openapi/openapi.json).
     Openapi,
     /// Validate and print the effective configuration, secrets masked.
     CheckConfig {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Everything the store holds, as JSON lines on stdout (stop every gateway on it first).
+    Export {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// A dump from stdin into the configured store, which must be empty.
+    Import {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
@@ -125,6 +144,12 @@ async fn main() -> ExitCode {
             ttl,
             config,
         } => vidgate::cli::token(&config, tenant.as_deref(), &sub, &roles, &ttl),
+        Command::Store {
+            action: StoreAction::Export { config },
+        } => vidgate::cli::store_export(&config).await,
+        Command::Store {
+            action: StoreAction::Import { config },
+        } => vidgate::cli::store_import(&config).await,
         Command::CheckConfig { config } => vidgate::cli::check_config(&config),
         Command::Openapi => {
             println!("{}", vidgate::openapi::document_json());

@@ -204,4 +204,16 @@ impl Store for Instrumented {
     async fn describe(&self) -> Result<String, StoreError> {
         self.inner.describe().await
     }
+
+    async fn export(&self, sink: tokio::sync::mpsc::Sender<DumpItem>) -> Result<(), StoreError> {
+        self.inner.export(sink).await
+    }
+
+    async fn holds(&self) -> Result<Option<String>, StoreError> {
+        self.inner.holds().await
+    }
+
+    async fn import(&self, items: Vec<DumpItem>) -> Result<(), StoreError> {
+        self.inner.import(items).await
+    }
 }

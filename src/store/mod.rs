@@ -3,6 +3,7 @@
 //! store operation, idempotent by reservation id, that also appends its ledger entries and
 //! updates the aggregates. Two backends: embedded (redb, one node) and Redis (many replicas).
 
+mod dump;
 pub mod embedded;
 mod instrumented;
 mod ledger;
@@ -12,6 +13,7 @@ mod task_index;
 mod tenants;
 pub mod usage;
 
+pub use dump::{DumpCounts, DumpItem};
 pub use instrumented::Instrumented;
 pub use ledger::{
     LATE_NOTE, LATE_UNMEASURED_NOTE, LedgerCursor, LedgerEntry, LedgerKind, LedgerPage, LedgerPosition, LedgerQuery,
@@ -691,6 +693,18 @@ pub trait Store: Send + Sync + 'static {
     /// The backend in a few words for the startup log (`redis 7.2.4`, `embedded (redb) at PATH`);
     /// never a credential.
     async fn describe(&self) -> Result<String, StoreError>;
+
+    /// Sends everything the store holds to `sink` (`vidgate store export`; every gateway on
+    /// the store stopped).
+    async fn export(&self, sink: tokio::sync::mpsc::Sender<DumpItem>) -> Result<(), StoreError>;
+
+    /// What the store holds, in a few words, or `None` when it is empty (import refuses a
+    /// store that holds anything).
+    async fn holds(&self) -> Result<Option<String>, StoreError>;
+
+    /// Writes dumped items as they were (`vidgate store import`, into an empty store; any
+    /// order, in as many calls as wanted).
+    async fn import(&self, items: Vec<DumpItem>) -> Result<(), StoreError>;
 }
 
 /// Opens the configured backend.

@@ -19,6 +19,7 @@ mod quotes;
 mod references;
 mod reports;
 mod store_conformance;
+mod store_move;
 mod support;
 mod task_list;
 mod tasks;
