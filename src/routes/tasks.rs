@@ -20,12 +20,12 @@ const PARAMS: &[&str] = &["state", "user", "reservation_id", "from", "to", "limi
 /// `GET /v1/tasks?state=S&user=U&reservation_id=R&from=T&to=T&limit=N&cursor=C`.
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks",
     params(
-        ("state" = Option<String>, Query, description = "`reserved`, `settled`, `refunded` or `expired` (filters `vidgate.state`)"),
-        ("user" = Option<String>, Query, description = "Tasks created by this user (the token's `sub`) only"),
-        ("reservation_id" = Option<String>, Query, description = "The one task of this reservation (`vidgate.reservation_id`, also named by `upstream_outcome_unknown` errors)"),
-        ("from" = Option<String>, Query, description = "Created at or after this RFC 3339 time"),
-        ("to" = Option<String>, Query, description = "Created before this RFC 3339 time"),
-        ("limit" = Option<u32>, Query, description = "Rows per page, 1 to 100 (default 20)"),
+        ("state" = Option<String>, Query, pattern = "^(reserved|settled|refunded|expired)$", description = "`reserved`, `settled`, `refunded` or `expired` (filters `vidgate.state`)"),
+        ("user" = Option<String>, Query, min_length = 1, max_length = 255, description = "Tasks created by this user (the token's `sub`) only"),
+        ("reservation_id" = Option<String>, Query, pattern = "^[A-Za-z0-9_]{1,64}$", description = "The one task of this reservation (`vidgate.reservation_id`, also named by `upstream_outcome_unknown` errors)"),
+        ("from" = Option<String>, Query, format = DateTime, description = "Created at or after this RFC 3339 time"),
+        ("to" = Option<String>, Query, format = DateTime, description = "Created before this RFC 3339 time"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Rows per page, 1 to 100 (default 20)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (repeat the same filters)"),
     ),
     responses(
@@ -121,14 +121,11 @@ async fn one_reservation(
     id: &str,
     query: &TaskListQuery,
 ) -> Result<TaskPage, ApiError> {
-    let range = &query.range;
-    let record = state.store.reservation(id).await?.filter(|r| {
-        r.tenant == tenant
-            && query.state.is_none_or(|s| r.state == s)
-            && query.user.as_ref().is_none_or(|u| &r.user == u)
-            && range.from_ms.is_none_or(|from| r.created_ms >= from)
-            && range.to_ms.is_none_or(|to| r.created_ms < to)
-    });
+    let record = state
+        .store
+        .reservation(id)
+        .await?
+        .filter(|r| r.tenant == tenant && query.matches(r) && query.range.contains(r.created_ms));
     Ok(TaskPage {
         records: record.into_iter().collect(),
         next: None,

@@ -626,6 +626,49 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn index_earlier_tasks(&self) -> Result<u64, StoreError> {
+        /// The fields of a stored reservation its index entry needs.
+        #[derive(Deserialize)]
+        struct Entry {
+            reservation_id: String,
+            tenant: String,
+            created_ms: i64,
+        }
+        self.write(|tx| {
+            // Every reserve since the task list exists writes an entry: an empty index with
+            // reservations means they all came before.
+            if !tx
+                .open_table(TASK_INDEX)
+                .map_err(db_error)?
+                .is_empty()
+                .map_err(db_error)?
+            {
+                return Ok(0);
+            }
+            let mut entries = Vec::new();
+            for item in tx
+                .open_table(RESERVATIONS)
+                .map_err(db_error)?
+                .iter()
+                .map_err(db_error)?
+            {
+                let (id, json) = item.map_err(db_error)?;
+                entries.push(parse_json::<Entry>(id.value(), json.value())?);
+            }
+            let mut index = tx.open_table(TASK_INDEX).map_err(db_error)?;
+            for entry in &entries {
+                let key = (
+                    entry.tenant.as_str(),
+                    ms(entry.created_ms),
+                    entry.reservation_id.as_str(),
+                );
+                index.insert(key, ()).map_err(db_error)?;
+            }
+            Ok(entries.len() as u64)
+        })
+        .await
+    }
 }
 
 /// An imported idempotency claim's key: the tenant and the key's hash, after two separators

@@ -216,4 +216,8 @@ impl Store for Instrumented {
     async fn import(&self, items: Vec<DumpItem>) -> Result<(), StoreError> {
         self.inner.import(items).await
     }
+
+    async fn index_earlier_tasks(&self) -> Result<u64, StoreError> {
+        self.inner.index_earlier_tasks().await
+    }
 }

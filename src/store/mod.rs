@@ -705,6 +705,10 @@ pub trait Store: Send + Sync + 'static {
     /// Writes dumped items as they were (`vidgate store import`, into an empty store; any
     /// order, in as many calls as wanted).
     async fn import(&self, items: Vec<DumpItem>) -> Result<(), StoreError>;
+
+    /// Enters reservations made before the task list existed into it, once per store (at
+    /// startup); returns how many it entered.
+    async fn index_earlier_tasks(&self) -> Result<u64, StoreError>;
 }
 
 /// Opens the configured backend.

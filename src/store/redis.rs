@@ -780,6 +780,53 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)
     }
+
+    async fn index_earlier_tasks(&self) -> Result<u64, StoreError> {
+        let done = format!("{}tasklist-complete", self.prefix);
+        if self.query::<bool>(cmd("EXISTS").arg(&done)).await? {
+            return Ok(0);
+        }
+        // Replicas starting together may each do this: entering an entry twice changes nothing.
+        let keys = self.scan("res:*").await?;
+        for chunk in keys.chunks(EXPORT_CHUNK) {
+            let mut read = ::redis::pipe();
+            for key in chunk {
+                read.cmd("HMGET").arg(key).arg("tenant").arg("created_ms");
+            }
+            let found: Vec<(Option<String>, Option<String>)> = read
+                .query_async(&mut self.connection().await)
+                .await
+                .map_err(unavailable)?;
+            let mut write = ::redis::pipe();
+            for (key, (tenant, created_ms)) in chunk.iter().zip(found) {
+                let (Some(tenant), Some(created_ms)) = (tenant, created_ms) else {
+                    continue;
+                };
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("{key}: {e}"));
+                let tenant: String = serde_json::from_str(&tenant).map_err(corrupt)?;
+                let entry = TaskIndexEntry {
+                    created_ms: serde_json::from_str(&created_ms).map_err(corrupt)?,
+                    reservation_id: self.unprefixed(key, "res:")?.to_string(),
+                };
+                write
+                    .cmd("ZADD")
+                    .arg(self.key("tasklist", &tenant))
+                    .arg(0)
+                    .arg(entry.member())
+                    .ignore();
+            }
+            write
+                .query_async::<()>(&mut self.connection().await)
+                .await
+                .map_err(unavailable)?;
+        }
+        // Marked only once there was something to index, so that an empty store stays empty
+        // (`store import` needs one).
+        if !keys.is_empty() {
+            self.query::<()>(cmd("SET").arg(&done).arg(1)).await?;
+        }
+        Ok(keys.len() as u64)
+    }
 }
 
 /// Where `export` sends its items.

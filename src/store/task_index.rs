@@ -46,6 +46,13 @@ pub struct TaskIndexRange {
     pub before: Option<TaskIndexEntry>,
 }
 
+impl TaskIndexRange {
+    /// Whether a reservation created at `created_ms` lies within `from_ms`..`to_ms`.
+    pub fn contains(&self, created_ms: i64) -> bool {
+        self.from_ms.is_none_or(|from| created_ms >= from) && self.to_ms.is_none_or(|to| created_ms < to)
+    }
+}
+
 /// The opaque `cursor` of the task list: the last entry a page looked at, `ms.reservation_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskCursor(pub TaskIndexEntry);
@@ -114,7 +121,7 @@ pub async fn task_page(store: &dyn Store, tenant: &str, query: &TaskListQuery) -
         for entry in entries {
             scanned += 1;
             let record = found.iter().find(|r| r.reservation_id == entry.reservation_id);
-            if let Some(record) = record.filter(|r| r.tenant == tenant && matches(r, query)) {
+            if let Some(record) = record.filter(|r| r.tenant == tenant && query.matches(r)) {
                 records.push(record.clone());
             }
             range.before = Some(entry);
@@ -137,8 +144,12 @@ pub async fn task_page(store: &dyn Store, tenant: &str, query: &TaskListQuery) -
     }
 }
 
-fn matches(record: &ReservationRecord, query: &TaskListQuery) -> bool {
-    query.state.is_none_or(|state| record.state == state) && query.user.as_ref().is_none_or(|user| &record.user == user)
+impl TaskListQuery {
+    /// Whether `record` passes the state and user filters.
+    pub fn matches(&self, record: &ReservationRecord) -> bool {
+        self.state.is_none_or(|state| record.state == state)
+            && self.user.as_ref().is_none_or(|user| &record.user == user)
+    }
 }
 
 #[cfg(test)]

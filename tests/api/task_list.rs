@@ -226,3 +226,105 @@ async fn the_task_list_needs_a_tenant_and_counts_against_the_reads_limit() {
     assert!(response.headers().contains_key("retry-after"));
     assert_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited", None).await;
 }
+
+/// Reservations kept before the task list existed (no index entries) enter it at startup.
+mod earlier_tasks {
+    use std::sync::Arc;
+
+    use vidgate::config::PeriodKind;
+    use vidgate::store::embedded::EmbeddedStore;
+    use vidgate::store::redis::RedisStore;
+    use vidgate::store::{PeriodKeys, ReserveRequest, Store, TaskIndexRange, TenantSettings};
+
+    async fn with_three_holds(store: &dyn Store) {
+        let settings = TenantSettings {
+            budget: None,
+            period: PeriodKind::Month,
+            creates_per_minute: 60,
+            creates_burst: 10,
+            reads_per_minute: 600,
+            reads_burst: 100,
+            max_concurrent_tasks: 10,
+            user_budget: None,
+            user_creates_per_minute: 0,
+            allowed_qualities: vec!["720p".into()],
+        };
+        store.apply_config_tenant("acme", &settings, "h", 1).await.unwrap();
+        for (i, id) in ["r1", "r2", "r3"].into_iter().enumerate() {
+            let now_ms = 1_795_600_000_000 + i as i64;
+            let request = ReserveRequest {
+                reservation_id: id.into(),
+                tenant: "acme".into(),
+                user: "ann".into(),
+                request_id: "q".into(),
+                periods: PeriodKeys::at(chrono::DateTime::from_timestamp_millis(now_ms).unwrap()),
+                model: "m".into(),
+                quality: "720p".into(),
+                audio: true,
+                currency: "USD".into(),
+                price_per_second: 1,
+                reference_durations_ms: vec![],
+                billed_input_ms: 0,
+                requested_output_ms: 5000,
+                amount: 5,
+                callback_url: None,
+                now_ms,
+                idempotency: None,
+                rate: Vec::new(),
+            };
+            store.reserve(&request).await.unwrap();
+        }
+    }
+
+    async fn listed(store: &dyn Store) -> Vec<String> {
+        let entries = store.task_index("acme", &TaskIndexRange::default(), 10).await.unwrap();
+        entries.into_iter().map(|e| e.reservation_id).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_embedded_store_indexes_its_earlier_reservations_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        {
+            let store = EmbeddedStore::open(&path, "").unwrap();
+            with_three_holds(&store).await;
+        }
+        // A store from before the task list: the same records, no index.
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.delete_table(redb::TableDefinition::<(&str, u64, &str), ()>::new("task_index"))
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&path, "").unwrap());
+        assert!(listed(store.as_ref()).await.is_empty());
+        assert_eq!(store.index_earlier_tasks().await.unwrap(), 3);
+        assert_eq!(listed(store.as_ref()).await, ["r3", "r2", "r1"]);
+        assert_eq!(store.index_earlier_tasks().await.unwrap(), 0, "once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_redis_store_indexes_its_earlier_reservations_once() {
+        let url = crate::support::redis::shared().url();
+        let prefix = crate::support::random_prefix();
+        let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&url, &prefix).await.unwrap());
+        assert_eq!(store.index_earlier_tasks().await.unwrap(), 0);
+        assert_eq!(store.holds().await.unwrap(), None, "an empty store stays empty");
+        with_three_holds(store.as_ref()).await;
+        let mut conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{prefix}tasklist:acme"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(listed(store.as_ref()).await.is_empty());
+        assert_eq!(store.index_earlier_tasks().await.unwrap(), 3);
+        assert_eq!(listed(store.as_ref()).await, ["r3", "r2", "r1"]);
+        assert_eq!(store.index_earlier_tasks().await.unwrap(), 0, "once");
+    }
+}
