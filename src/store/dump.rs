@@ -110,7 +110,7 @@ impl std::fmt::Display for DumpCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut kinds: Vec<_> = self.0.iter().collect();
         kinds.sort();
-        let parts: Vec<String> = kinds.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+        let parts: Vec<String> = kinds.iter().map(|(kind, n)| format!("{kind}: {n}")).collect();
         write!(f, "{}", parts.join(", "))
     }
 }

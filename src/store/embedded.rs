@@ -610,7 +610,7 @@ impl Store for EmbeddedStore {
             let held: Vec<String> = counts
                 .iter()
                 .filter(|(_, n)| *n > 0)
-                .map(|(what, n)| format!("{n} {what}"))
+                .map(|(what, n)| format!("{what}: {n}"))
                 .collect();
             Ok((!held.is_empty()).then(|| held.join(", ")))
         })

@@ -238,7 +238,7 @@ async fn import_refuses_a_store_that_is_not_empty_and_a_line_it_does_not_know() 
     assert!(!output.status.success(), "a gateway already wrote its tenants there");
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(
-        message.contains("not empty") && message.contains("2 tenants"),
+        message.contains("not empty") && message.contains("tenants: 2"),
         "{message}"
     );
 
