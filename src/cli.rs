@@ -73,12 +73,15 @@ pub async fn demo(listen: Option<&str>, config_path: Option<&Path>) -> CommandRe
     let tenant = config.tenants.first().cloned().ok_or("the demo needs a tenant")?;
     let tokens = DemoTokens::mint(&config, &tenant.id)?;
     let summary = tenant_summary(&config, &tenant);
+    let store_path = config.store.path.clone();
     let app = Application::build(config).await.map_err(|e| e.to_string())?;
     let base = format!("http://{}", app.addr());
     announce(app.addr());
     print_demo_instructions(&base, &tokens, &tenant.id, &summary, &mock.sample_reference_url());
     let result = app.run_until_stopped().await.map_err(|e| e.to_string());
     mock.stop().await;
+    // The demo's store is its own temporary file: nothing in it outlives the demo.
+    let _ = std::fs::remove_file(store_path);
     result
 }
 
