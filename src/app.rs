@@ -75,6 +75,13 @@ impl Application {
         })?;
         let store = store::Instrumented::wrap(store::open(&config.store).await?, metrics.clone());
         seed_tenants(&config, store.as_ref(), clock.now().timestamp_millis()).await?;
+        let indexed = store.index_earlier_tasks().await?;
+        if indexed > 0 {
+            tracing::info!(
+                indexed,
+                "task list: indexed the reservations kept before it existed (once per store)"
+            );
+        }
         let token_key = callbacks::token::load_key(store.as_ref()).await?;
         let completion = Completion::new(&config, token_key, resolver).map_err(|reason| ConfigError::Invalid {
             key: "callbacks".into(),

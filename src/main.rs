@@ -57,8 +57,13 @@ enum Command {
     },
     /// Mock upstream + gateway in one process, with a token and curl lines to paste.
     Demo {
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
+        /// Default: the config's `server.listen` (127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Pricing, auth, tenants and limits from this file; the upstream is always the
+        /// built-in mock and the store a fresh temporary one.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Mint an HS256 token from the configured secret (prints the JWT only).
     Token {
@@ -73,10 +78,29 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Move a store's contents: export to JSON lines, import into an empty store.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Print the OpenAPI document (equal to the committed openapi/openapi.json).
     Openapi,
     /// Validate and print the effective configuration, secrets masked.
     CheckConfig {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Everything the store holds, as JSON lines on stdout (stop every gateway on it first).
+    Export {
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// A dump from stdin into the configured store, which must be empty.
+    Import {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
@@ -112,7 +136,7 @@ async fn main() -> ExitCode {
             };
             vidgate::cli::mock_upstream(options).await
         }
-        Command::Demo { listen } => vidgate::cli::demo(&listen).await,
+        Command::Demo { listen, config } => vidgate::cli::demo(listen.as_deref(), config.as_deref()).await,
         Command::Token {
             tenant,
             sub,
@@ -120,6 +144,12 @@ async fn main() -> ExitCode {
             ttl,
             config,
         } => vidgate::cli::token(&config, tenant.as_deref(), &sub, &roles, &ttl),
+        Command::Store {
+            action: StoreAction::Export { config },
+        } => vidgate::cli::store_export(&config).await,
+        Command::Store {
+            action: StoreAction::Import { config },
+        } => vidgate::cli::store_import(&config).await,
         Command::CheckConfig { config } => vidgate::cli::check_config(&config),
         Command::Openapi => {
             println!("{}", vidgate::openapi::document_json());

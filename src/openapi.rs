@@ -26,6 +26,8 @@ answer carries `x-request-id`.",
         crate::routes::admin::ledger,
         crate::routes::admin::list_tenants,
         crate::routes::admin::put_tenant,
+        crate::routes::tasks::list,
+        crate::routes::quotes::quote,
         crate::routes::health::healthz,
         crate::routes::health::readyz,
         crate::routes::metrics::metrics,
@@ -189,6 +191,29 @@ pub struct VidgateObject {
     /// Completion + 24 h.
     #[schema(format = DateTime)]
     pub result_expires_at: Option<String>,
+}
+
+/// `GET /v1/tasks`: one page of the tenant's tasks, newest first; `next_cursor` fetches the
+/// next (null: no more).
+#[derive(ToSchema)]
+pub struct TaskList {
+    pub data: Vec<TaskListRow>,
+    pub next_cursor: Option<String>,
+}
+
+/// A task as the gateway keeps it: the upstream's task object as answered to the create
+/// (`status` and `progress` of that moment: GET /v1/tasks/{task_id} asks the upstream now)
+/// with the current `vidgate` object. A reservation without a task has `id` null and
+/// `status` `unknown` (the create's outcome is unknown: the upstream may have made it) or
+/// `failed` (the upstream refused the create; nothing was charged).
+#[derive(ToSchema)]
+pub struct TaskListRow {
+    pub id: Option<String>,
+    pub status: String,
+    pub model: Option<String>,
+    /// Unix seconds.
+    pub created: Option<i64>,
+    pub vidgate: VidgateObject,
 }
 
 /// Every non-2xx answer.

@@ -5,6 +5,7 @@ mod errors;
 mod files;
 mod mp4;
 mod net;
+mod samples;
 mod tasks;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use self::callbacks::CallbackPolicy;
 use self::errors::ApiError;
 
 pub use self::mp4::mp4_with_duration;
+pub use self::samples::REFERENCE_4S;
 
 /// How the mock behaves; `Default` gives quick tasks on a random loopback port.
 #[derive(Debug, Clone)]
@@ -223,6 +225,11 @@ impl MockServer {
         self.shared.base_url.clone()
     }
 
+    /// The 4 s sample reference video anyone may fetch (no key): a `video_urls` entry.
+    pub fn sample_reference_url(&self) -> String {
+        format!("{}{REFERENCE_4S}", self.shared.base_url)
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> MockStats {
         self.shared.snapshot()
@@ -280,6 +287,11 @@ fn routes(config: &mut web::ServiceConfig) {
                 .route(web::get().to(files::uploaded_file))
                 .route(web::head().to(files::uploaded_file)),
         )
+        .service(
+            web::resource(samples::REFERENCE_4S)
+                .route(web::get().to(samples::reference_4s))
+                .route(web::head().to(samples::reference_4s)),
+        )
         .route("/_mock/stats", web::get().to(stats))
         .route("/_mock/tasks", web::get().to(task_list))
         .default_service(web::to(not_found));
@@ -312,6 +324,7 @@ pub async fn run(options: MockOptions) -> io::Result<()> {
     {
         let mut out = io::stdout().lock();
         writeln!(out, "listening on {}", server.base_url())?;
+        writeln!(out, "sample reference video: {}", server.sample_reference_url())?;
         out.flush()?;
     }
     wait_for_shutdown().await;

@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value};
 
 use super::body::read_json;
-use super::query::{Format, QueryParams};
+use super::query::{Format, QueryParams, rfc3339_ms};
 use crate::auth::Caller;
 use crate::billing::{self, Micros};
 use crate::config::{PeriodKind, valid_tenant_id};
@@ -243,13 +243,6 @@ fn ledger_query(params: &QueryParams) -> Result<LedgerQuery, ApiError> {
         cursor,
         limit,
     })
-}
-
-/// An RFC 3339 time as unix ms (never before 1970).
-fn rfc3339_ms(value: &str) -> Result<u64, String> {
-    let time = chrono::DateTime::parse_from_rfc3339(value)
-        .map_err(|e| format!("{value:?} is not an RFC 3339 time like 2026-11-25T00:00:00Z: {e}"))?;
-    u64::try_from(time.timestamp_millis()).map_err(|_| format!("{value:?} is before 1970"))
 }
 
 fn csv_response(name: &str, body: String) -> HttpResponse {

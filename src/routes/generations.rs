@@ -167,7 +167,7 @@ fn idempotency_claim(req: &HttpRequest, body: &Value, state: &AppState) -> Resul
 
 /// The in-process shield in front of the probe and the store: generous (twice the
 /// tenant's limits), so only a flood meets it; the store step holds the real limit.
-fn prelimit(state: &AppState, rate: &[RateCheck]) -> Result<(), ApiError> {
+pub(super) fn prelimit(state: &AppState, rate: &[RateCheck]) -> Result<(), ApiError> {
     let doubled: Vec<RateCheck> = rate
         .iter()
         .map(|c| RateCheck {
@@ -196,7 +196,7 @@ fn replay(record: &ReservationRecord) -> Result<HttpResponse, ApiError> {
 
 /// Measures every reference video before any money is held; a refusal names its
 /// `video_urls[i]` and what was found.
-async fn probe_references(state: &AppState, request: &CreateRequest) -> Result<Vec<u64>, ApiError> {
+pub(super) async fn probe_references(state: &AppState, request: &CreateRequest) -> Result<Vec<u64>, ApiError> {
     let started = state.prober.stats().bytes_read;
     let outcome = state.prober.probe_references(&request.video_urls).await;
     state
@@ -238,16 +238,8 @@ async fn reserve(
     rate: Vec<RateCheck>,
 ) -> Result<Held, ApiError> {
     let config = &state.config;
-    let price = config
-        .price_per_second(&request.model, &request.quality, request.generate_audio)
-        .ok_or_else(|| {
-            ApiError::invalid(
-                format!("quality {:?} is not priced for this model", request.quality),
-                "quality",
-            )
-        })?;
-    let output_ms = u64::from(request.duration) * 1000;
-    let charge = billing::charge(&durations, output_ms, price);
+    let priced = request.price(config, &durations)?;
+    let (price, charge) = (priced.price_per_second, priced.charge);
     let now = state.clock.now();
     let reserve = ReserveRequest {
         reservation_id: format!("rsv_{}", ulid::Ulid::new()),
@@ -262,7 +254,7 @@ async fn reserve(
         price_per_second: price,
         reference_durations_ms: durations,
         billed_input_ms: charge.billed_input_ms,
-        requested_output_ms: output_ms,
+        requested_output_ms: charge.billed_output_ms,
         amount: charge.amount,
         callback_url: request.callback_url.clone(),
         now_ms: now.timestamp_millis(),

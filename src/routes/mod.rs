@@ -9,6 +9,8 @@ pub(crate) mod health;
 pub mod limit;
 pub mod metrics;
 mod query;
+pub(crate) mod quotes;
+pub(crate) mod tasks;
 pub(crate) mod uploads;
 pub(crate) mod usage;
 pub mod validate;
@@ -40,7 +42,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
         .service(resource("/v1/admin/usage", "GET").route(web::get().to(admin::usage)))
         .service(resource("/v1/admin/ledger", "GET").route(web::get().to(admin::ledger)))
         .service(resource("/v1/admin/tenants", "GET").route(web::get().to(admin::list_tenants)))
-        .service(resource("/v1/admin/tenants/{id}", "PUT").route(web::put().to(admin::put_tenant)));
+        .service(resource("/v1/admin/tenants/{id}", "PUT").route(web::put().to(admin::put_tenant)))
+        .service(resource("/v1/tasks", "GET").route(web::get().to(tasks::list)))
+        .service(resource("/v1/quotes", "POST").route(web::post().to(quotes::quote)));
 }
 
 /// A resource whose other methods get 405 in our envelope, with `Allow` listing `allow`.

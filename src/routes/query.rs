@@ -38,6 +38,13 @@ impl QueryParams {
     }
 }
 
+/// An RFC 3339 time as unix ms (never before 1970).
+pub fn rfc3339_ms(value: &str) -> Result<u64, String> {
+    let time = chrono::DateTime::parse_from_rfc3339(value)
+        .map_err(|e| format!("{value:?} is not an RFC 3339 time like 2026-11-25T00:00:00Z: {e}"))?;
+    u64::try_from(time.timestamp_millis()).map_err(|_| format!("{value:?} is before 1970"))
+}
+
 /// `format=json|csv`; JSON when absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -3,6 +3,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::billing::{self, Charge, Micros};
+use crate::config::Config;
 use crate::error::ApiError;
 
 pub const MAX_PROMPT_CHARS: usize = 1500;
@@ -51,6 +53,33 @@ impl CreateRequest {
             map.insert("callback_url".into(), Value::String(url.to_string()));
         }
         body
+    }
+}
+
+/// What a create costs before it runs: the hold it takes, and what a quote answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Priced {
+    pub price_per_second: Micros,
+    /// Billed input of the measured references and the requested output.
+    pub charge: Charge,
+}
+
+impl CreateRequest {
+    /// The price of this request once its references measured `durations_ms`.
+    pub fn price(&self, config: &Config, durations_ms: &[u64]) -> Result<Priced, ApiError> {
+        let price_per_second = config
+            .price_per_second(&self.model, &self.quality, self.generate_audio)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("quality {:?} is not priced for this model", self.quality),
+                    "quality",
+                )
+            })?;
+        let output_ms = u64::from(self.duration) * 1000;
+        Ok(Priced {
+            price_per_second,
+            charge: billing::charge(durations_ms, output_ms, price_per_second),
+        })
     }
 }
 

@@ -3,13 +3,19 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use self::export_import::{export_in, hashed_claim_key, import_in, parse_json};
 use super::tenants::{self, TenantWrite};
 use super::*;
 use crate::limits::LocalLimiter;
+
+mod export_import;
 
 /// Tenant id → `TenantRecord` as JSON.
 const TENANTS: TableDefinition<&str, &str> = TableDefinition::new("tenants");
@@ -47,6 +53,8 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const UNSENT: TableDefinition<&str, u64> = TableDefinition::new("unsent");
 /// How long such a mark lasts (as the Redis store's).
 const UNSENT_MARK_MS: u64 = 3_600_000;
+/// The task list: (tenant, created ms, reservation id) of every reservation.
+const TASK_INDEX: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("task_index");
 
 /// Separates the parts of a composite string key; tenant ids and period keys never hold it.
 const SEP: char = '\u{1f}';
@@ -55,6 +63,7 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     /// Rate limits live in process: one node only.
     limiter: Arc<LocalLimiter>,
+    path: std::path::PathBuf,
 }
 
 impl EmbeddedStore {
@@ -86,10 +95,12 @@ impl EmbeddedStore {
         tx.open_table(EVENTS).map_err(db_error)?;
         tx.open_table(LEASES).map_err(db_error)?;
         tx.open_table(SECRETS).map_err(db_error)?;
+        tx.open_table(TASK_INDEX).map_err(db_error)?;
         tx.commit().map_err(db_error)?;
         Ok(Self {
             db: Arc::new(db),
             limiter: Arc::default(),
+            path: path.to_path_buf(),
         })
     }
 
@@ -511,6 +522,191 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn task_index(
+        &self,
+        tenant: &str,
+        range: &TaskIndexRange,
+        limit: usize,
+    ) -> Result<Vec<TaskIndexEntry>, StoreError> {
+        let (tenant, range) = (tenant.to_string(), range.clone());
+        self.read(move |tx| {
+            let index = tx.open_table(TASK_INDEX).map_err(db_error)?;
+            let from = ms(range.from_ms.unwrap_or(0));
+            let to = range.to_ms.map_or(u64::MAX, ms);
+            let end = match &range.before {
+                Some(before) if ms(before.created_ms) < to => (ms(before.created_ms), before.reservation_id.as_str()),
+                _ => (to, ""),
+            };
+            if (from, "") >= end {
+                return Ok(Vec::new());
+            }
+            let mut entries = Vec::new();
+            let span = (tenant.as_str(), from, "")..(tenant.as_str(), end.0, end.1);
+            for item in index.range(span).map_err(db_error)?.rev().take(limit) {
+                let (key, _) = item.map_err(db_error)?;
+                let (_, created_ms, reservation_id) = key.value();
+                entries.push(TaskIndexEntry {
+                    created_ms: i64::try_from(created_ms).unwrap_or(i64::MAX),
+                    reservation_id: reservation_id.to_string(),
+                });
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn reservations(&self, ids: &[String]) -> Result<Vec<ReservationRecord>, StoreError> {
+        let ids = ids.to_vec();
+        self.read(move |tx| {
+            let reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                out.extend(get_json::<ReservationRecord>(&reservations, id)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn user_period_usage(&self, tenant: &str, user: &str, period: &str) -> Result<PeriodUsage, StoreError> {
+        let keys = CounterKeys::new(tenant, user, period);
+        self.read(move |tx| {
+            let counters = tx.open_table(COUNTERS).map_err(db_error)?;
+            Ok(PeriodUsage {
+                spent: counter(&counters, &keys.user_spent)?,
+                reserved: counter(&counters, &keys.user_reserved)?,
+                in_flight: u32::try_from(counter(&counters, &keys.in_flight)?).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
+    async fn describe(&self) -> Result<String, StoreError> {
+        Ok(format!("embedded (redb) at {}", self.path.display()))
+    }
+
+    async fn export(&self, sink: tokio::sync::mpsc::Sender<DumpItem>) -> Result<(), StoreError> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let tx = db.begin_read().map_err(db_error)?;
+            let send = |item: DumpItem| {
+                sink.blocking_send(item)
+                    .map_err(|_| StoreError::Unavailable("export stopped: nobody reads the dump".into()))
+            };
+            export_in(&tx, &send)
+        })
+        .await
+    }
+
+    async fn holds(&self) -> Result<Option<String>, StoreError> {
+        self.read(|tx| {
+            let counts = [
+                (
+                    "tenants",
+                    tx.open_table(TENANTS).map_err(db_error)?.len().map_err(db_error)?,
+                ),
+                (
+                    "reservations",
+                    tx.open_table(RESERVATIONS).map_err(db_error)?.len().map_err(db_error)?,
+                ),
+                (
+                    "ledger entries",
+                    tx.open_table(LEDGER).map_err(db_error)?.len().map_err(db_error)?,
+                ),
+                (
+                    "counters",
+                    tx.open_table(COUNTERS).map_err(db_error)?.len().map_err(db_error)?,
+                ),
+                (
+                    "secrets",
+                    tx.open_table(SECRETS).map_err(db_error)?.len().map_err(db_error)?,
+                ),
+                (
+                    "outbox events",
+                    tx.open_table(EVENTS).map_err(db_error)?.len().map_err(db_error)?,
+                ),
+                (
+                    "idempotency claims",
+                    tx.open_table(IDEMPOTENCY).map_err(db_error)?.len().map_err(db_error)?,
+                ),
+            ];
+            let held: Vec<String> = counts
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(what, n)| format!("{what}: {n}"))
+                .collect();
+            Ok((!held.is_empty()).then(|| held.join(", ")))
+        })
+        .await
+    }
+
+    async fn import(&self, items: Vec<DumpItem>) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            for item in &items {
+                import_in(tx, item)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn index_earlier_tasks(&self) -> Result<u64, StoreError> {
+        /// The fields of a stored reservation its index entry needs.
+        #[derive(Deserialize)]
+        struct Entry {
+            reservation_id: String,
+            tenant: String,
+            created_ms: i64,
+        }
+        self.write(|tx| {
+            // Every reserve since the task list exists writes an entry: an empty index with
+            // reservations means they all came before.
+            if !tx
+                .open_table(TASK_INDEX)
+                .map_err(db_error)?
+                .is_empty()
+                .map_err(db_error)?
+            {
+                return Ok(0);
+            }
+            let mut entries = Vec::new();
+            for item in tx
+                .open_table(RESERVATIONS)
+                .map_err(db_error)?
+                .iter()
+                .map_err(db_error)?
+            {
+                let (id, json) = item.map_err(db_error)?;
+                entries.push(parse_json::<Entry>(id.value(), json.value())?);
+            }
+            let mut index = tx.open_table(TASK_INDEX).map_err(db_error)?;
+            for entry in &entries {
+                let key = (
+                    entry.tenant.as_str(),
+                    ms(entry.created_ms),
+                    entry.reservation_id.as_str(),
+                );
+                index.insert(key, ()).map_err(db_error)?;
+            }
+            Ok(entries.len() as u64)
+        })
+        .await
+    }
+}
+
+/// Enters a new hold in its tenant's task list.
+fn index_task(tx: &WriteTransaction, record: &ReservationRecord) -> Result<(), StoreError> {
+    let key = (
+        record.tenant.as_str(),
+        ms(record.created_ms),
+        record.reservation_id.as_str(),
+    );
+    tx.open_table(TASK_INDEX)
+        .map_err(db_error)?
+        .insert(key, ())
+        .map_err(db_error)?;
+    Ok(())
 }
 
 /// Applies a tenant write planned by `tenants::plan` with its audit entry; the record
@@ -666,6 +862,7 @@ fn reserve_in(
         .map_err(db_error)?;
     // completion: every hold enters the reconciler's queue, due for a first look at once.
     schedule(tx, Queue::Tasks, &record.reservation_id, record.created_ms)?;
+    index_task(tx, &record)?;
     if let Some(claim) = &request.idempotency {
         let stored = Claim {
             rid: record.reservation_id.clone(),
@@ -703,7 +900,16 @@ fn idempotency_in(
     claim: &IdempotencyClaim,
 ) -> Result<Option<ReserveOutcome>, StoreError> {
     let key = format!("{}{SEP}{}", request.tenant, claim.key);
-    let stored: Option<Claim> = get_json(&tx.open_table(IDEMPOTENCY).map_err(db_error)?, &key)?;
+    let claims = tx.open_table(IDEMPOTENCY).map_err(db_error)?;
+    // store import: a claim moved from Redis is known by the key's hash only.
+    let stored: Option<Claim> = match get_json(&claims, &key)? {
+        Some(claim) => Some(claim),
+        None => get_json(
+            &claims,
+            &hashed_claim_key(&request.tenant, &dump::key_sha256(&claim.key)),
+        )?,
+    };
+    drop(claims);
     let Some(stored) = stored.filter(|c| c.expires_ms > request.now_ms) else {
         return Ok(None);
     };

@@ -190,4 +190,43 @@ impl Store for Instrumented {
         self.timed("claim_alert", self.inner.claim_alert(tenant, period, threshold_ppm))
             .await
     }
+
+    async fn task_index(
+        &self,
+        tenant: &str,
+        range: &TaskIndexRange,
+        limit: usize,
+    ) -> Result<Vec<TaskIndexEntry>, StoreError> {
+        self.timed("task_index", self.inner.task_index(tenant, range, limit))
+            .await
+    }
+
+    async fn reservations(&self, ids: &[String]) -> Result<Vec<ReservationRecord>, StoreError> {
+        self.timed("reservations", self.inner.reservations(ids)).await
+    }
+
+    async fn user_period_usage(&self, tenant: &str, user: &str, period: &str) -> Result<PeriodUsage, StoreError> {
+        self.timed("user_period_usage", self.inner.user_period_usage(tenant, user, period))
+            .await
+    }
+
+    async fn describe(&self) -> Result<String, StoreError> {
+        self.inner.describe().await
+    }
+
+    async fn export(&self, sink: tokio::sync::mpsc::Sender<DumpItem>) -> Result<(), StoreError> {
+        self.inner.export(sink).await
+    }
+
+    async fn holds(&self) -> Result<Option<String>, StoreError> {
+        self.inner.holds().await
+    }
+
+    async fn import(&self, items: Vec<DumpItem>) -> Result<(), StoreError> {
+        self.inner.import(items).await
+    }
+
+    async fn index_earlier_tasks(&self) -> Result<u64, StoreError> {
+        self.inner.index_earlier_tasks().await
+    }
 }

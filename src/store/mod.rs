@@ -3,20 +3,24 @@
 //! store operation, idempotent by reservation id, that also appends its ledger entries and
 //! updates the aggregates. Two backends: embedded (redb, one node) and Redis (many replicas).
 
+mod dump;
 pub mod embedded;
 mod instrumented;
 mod ledger;
 mod period;
 pub mod redis;
+mod task_index;
 mod tenants;
 pub mod usage;
 
+pub use dump::{DumpCounts, DumpItem};
 pub use instrumented::Instrumented;
 pub use ledger::{
     LATE_NOTE, LATE_UNMEASURED_NOTE, LedgerCursor, LedgerEntry, LedgerKind, LedgerPage, LedgerPosition, LedgerQuery,
     LedgerRow, REFUSED_LATE_NOTE, REFUSED_LATE_UNMEASURED_NOTE, UNMEASURED_NOTE, ledger_page,
 };
 pub use period::Period;
+pub use task_index::{MAX_SCANNED, TaskCursor, TaskIndexEntry, TaskIndexRange, TaskListQuery, TaskPage, task_page};
 pub use tenants::{TenantChange, TenantPatch, TenantUpdate};
 pub use usage::{TaskCounts, Totals, UsageBucket};
 
@@ -744,6 +748,44 @@ pub trait Store: Send + Sync + 'static {
     /// Claims a budget alert (threshold in millionths of the budget) for a tenant and
     /// period: true for exactly one caller across all replicas.
     async fn claim_alert(&self, tenant: &str, period: &str, threshold_ppm: u32) -> Result<bool, StoreError>;
+
+    // Team self-service: the task list, the user's budget for quotes, the startup log.
+
+    /// A tenant's task index (written by `reserve`), newest first: the entries in `range`,
+    /// at most `limit` (see `task_page` for a filtered page).
+    async fn task_index(
+        &self,
+        tenant: &str,
+        range: &TaskIndexRange,
+        limit: usize,
+    ) -> Result<Vec<TaskIndexEntry>, StoreError>;
+
+    /// The reservations with these ids that exist, in any order.
+    async fn reservations(&self, ids: &[String]) -> Result<Vec<ReservationRecord>, StoreError>;
+
+    /// Spent and reserved of one user of a tenant in a period key: what the user budget
+    /// is checked against (`in_flight` is the tenant's).
+    async fn user_period_usage(&self, tenant: &str, user: &str, period: &str) -> Result<PeriodUsage, StoreError>;
+
+    /// The backend in a few words for the startup log (`redis 7.2.4`, `embedded (redb) at PATH`);
+    /// never a credential.
+    async fn describe(&self) -> Result<String, StoreError>;
+
+    /// Sends everything the store holds to `sink` (`vidgate store export`; every gateway on
+    /// the store stopped).
+    async fn export(&self, sink: tokio::sync::mpsc::Sender<DumpItem>) -> Result<(), StoreError>;
+
+    /// What the store holds, in a few words, or `None` when it is empty (import refuses a
+    /// store that holds anything).
+    async fn holds(&self) -> Result<Option<String>, StoreError>;
+
+    /// Writes dumped items as they were (`vidgate store import`, into an empty store; any
+    /// order, in as many calls as wanted).
+    async fn import(&self, items: Vec<DumpItem>) -> Result<(), StoreError>;
+
+    /// Enters reservations made before the task list existed into it, once per store (at
+    /// startup); returns how many it entered.
+    async fn index_earlier_tasks(&self) -> Result<u64, StoreError>;
 }
 
 /// Opens the configured backend.

@@ -24,6 +24,8 @@
 //! - `P secret:{name}`: a secret shared by every replica (`SET NX`, the first one wins);
 //! - `P unsent:{reservation_id}`: a reserve that timed out and was released before anything was
 //!   sent upstream: if the stalled script still runs, it holds nothing (expires after an hour).
+//! - `P tasklist:{tenant}`: sorted set of the tenant's reservations for the task list, all
+//!   scores 0, members `{created ms, 15 digits}:{reservation id}` read by text range.
 //!
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
@@ -39,11 +41,15 @@ use ::redis::{
     Client, Cmd, FromRedisValue, RedisError, RedisWrite, Script, ScriptInvocation, ToRedisArgs, Value, cmd,
     from_redis_value,
 };
+use base64::Engine;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use self::export_import::{EXPORT_CHUNK, Sink, glob_escape};
 use super::tenants::{self, TenantWrite};
 use super::*;
+
+mod export_import;
 
 /// How long `connect` waits for a first answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -739,6 +745,191 @@ impl Store for RedisStore {
         let key = format!("{}alert:{tenant}:{period}:{threshold_ppm}", self.prefix);
         let claimed: Option<String> = self.query(cmd("SET").arg(key).arg(1).arg("NX")).await?;
         Ok(claimed.is_some())
+    }
+
+    async fn task_index(
+        &self,
+        tenant: &str,
+        range: &TaskIndexRange,
+        limit: usize,
+    ) -> Result<Vec<TaskIndexEntry>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let max = match (&range.before, range.to_ms) {
+            (Some(before), Some(to)) if before.created_ms >= to => format!("({}", task_index::padded_ms(to)),
+            (Some(before), _) => format!("({}", before.member()),
+            (None, Some(to)) => format!("({}", task_index::padded_ms(to)),
+            (None, None) => "+".to_string(),
+        };
+        let min = range
+            .from_ms
+            .map_or_else(|| "-".to_string(), |from| format!("[{}", task_index::padded_ms(from)));
+        let mut zrange = cmd("ZRANGE");
+        zrange
+            .arg(self.key("tasklist", tenant))
+            .arg(max)
+            .arg(min)
+            .arg("BYLEX")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit);
+        let members: Vec<String> = self.query(&zrange).await?;
+        members.iter().map(|m| TaskIndexEntry::from_member(m)).collect()
+    }
+
+    async fn reservations(&self, ids: &[String]) -> Result<Vec<ReservationRecord>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            pipe.cmd("HGETALL").arg(self.key("res", id));
+        }
+        let replies: Vec<Fields> = pipe
+            .query_async(&mut self.connection().await)
+            .await
+            .map_err(unavailable)?;
+        replies
+            .into_iter()
+            .filter(|fields| !fields.is_empty())
+            .map(record)
+            .collect()
+    }
+
+    async fn user_period_usage(&self, tenant: &str, user: &str, period: &str) -> Result<PeriodUsage, StoreError> {
+        // Same names as `counter_keys` in lua/keys.lua.
+        let prefix = &self.prefix;
+        let mut mget = cmd("MGET");
+        mget.arg(format!("{prefix}uspent:{tenant}:{period}:{user}"))
+            .arg(format!("{prefix}ureserved:{tenant}:{period}:{user}"))
+            .arg(format!("{prefix}inflight:{tenant}"));
+        let (spent, reserved, in_flight): (Option<i64>, Option<i64>, Option<u32>) = self.query(&mget).await?;
+        Ok(PeriodUsage {
+            spent: spent.unwrap_or(0),
+            reserved: reserved.unwrap_or(0),
+            in_flight: in_flight.unwrap_or(0),
+        })
+    }
+
+    async fn describe(&self) -> Result<String, StoreError> {
+        let info: String = self.query(cmd("INFO").arg("server")).await?;
+        let version = info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .map_or("(version unknown)", str::trim);
+        Ok(format!("redis {version}"))
+    }
+
+    async fn export(&self, sink: tokio::sync::mpsc::Sender<DumpItem>) -> Result<(), StoreError> {
+        let out = Sink(sink);
+        for record in self.tenants().await? {
+            out.send(DumpItem::Tenant(record)).await?;
+        }
+        for key in self.scan("res:*").await? {
+            let fields: Fields = self.query(cmd("HGETALL").arg(&key)).await?;
+            if !fields.is_empty() {
+                out.send(DumpItem::Reservation(record(fields)?)).await?;
+            }
+        }
+        self.export_counters(&out).await?;
+        self.export_ledgers(&out).await?;
+        self.export_usage(&out).await?;
+        self.export_claims(&out).await?;
+        self.export_queues(&out).await?;
+        for key in self.scan("secret:*").await? {
+            let value: Option<Vec<u8>> = self.query(cmd("GET").arg(&key)).await?;
+            if let Some(value) = value {
+                out.send(DumpItem::Secret {
+                    name: self.unprefixed(&key, "secret:")?.to_string(),
+                    value_base64: base64::engine::general_purpose::STANDARD.encode(value),
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn holds(&self) -> Result<Option<String>, StoreError> {
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", glob_escape(&self.prefix)))
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = self.query(&scan).await?;
+            if let Some(key) = keys.first() {
+                return Ok(Some(format!(
+                    "keys under the prefix {:?}, such as {key:?}",
+                    self.prefix
+                )));
+            }
+            if next == 0 {
+                return Ok(None);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn import(&self, items: Vec<DumpItem>) -> Result<(), StoreError> {
+        let mut pipe = ::redis::pipe();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for item in &items {
+            self.import_one(&mut pipe, item, now_ms)?;
+        }
+        pipe.query_async::<()>(&mut self.connection().await)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn index_earlier_tasks(&self) -> Result<u64, StoreError> {
+        let done = format!("{}tasklist-complete", self.prefix);
+        if self.query::<bool>(cmd("EXISTS").arg(&done)).await? {
+            return Ok(0);
+        }
+        // Replicas starting together may each do this: entering an entry twice changes nothing.
+        let keys = self.scan("res:*").await?;
+        for chunk in keys.chunks(EXPORT_CHUNK) {
+            let mut read = ::redis::pipe();
+            for key in chunk {
+                read.cmd("HMGET").arg(key).arg("tenant").arg("created_ms");
+            }
+            let found: Vec<(Option<String>, Option<String>)> = read
+                .query_async(&mut self.connection().await)
+                .await
+                .map_err(unavailable)?;
+            let mut write = ::redis::pipe();
+            for (key, (tenant, created_ms)) in chunk.iter().zip(found) {
+                let (Some(tenant), Some(created_ms)) = (tenant, created_ms) else {
+                    continue;
+                };
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("{key}: {e}"));
+                let tenant: String = serde_json::from_str(&tenant).map_err(corrupt)?;
+                let entry = TaskIndexEntry {
+                    created_ms: serde_json::from_str(&created_ms).map_err(corrupt)?,
+                    reservation_id: self.unprefixed(key, "res:")?.to_string(),
+                };
+                write
+                    .cmd("ZADD")
+                    .arg(self.key("tasklist", &tenant))
+                    .arg(0)
+                    .arg(entry.member())
+                    .ignore();
+            }
+            write
+                .query_async::<()>(&mut self.connection().await)
+                .await
+                .map_err(unavailable)?;
+        }
+        // Marked only once there was something to index, so that an empty store stays empty
+        // (`store import` needs one).
+        if !keys.is_empty() {
+            self.query::<()>(cmd("SET").arg(&done).arg(1)).await?;
+        }
+        Ok(keys.len() as u64)
     }
 }
 

@@ -210,6 +210,27 @@ impl TestApp {
         start(config, mock, dir, clock, resolver).await
     }
 
+    /// Stops this gateway and releases its store (redb: the file is free for other
+    /// processes), keeping the mock upstream running; `StoppedApp::start` starts it again.
+    pub async fn stop(self) -> StoppedApp {
+        self.handle.stop(true).await;
+        for _ in 0..100 {
+            if Arc::strong_count(&self.state.store) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (config, mock, dir, clock, resolver) = (self.config, self.mock, self._dir, self.clock, self.resolver);
+        drop(self.state);
+        StoppedApp {
+            config,
+            mock,
+            dir,
+            clock,
+            resolver,
+        }
+    }
+
     /// Another gateway on the same config, store, mock and clock (Redis: a second replica),
     /// listening on a port of its own.
     pub async fn replica(&self) -> TestApp {
@@ -337,6 +358,23 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("task {task_id} never became final");
+    }
+}
+
+/// A gateway stopped by `TestApp::stop`: its config, mock upstream and files.
+pub struct StoppedApp {
+    pub config: Config,
+    pub mock: Arc<MockServer>,
+    pub dir: Arc<tempfile::TempDir>,
+    clock: Arc<dyn Clock>,
+    resolver: Arc<dyn Resolver>,
+}
+
+impl StoppedApp {
+    /// Starts the gateway again with `adjust` applied to its config (another store, say).
+    pub async fn start(mut self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        adjust(&mut self.config);
+        start(self.config, self.mock, self.dir, self.clock, self.resolver).await
     }
 }
 

@@ -1783,3 +1783,180 @@ async fn an_idempotency_key_stays_in_progress_while_its_first_outcome_is_unknown
     ok(store.refund("r3", NOW_MS + 1_000).await.unwrap());
     reserved(&*store, &keyed("r4", "k2")).await;
 }
+
+/// Team self-service: the task index the reserve step writes, batch reads of reservations,
+/// and the user counters quotes read.
+mod task_list {
+    use super::*;
+    use vidgate::store::{TaskIndexEntry, TaskIndexRange, TaskListQuery, task_page};
+
+    for_both_backends!(
+        the_task_index_lists_a_tenants_reservations_newest_first_within_the_range,
+        a_task_page_filters_by_state_and_user_and_resumes_after_its_cursor,
+        the_user_counters_follow_the_users_holds_and_charges,
+    );
+
+    fn at(reservation_id: &str, user: &str, now_ms: i64) -> ReserveRequest {
+        ReserveRequest {
+            now_ms,
+            ..request(reservation_id, user, 100_000)
+        }
+    }
+
+    fn entry(created_ms: i64, reservation_id: &str) -> TaskIndexEntry {
+        TaskIndexEntry {
+            created_ms,
+            reservation_id: reservation_id.into(),
+        }
+    }
+
+    async fn index(store: &dyn Store, range: TaskIndexRange, limit: usize) -> Vec<TaskIndexEntry> {
+        store.task_index(TENANT, &range, limit).await.unwrap()
+    }
+
+    async fn the_task_index_lists_a_tenants_reservations_newest_first_within_the_range(store: Arc<dyn Store>) {
+        with_tenant(&*store, settings()).await;
+        store
+            .apply_config_tenant("other", &settings(), "hash-1", NOW_MS)
+            .await
+            .unwrap();
+        for (id, ms) in [
+            ("r1", NOW_MS),
+            ("r3", NOW_MS + 10),
+            ("r2", NOW_MS + 10),
+            ("r4", NOW_MS + 20),
+        ] {
+            reserved(&*store, &at(id, "ann", ms)).await;
+        }
+        // A retry writes no second entry; a refusal writes none; another tenant's stays apart.
+        reserved(&*store, &at("r1", "ann", NOW_MS + 30)).await;
+        let refused = ReserveRequest {
+            quality: "4k".into(),
+            ..at("r9", "ann", NOW_MS + 30)
+        };
+        refusal(&*store, &refused).await;
+        let theirs = ReserveRequest {
+            tenant: "other".into(),
+            ..at("r5", "ann", NOW_MS + 5)
+        };
+        reserved(&*store, &theirs).await;
+
+        let all = vec![
+            entry(NOW_MS + 20, "r4"),
+            entry(NOW_MS + 10, "r3"),
+            entry(NOW_MS + 10, "r2"),
+            entry(NOW_MS, "r1"),
+        ];
+        assert_eq!(index(&*store, TaskIndexRange::default(), 10).await, all);
+        assert_eq!(index(&*store, TaskIndexRange::default(), 2).await, all[..2]);
+        // Strictly older than the cursor, even within one ms.
+        let after_r3 = TaskIndexRange {
+            before: Some(entry(NOW_MS + 10, "r3")),
+            ..TaskIndexRange::default()
+        };
+        assert_eq!(index(&*store, after_r3, 10).await, all[2..]);
+        // `from` inclusive, `to` exclusive; the cursor and `to` together: the tighter wins.
+        let window = TaskIndexRange {
+            from_ms: Some(NOW_MS + 10),
+            to_ms: Some(NOW_MS + 20),
+            before: None,
+        };
+        assert_eq!(index(&*store, window.clone(), 10).await, all[1..3]);
+        let late_cursor = TaskIndexRange {
+            before: Some(entry(NOW_MS + 50, "r0")),
+            ..window.clone()
+        };
+        assert_eq!(index(&*store, late_cursor, 10).await, all[1..3]);
+        let inner_cursor = TaskIndexRange {
+            before: Some(entry(NOW_MS + 10, "r3")),
+            ..window
+        };
+        assert_eq!(index(&*store, inner_cursor, 10).await, all[2..3]);
+        let empty = TaskIndexRange {
+            from_ms: Some(NOW_MS + 21),
+            to_ms: Some(NOW_MS + 20),
+            before: None,
+        };
+        assert_eq!(index(&*store, empty, 10).await, Vec::new());
+        assert_eq!(
+            store.task_index("other", &TaskIndexRange::default(), 10).await.unwrap(),
+            vec![entry(NOW_MS + 5, "r5")]
+        );
+
+        let ids: Vec<String> = ["r4", "nope", "r1"].map(String::from).to_vec();
+        let mut found: Vec<String> = store
+            .reservations(&ids)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.reservation_id)
+            .collect();
+        found.sort();
+        assert_eq!(found, vec!["r1", "r4"]);
+        assert_eq!(store.reservations(&[]).await.unwrap(), Vec::new());
+    }
+
+    async fn a_task_page_filters_by_state_and_user_and_resumes_after_its_cursor(store: Arc<dyn Store>) {
+        with_tenant(&*store, settings()).await;
+        for i in 0..12 {
+            let user = if i % 3 == 0 { "bob" } else { "ann" };
+            reserved(&*store, &at(&format!("r{i:02}"), user, NOW_MS + i)).await;
+        }
+        store.settle("r03", &settlement(90_000)).await.unwrap();
+        store.refund("r06", NOW_MS + 100).await.unwrap();
+        let ids = |page: &vidgate::store::TaskPage| -> Vec<String> {
+            page.records.iter().map(|r| r.reservation_id.clone()).collect()
+        };
+        let query = |state, user: Option<&str>, before, limit| TaskListQuery {
+            range: TaskIndexRange {
+                before,
+                ..TaskIndexRange::default()
+            },
+            state,
+            user: user.map(String::from),
+            limit,
+        };
+        let page = task_page(&*store, TENANT, &query(None, Some("bob"), None, 3))
+            .await
+            .unwrap();
+        assert_eq!(ids(&page), vec!["r09", "r06", "r03"]);
+        let next = page.next.expect("a cursor after a full page").0;
+        let page = task_page(&*store, TENANT, &query(None, Some("bob"), Some(next), 3))
+            .await
+            .unwrap();
+        assert_eq!(ids(&page), vec!["r00"]);
+        assert!(page.next.is_none(), "the index ended");
+        let page = task_page(&*store, TENANT, &query(Some(ReservationState::Settled), None, None, 20))
+            .await
+            .unwrap();
+        assert_eq!(ids(&page), vec!["r03"]);
+        assert_eq!(page.records[0].charged, Some(90_000));
+        let page = task_page(
+            &*store,
+            TENANT,
+            &query(Some(ReservationState::Reserved), Some("ann"), None, 20),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ids(&page).len(), 8);
+        let page = task_page(&*store, "nobody", &query(None, None, None, 20))
+            .await
+            .unwrap();
+        assert!(page.records.is_empty() && page.next.is_none());
+    }
+
+    async fn the_user_counters_follow_the_users_holds_and_charges(store: Arc<dyn Store>) {
+        with_tenant(&*store, settings()).await;
+        reserved(&*store, &request("r1", "ann", 400_000)).await;
+        reserved(&*store, &request("r2", "ann", 100_000)).await;
+        reserved(&*store, &request("r3", "bob", 50_000)).await;
+        store.settle("r1", &settlement(390_000)).await.unwrap();
+        let ann = store.user_period_usage(TENANT, "ann", "2026-11").await.unwrap();
+        assert_eq!((ann.spent, ann.reserved, ann.in_flight), (390_000, 100_000, 2));
+        let bob = store.user_period_usage(TENANT, "bob", "2026-11").await.unwrap();
+        assert_eq!((bob.spent, bob.reserved), (0, 50_000));
+        let nobody = store.user_period_usage(TENANT, "cid", "2026-12").await.unwrap();
+        assert_eq!((nobody.spent, nobody.reserved), (0, 0));
+        assert!(!store.describe().await.unwrap().is_empty());
+    }
+}

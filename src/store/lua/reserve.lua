@@ -122,6 +122,9 @@ ledger_append(ARGV[1], ARGV[2], ARGV[10], ARGV[11])
 -- completion: every hold enters the reconciler's queue, due for a first look at once.
 local rid = string.sub(KEYS[2], #ARGV[1] + #'res:' + 1)
 redis.call('ZADD', ARGV[1] .. 'pending', ARGV[10], rid)
+-- task list: the tenant's index by creation time (TaskIndexEntry::member: the ms padded so
+-- members sort as text).
+redis.call('ZADD', ARGV[1] .. 'tasklist:' .. ARGV[2], 0, string.format('%015d', tonumber(ARGV[10])) .. ':' .. rid)
 if ARGV[12] ~= '' then
   redis.call('SET', KEYS[3], cjson.encode({rid = rid, hash = ARGV[12]}), 'PX', ARGV[13])
 end
