@@ -144,6 +144,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     pub redis_url: String,
     pub key_prefix: String,
+    /// A final task's record and task-index entry go this long after the task ended.
+    pub retention_secs: Seconds,
 }
 
 impl Default for StoreConfig {
@@ -153,6 +155,7 @@ impl Default for StoreConfig {
             path: "data/vidgate.redb".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
             key_prefix: "vidgate:".into(),
+            retention_secs: Seconds::from_secs(35 * 86_400),
         }
     }
 }
@@ -528,6 +531,9 @@ impl Config {
             ));
         }
         self.validate_auth()?;
+        if self.store.retention_secs.as_millis() == 0 {
+            return Err(ConfigError::invalid("store.retention_secs", "must be more than 0"));
+        }
         if self.store.key_prefix.is_empty() {
             return Err(ConfigError::invalid("store.key_prefix", "must not be empty"));
         }

@@ -218,6 +218,8 @@ mod tests {
             created_task: None,
             recovered: false,
             refused_task: None,
+            claim_expires_ms: None,
+            period_end_ms: None,
         }
     }
 

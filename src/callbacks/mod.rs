@@ -127,10 +127,21 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts the relay, and the reconciler unless `reconciler.enabled = false`.
+    /// Starts the relay, the retention purge, and the reconciler unless
+    /// `reconciler.enabled = false`.
     pub fn start(state: &AppState) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let mut tasks = vec![tokio::spawn(relay::run(state.clone(), stopped.clone()))];
+        let retention = state.config.store.retention_secs.as_duration();
+        let clock = state.clock.clone();
+        let mut tasks = vec![
+            tokio::spawn(relay::run(state.clone(), stopped.clone())),
+            tokio::spawn(crate::store::retention::run(
+                state.store.clone(),
+                move || clock.now().timestamp_millis(),
+                crate::store::retention::interval(retention),
+                stopped.clone(),
+            )),
+        ];
         if state.config.reconciler.enabled {
             tasks.push(tokio::spawn(reconciler::run(state.clone(), stopped)));
         }

@@ -53,6 +53,13 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const UNSENT: TableDefinition<&str, u64> = TableDefinition::new("unsent");
 /// How long such a mark lasts (as the Redis store's).
 const UNSENT_MARK_MS: u64 = 3_600_000;
+/// What retention deletes, in order: (when, `kind␟key`), kind `res` (a final record, its task
+/// index and task list entries), `idem` (an idempotency claim) or `ctr` (a user counter).
+const EXPIRIES: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiries");
+/// Retention until `with_retention` says otherwise (the config default).
+const DEFAULT_RETENTION_MS: i64 = 35 * 86_400_000;
+/// Expiry entries handled per write transaction.
+const PURGE_BATCH: usize = 500;
 /// The task list: (tenant, created ms, reservation id) of every reservation.
 const TASK_INDEX: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("task_index");
 
@@ -64,6 +71,8 @@ pub struct EmbeddedStore {
     /// Rate limits live in process: one node only.
     limiter: Arc<LocalLimiter>,
     path: std::path::PathBuf,
+    /// How long a final record is kept (see `ReservationRecord::kept_until_ms`).
+    retention_ms: i64,
 }
 
 impl EmbeddedStore {
@@ -96,12 +105,20 @@ impl EmbeddedStore {
         tx.open_table(LEASES).map_err(db_error)?;
         tx.open_table(SECRETS).map_err(db_error)?;
         tx.open_table(TASK_INDEX).map_err(db_error)?;
+        tx.open_table(EXPIRIES).map_err(db_error)?;
         tx.commit().map_err(db_error)?;
         Ok(Self {
             db: Arc::new(db),
             limiter: Arc::default(),
             path: path.to_path_buf(),
+            retention_ms: DEFAULT_RETENTION_MS,
         })
+    }
+
+    /// Keeps final records `retention` after they ended (default: 35 days).
+    pub fn with_retention(mut self, retention: std::time::Duration) -> Self {
+        self.retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        self
     }
 
     /// Runs `op` in one write transaction on the blocking pool; commits when it returns Ok.
@@ -199,7 +216,9 @@ impl Store for EmbeddedStore {
 
     async fn reserve(&self, request: &ReserveRequest) -> Result<ReserveReceipt, StoreError> {
         let (request, limiter) = (request.clone(), Arc::clone(&self.limiter));
-        self.write(move |tx| reserve_in(tx, &request, &limiter)).await
+        let retention_ms = self.retention_ms;
+        self.write(move |tx| reserve_in(tx, &request, &limiter, retention_ms))
+            .await
     }
 
     async fn read_task(&self, task_id: &str, rate: &[RateCheck]) -> Result<TaskRead, StoreError> {
@@ -264,23 +283,45 @@ impl Store for EmbeddedStore {
 
     async fn settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError> {
         let (reservation_id, finish) = (reservation_id.to_string(), Finish::settle(settlement));
-        self.write(move |tx| finish_in(tx, &reservation_id, &finish)).await
+        let retention_ms = self.retention_ms;
+        self.write(move |tx| finish_in(tx, &reservation_id, &finish, retention_ms))
+            .await
     }
 
     async fn refund(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
         let (reservation_id, finish) = (reservation_id.to_string(), Finish::refund(now_ms));
-        self.write(move |tx| finish_in(tx, &reservation_id, &finish)).await
+        let retention_ms = self.retention_ms;
+        self.write(move |tx| finish_in(tx, &reservation_id, &finish, retention_ms))
+            .await
     }
 
     async fn expire(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
         let (reservation_id, finish) = (reservation_id.to_string(), Finish::expire(now_ms));
-        self.write(move |tx| finish_in(tx, &reservation_id, &finish)).await
+        let retention_ms = self.retention_ms;
+        self.write(move |tx| finish_in(tx, &reservation_id, &finish, retention_ms))
+            .await
     }
 
     async fn late_settle(&self, reservation_id: &str, settlement: &Settlement) -> Result<FinalizeOutcome, StoreError> {
         let (reservation_id, settlement) = (reservation_id.to_string(), settlement.clone());
-        self.write(move |tx| late_settle_in(tx, &reservation_id, &settlement))
+        let retention_ms = self.retention_ms;
+        self.write(move |tx| late_settle_in(tx, &reservation_id, &settlement, retention_ms))
             .await
+    }
+
+    async fn purge(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let retention_ms = self.retention_ms;
+        let mut purged = 0;
+        // In batches, so a long backlog never holds the one writer for long.
+        loop {
+            let batch = self
+                .write(move |tx| purge_in(tx, now_ms, retention_ms, PURGE_BATCH))
+                .await?;
+            purged += batch;
+            if batch < PURGE_BATCH {
+                return Ok(purged);
+            }
+        }
     }
 
     async fn recover(&self, recovery: &Recovery) -> Result<RecoverOutcome, StoreError> {
@@ -289,13 +330,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn release_unsent(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
-        let reservation_id = reservation_id.to_string();
+        let (reservation_id, retention_ms) = (reservation_id.to_string(), self.retention_ms);
         self.write(move |tx| {
             let record: Option<ReservationRecord> =
                 get_json(&tx.open_table(RESERVATIONS).map_err(db_error)?, &reservation_id)?;
             match record {
                 Some(record) if record.task_id.is_some() => Ok(FinalizeOutcome::AlreadyFinal(record)),
-                Some(_) => finish_in(tx, &reservation_id, &Finish::refund(now_ms)),
+                Some(_) => finish_in(tx, &reservation_id, &Finish::refund(now_ms), retention_ms),
                 None => {
                     let mut unsent = tx.open_table(UNSENT).map_err(db_error)?;
                     // Old marks go here, so the table holds only the last hour's.
@@ -787,6 +828,7 @@ fn reserve_in(
     tx: &WriteTransaction,
     request: &ReserveRequest,
     limiter: &LocalLimiter,
+    retention_ms: i64,
 ) -> Result<ReserveReceipt, StoreError> {
     let refused = |refusal, rate| {
         Ok(ReserveReceipt {
@@ -863,6 +905,7 @@ fn reserve_in(
     // completion: every hold enters the reconciler's queue, due for a first look at once.
     schedule(tx, Queue::Tasks, &record.reservation_id, record.created_ms)?;
     index_task(tx, &record)?;
+    expire_user_counters(tx, &record, retention_ms)?;
     if let Some(claim) = &request.idempotency {
         let stored = Claim {
             rid: record.reservation_id.clone(),
@@ -873,6 +916,7 @@ fn reserve_in(
         };
         let key = format!("{}{SEP}{}", request.tenant, claim.key);
         put_json(&mut tx.open_table(IDEMPOTENCY).map_err(db_error)?, &key, &stored)?;
+        expire_at(tx, stored.expires_ms, "idem", &key)?;
     }
     Ok(ReserveReceipt {
         outcome: ReserveOutcome::Reserved(record),
@@ -965,7 +1009,12 @@ fn refusal(
 
 /// Settle, refund or expire inside its write transaction: moves money once, in the record's
 /// period; the task leaves the reconciler's queue and its callback (if any) enters the outbox.
-fn finish_in(tx: &WriteTransaction, reservation_id: &str, finish: &Finish) -> Result<FinalizeOutcome, StoreError> {
+fn finish_in(
+    tx: &WriteTransaction,
+    reservation_id: &str,
+    finish: &Finish,
+    retention_ms: i64,
+) -> Result<FinalizeOutcome, StoreError> {
     let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
     let Some(mut record) = get_json::<ReservationRecord>(&reservations, reservation_id)? else {
         return Ok(FinalizeOutcome::NotFound);
@@ -987,7 +1036,7 @@ fn finish_in(tx: &WriteTransaction, reservation_id: &str, finish: &Finish) -> Re
         append(tx, &entry)?;
     }
     aggregate(tx, &record, &finish.deltas(&record))?;
-    ended(tx, &record, finish)?;
+    ended(tx, &record, finish, retention_ms)?;
     Ok(FinalizeOutcome::Applied(record))
 }
 
@@ -997,6 +1046,7 @@ fn late_settle_in(
     tx: &WriteTransaction,
     reservation_id: &str,
     settlement: &Settlement,
+    retention_ms: i64,
 ) -> Result<FinalizeOutcome, StoreError> {
     let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
     let Some(mut record) = get_json::<ReservationRecord>(&reservations, reservation_id)? else {
@@ -1019,7 +1069,7 @@ fn late_settle_in(
         append(tx, &entry)?;
     }
     aggregate(tx, &record, &finish.deltas(&record))?;
-    ended(tx, &record, finish)?;
+    ended(tx, &record, finish, retention_ms)?;
     Ok(FinalizeOutcome::Applied(record))
 }
 
@@ -1080,16 +1130,119 @@ fn make_due(tx: &WriteTransaction, reservation_id: &str, now_ms: i64) -> Result<
     schedule(tx, Queue::Tasks, reservation_id, i64::try_from(due).unwrap_or(i64::MAX))
 }
 
-/// What every final step does besides money: the task leaves the reconciler's queue, and
-/// its caller's callback enters the outbox.
-fn ended(tx: &WriteTransaction, record: &ReservationRecord, finish: &Finish) -> Result<(), StoreError> {
+/// What every final step does besides money: the task leaves the reconciler's queue, its
+/// caller's callback enters the outbox, and the record and its user counters count down
+/// their retention.
+fn ended(
+    tx: &WriteTransaction,
+    record: &ReservationRecord,
+    finish: &Finish,
+    retention_ms: i64,
+) -> Result<(), StoreError> {
     unschedule(tx, Queue::Tasks, &record.reservation_id)?;
+    if let Some(until) = record.kept_until_ms(retention_ms) {
+        expire_at(tx, until, "res", &record.reservation_id)?;
+    }
+    expire_user_counters(tx, record, retention_ms)?;
     if relays(record) {
         let event = OutboxEvent::new(record, finish.kind, finish.finished_ms);
         put_json(&mut tx.open_table(EVENTS).map_err(db_error)?, &event.id, &event)?;
         schedule(tx, Queue::Outbox, &event.id, finish.finished_ms)?;
     }
     Ok(())
+}
+
+/// Deletes `kind␟key` at `at_ms` (see `EXPIRIES`).
+fn expire_at(tx: &WriteTransaction, at_ms: i64, kind: &str, key: &str) -> Result<(), StoreError> {
+    let entry = format!("{kind}{SEP}{key}");
+    tx.open_table(EXPIRIES)
+        .map_err(db_error)?
+        .insert((ms(at_ms), entry.as_str()), ())
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// The user counters of the record's period go `retention` after it ends ('total' ones stay).
+fn expire_user_counters(
+    tx: &WriteTransaction,
+    record: &ReservationRecord,
+    retention_ms: i64,
+) -> Result<(), StoreError> {
+    if let Some(end) = record.period_end_ms {
+        let keys = CounterKeys::new(&record.tenant, &record.user, &record.period);
+        let at = end.saturating_add(retention_ms);
+        expire_at(tx, at, "ctr", &keys.user_spent)?;
+        expire_at(tx, at, "ctr", &keys.user_reserved)?;
+    }
+    Ok(())
+}
+
+/// Deletes what is due in `EXPIRIES` at `now_ms`, at most `limit` entries; how many went.
+fn purge_in(tx: &WriteTransaction, now_ms: i64, retention_ms: i64, limit: usize) -> Result<usize, StoreError> {
+    let due: Vec<(u64, String)> = {
+        let expiries = tx.open_table(EXPIRIES).map_err(db_error)?;
+        let range = expiries.range((0, "")..=(ms(now_ms), "\u{10ffff}")).map_err(db_error)?;
+        let mut due = Vec::new();
+        for entry in range.take(limit) {
+            let (key, _) = entry.map_err(db_error)?;
+            let (at, name) = key.value();
+            due.push((at, name.to_string()));
+        }
+        due
+    };
+    for (at, name) in &due {
+        tx.open_table(EXPIRIES)
+            .map_err(db_error)?
+            .remove((*at, name.as_str()))
+            .map_err(db_error)?;
+        match name.split_once(SEP) {
+            Some(("res", rid)) => purge_record(tx, rid, now_ms, retention_ms)?,
+            Some(("idem", key)) => {
+                let mut claims = tx.open_table(IDEMPOTENCY).map_err(db_error)?;
+                let claim: Option<Claim> = get_json(&claims, key)?;
+                if claim.is_some_and(|c| c.expires_ms <= now_ms) {
+                    claims.remove(key).map_err(db_error)?;
+                }
+            }
+            Some(("ctr", key)) => {
+                tx.open_table(COUNTERS)
+                    .map_err(db_error)?
+                    .remove(key)
+                    .map_err(db_error)?;
+            }
+            _ => return Err(StoreError::Corrupt(format!("expiry entry {name:?}"))),
+        }
+    }
+    Ok(due.len())
+}
+
+/// A final record past its retention, with its task index and task list entries (a record
+/// a later step kept longer has a later entry of its own, so it stays now).
+fn purge_record(tx: &WriteTransaction, rid: &str, now_ms: i64, retention_ms: i64) -> Result<(), StoreError> {
+    let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
+    let Some(record) = get_json::<ReservationRecord>(&reservations, rid)? else {
+        return Ok(());
+    };
+    if record.kept_until_ms(retention_ms).is_none_or(|until| until > now_ms) {
+        return Ok(());
+    }
+    reservations.remove(rid).map_err(db_error)?;
+    drop(reservations);
+    if let Some(task_id) = &record.task_id {
+        let mut tasks = tx.open_table(TASKS).map_err(db_error)?;
+        let owned = tasks
+            .get(task_id.as_str())
+            .map_err(db_error)?
+            .is_some_and(|owner| owner.value() == rid);
+        if owned {
+            tasks.remove(task_id.as_str()).map_err(db_error)?;
+        }
+    }
+    tx.open_table(TASK_INDEX)
+        .map_err(db_error)?
+        .remove((record.tenant.as_str(), ms(record.created_ms), rid))
+        .map_err(db_error)?;
+    unschedule(tx, Queue::Tasks, rid)
 }
 
 /// A queue's index: (due ms, id) in due order.

@@ -106,6 +106,10 @@ impl Store for Instrumented {
             .await
     }
 
+    async fn purge(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.timed("purge", self.inner.purge(now_ms)).await
+    }
+
     async fn recover(&self, recovery: &Recovery) -> Result<RecoverOutcome, StoreError> {
         self.timed("recover", self.inner.recover(recovery)).await
     }

@@ -9,6 +9,7 @@ mod instrumented;
 mod ledger;
 mod period;
 pub mod redis;
+pub mod retention;
 mod task_index;
 mod tenants;
 pub mod usage;
@@ -213,6 +214,13 @@ pub struct ReservationRecord {
     /// The task a recovery refused to bind (its anomaly is written once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_task: Option<String>,
+    /// Until when (unix ms) an idempotency claim names this record: it is kept that long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_expires_ms: Option<i64>,
+    /// When the booked period ends (unix ms; none for `total`): the user counters it wrote
+    /// expire `retention` after that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_end_ms: Option<i64>,
 }
 
 /// What a bind found.
@@ -266,7 +274,24 @@ impl ReservationRecord {
             created_task: None,
             recovered: false,
             refused_task: None,
+            claim_expires_ms: request.idempotency.as_ref().map(|claim| {
+                request
+                    .now_ms
+                    .saturating_add(i64::try_from(claim.ttl_ms).unwrap_or(i64::MAX))
+            }),
+            period_end_ms: Period::end_of(period),
         }
+    }
+
+    /// Until when a final record is kept: `retention` after it ended, and at least as long
+    /// as an idempotency claim names it. `None` while it has not ended.
+    pub fn kept_until_ms(&self, retention_ms: i64) -> Option<i64> {
+        let ended = self.finished_ms.filter(|_| self.state != ReservationState::Reserved)?;
+        Some(
+            ended
+                .saturating_add(retention_ms)
+                .max(self.claim_expires_ms.unwrap_or(i64::MIN)),
+        )
     }
 
     /// Whether a completion seen now is charged late: the hold was released before the task
@@ -681,6 +706,13 @@ pub trait Store: Send + Sync + 'static {
     /// its state, so its completion is charged (late, if the hold was released meanwhile).
     async fn recover(&self, recovery: &Recovery) -> Result<RecoverOutcome, StoreError>;
 
+    /// Deletes what retention says is over at `now_ms`: final records (and their task index
+    /// and task list entries) `retention` after they ended, expired idempotency claims, user
+    /// counters of periods closed `retention` ago. Redis expires most of it by itself (this
+    /// trims the task lists and gives keys written before retention existed their expiry);
+    /// the embedded store deletes it here. Returns how many things went.
+    async fn purge(&self, now_ms: i64) -> Result<usize, StoreError>;
+
     /// Undoes a reserve whose answer was lost (a store timeout) before anything was sent
     /// upstream: refunds the hold if it exists and is unbound, and otherwise makes sure a
     /// reserve with this id still on its way can never hold anything. Idempotent.
@@ -790,8 +822,15 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the configured backend.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    let retention = config.retention_secs.as_duration();
     Ok(match config.backend {
-        StoreBackend::Embedded => Arc::new(embedded::EmbeddedStore::open(&config.path, &config.key_prefix)?),
-        StoreBackend::Redis => Arc::new(redis::RedisStore::connect(&config.redis_url, &config.key_prefix).await?),
+        StoreBackend::Embedded => {
+            Arc::new(embedded::EmbeddedStore::open(&config.path, &config.key_prefix)?.with_retention(retention))
+        }
+        StoreBackend::Redis => Arc::new(
+            redis::RedisStore::connect(&config.redis_url, &config.key_prefix)
+                .await?
+                .with_retention(retention),
+        ),
     })
 }

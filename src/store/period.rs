@@ -44,6 +44,22 @@ impl Period {
         self.to_string()
     }
 
+    /// When the period ends (unix ms, exclusive); `None` for `total`.
+    pub fn end_ms(&self) -> Option<i64> {
+        let end = match *self {
+            Self::Month(first) => first.checked_add_months(chrono::Months::new(1))?,
+            Self::Week(monday) => monday.checked_add_days(Days::new(7))?,
+            Self::Day(day) => day.checked_add_days(Days::new(1))?,
+            Self::Total => return None,
+        };
+        Some(end.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
+    }
+
+    /// The end of the period named by a store key (`2026-11`, `2026-W48`, ...).
+    pub fn end_of(key: &str) -> Option<i64> {
+        key.parse::<Self>().ok()?.end_ms()
+    }
+
     /// The days of the period, in order; `None` for `total` (unbounded).
     pub fn days(&self) -> Option<Vec<String>> {
         let (first, count) = match *self {
@@ -148,6 +164,17 @@ mod tests {
                 assert_eq!(Period::current(kind, now).token(), keys.for_kind(kind));
             }
         }
+    }
+
+    #[test]
+    fn a_period_ends_at_midnight_after_its_last_day() {
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis();
+        assert_eq!(Period::end_of("2026-11"), Some(at("2026-12-01T00:00:00Z")));
+        assert_eq!(Period::end_of("2026-12"), Some(at("2027-01-01T00:00:00Z")));
+        assert_eq!(Period::end_of("2026-W49"), Some(at("2026-12-07T00:00:00Z")));
+        assert_eq!(Period::end_of("2026-11-25"), Some(at("2026-11-26T00:00:00Z")));
+        assert_eq!(Period::end_of("total"), None);
+        assert_eq!(Period::end_of("nonsense"), None);
     }
 
     #[test]

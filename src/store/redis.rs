@@ -50,6 +50,7 @@ use super::tenants::{self, TenantWrite};
 use super::*;
 
 mod export_import;
+mod retention;
 
 /// How long `connect` waits for a first answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -57,6 +58,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Per command; the scripts are short, a slow answer means Redis is in trouble.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Retention until `with_retention` says otherwise (the config default).
+const DEFAULT_RETENTION_MS: i64 = 35 * 86_400_000;
 /// The oldest Redis the scripts run on (major, minor).
 const MIN_VERSION: (u32, u32) = (7, 0);
 /// How long a reserve whose caller gave up stays unable to hold (`release_unsent`): longer
@@ -75,6 +78,10 @@ pub struct RedisStore {
     per_thread: Mutex<HashMap<ThreadId, ConnectionManager>>,
     prefix: String,
     scripts: Scripts,
+    /// How long a final record is kept (see `ReservationRecord::kept_until_ms`).
+    retention_ms: i64,
+    /// Whether keys written before retention existed were given their expiry (once per process).
+    retention_migrated: std::sync::atomic::AtomicBool,
 }
 
 struct Scripts {
@@ -165,6 +172,8 @@ impl RedisStore {
                 per_thread: Mutex::default(),
                 prefix: prefix.to_string(),
                 scripts: Scripts::load(),
+                retention_ms: DEFAULT_RETENTION_MS,
+                retention_migrated: std::sync::atomic::AtomicBool::new(false),
             };
             store.ping().await?;
             store.check_version().await?;
@@ -191,6 +200,12 @@ impl RedisStore {
                 MIN_VERSION.0, MIN_VERSION.1
             )))
         }
+    }
+
+    /// Keeps final records `retention` after they ended (default: 35 days).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        self
     }
 
     fn key(&self, kind: &str, id: &str) -> String {
@@ -243,8 +258,20 @@ impl RedisStore {
             .arg(finish.billed_output_ms.unwrap_or(0))
             .arg(finish.finished_ms)
             .arg(finish.anomaly.unwrap_or(""))
+            .arg(self.retention_ms)
             .arg(json_fields(finish)?);
         finalized("finish", self.invoke(&invocation).await?)
+    }
+
+    /// What the reserve script needs to expire user counters: the retention and the end of
+    /// each period the tenant may be booked to.
+    fn retention_json(&self, periods: &PeriodKeys) -> String {
+        let end = |key: &str| Period::end_of(key);
+        serde_json::json!({
+            "retention_ms": self.retention_ms,
+            "ends": {"month": end(&periods.month), "week": end(&periods.week), "day": end(&periods.day)},
+        })
+        .to_string()
     }
 
     /// The sorted set of a queue.
@@ -369,7 +396,8 @@ impl Store for RedisStore {
             .arg(claim.map_or("", |c| c.body_hash.as_str()))
             .arg(claim.map_or(0, |c| c.ttl_ms))
             .arg(rate_checks_json(&request.rate)?)
-            .arg(fields);
+            .arg(fields)
+            .arg(self.retention_json(periods));
         let mut reply = self.invoke::<Vec<Value>>(&invocation).await?.into_iter();
         let status: String = parse(reply.next())?;
         let (refusal, rate) = match status.as_str() {
@@ -378,7 +406,11 @@ impl Store for RedisStore {
                 let rate = rate_decision(parse(reply.next())?)?;
                 let budget_use = budget_use(parse(reply.next())?)?;
                 return Ok(ReserveReceipt {
-                    outcome: ReserveOutcome::Reserved(ReservationRecord { period, ..hold }),
+                    outcome: ReserveOutcome::Reserved(ReservationRecord {
+                        period_end_ms: Period::end_of(&period),
+                        period,
+                        ..hold
+                    }),
                     rate,
                     budget_use: Some(budget_use),
                 });
@@ -526,8 +558,13 @@ impl Store for RedisStore {
             .arg(finish.anomaly.unwrap_or(""))
             .arg(RESULT_TTL_MS)
             .arg(after_refusal.anomaly.unwrap_or(""))
+            .arg(self.retention_ms)
             .arg(json_fields(&finish)?);
         finalized("late_settle", self.invoke(&invocation).await?)
+    }
+
+    async fn purge(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.purge_now(now_ms).await
     }
 
     async fn recover(&self, recovery: &Recovery) -> Result<RecoverOutcome, StoreError> {

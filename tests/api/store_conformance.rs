@@ -1960,3 +1960,155 @@ mod task_list {
         assert!(!store.describe().await.unwrap().is_empty());
     }
 }
+
+/// Retention on both stores, with a short retention: Redis expires by itself (real time
+/// passes), the embedded store deletes when purged at the same moment of the gateway's clock.
+mod retention {
+    use std::time::Instant;
+
+    use super::*;
+    use vidgate::store::{TaskIndexEntry, TaskIndexRange};
+
+    const RETENTION: Duration = Duration::from_millis(300);
+
+    async fn stores() -> Vec<(&'static str, Backend)> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let embedded = EmbeddedStore::open(&dir.path().join("store.redb"), "test:")
+            .expect("open embedded store")
+            .with_retention(RETENTION);
+        let redis = RedisStore::connect(&support::redis::shared().url(), &support::random_prefix())
+            .await
+            .expect("connect")
+            .with_retention(RETENTION);
+        vec![
+            (
+                "embedded",
+                Backend {
+                    store: Arc::new(embedded),
+                    _dir: Some(dir),
+                },
+            ),
+            (
+                "redis",
+                Backend {
+                    store: Arc::new(redis),
+                    _dir: None,
+                },
+            ),
+        ]
+    }
+
+    /// Lets `wait` of real time pass, then purges at `step_ms` + the time passed.
+    async fn after(store: &dyn Store, step_ms: i64, since: Instant, wait: Duration) {
+        tokio::time::sleep(wait.saturating_sub(since.elapsed())).await;
+        let passed = i64::try_from(since.elapsed().as_millis()).unwrap();
+        store.purge(step_ms + passed).await.unwrap();
+    }
+
+    async fn listed(store: &dyn Store) -> Vec<TaskIndexEntry> {
+        store.task_index(TENANT, &TaskIndexRange::default(), 100).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_final_record_its_task_index_and_task_list_entry_go_after_retention() {
+        for (name, backend) in stores().await {
+            let store = &*backend.store;
+            with_tenant(store, settings()).await;
+            reserved(store, &request("r1", "ann", 415_000)).await;
+            reserved(store, &request("r2", "ann", 415_000)).await;
+            store.bind("r1", "task-1", "{}").await.unwrap();
+            let ended = Instant::now();
+            ok(store.settle("r1", &settlement(405_000)).await.unwrap());
+            store.purge(NOW_MS + 60_000).await.unwrap();
+            assert!(
+                store.reservation("r1").await.unwrap().is_some(),
+                "{name}: kept during retention"
+            );
+            after(store, NOW_MS + 60_000, ended, RETENTION + Duration::from_millis(200)).await;
+            assert_eq!(store.reservation("r1").await.unwrap(), None, "{name}");
+            assert_eq!(store.task("task-1").await.unwrap(), None, "{name}");
+            // The hold still running is kept; finance's ledger and aggregates stay.
+            assert!(store.reservation("r2").await.unwrap().is_some(), "{name}");
+            let ids: Vec<String> = listed(store).await.into_iter().map(|e| e.reservation_id).collect();
+            assert_eq!(ids, ["r2"], "{name}");
+            assert_eq!(usage(store).await, (405_000, 415_000, 1), "{name}");
+            let kinds: Vec<LedgerKind> = ledger(store, Some(TENANT)).await.into_iter().map(|e| e.kind).collect();
+            assert!(kinds.contains(&LedgerKind::Settle), "{name}: {kinds:?}");
+            let november = store.usage(TENANT, "2026-11", false).await.unwrap().total();
+            assert_eq!((november.spent, november.tasks.settled), (405_000, 1), "{name}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_an_idempotency_claim_names_stays_while_the_claim_lives() {
+        for (name, backend) in stores().await {
+            let store = &*backend.store;
+            with_tenant(store, settings()).await;
+            let keyed = ReserveRequest {
+                idempotency: Some(IdempotencyClaim {
+                    key: "k1".into(),
+                    body_hash: "h".into(),
+                    ttl_ms: 1_500,
+                }),
+                ..request("r1", "ann", 415_000)
+            };
+            reserved(store, &keyed).await;
+            store.bind("r1", "task-1", "{}").await.unwrap();
+            let ended = Instant::now();
+            ok(store.refund("r1", NOW_MS).await.unwrap());
+            after(store, NOW_MS, ended, RETENTION + Duration::from_millis(200)).await;
+            assert!(
+                matches!(
+                    store.reserve(&ReserveRequest { reservation_id: "r2".into(), ..keyed.clone() }).await.unwrap().outcome,
+                    ReserveOutcome::Replay(r) if r.reservation_id == "r1"
+                ),
+                "{name}: the claim still replays its record"
+            );
+            after(store, NOW_MS, ended, Duration::from_millis(1_700)).await;
+            assert_eq!(store.reservation("r1").await.unwrap(), None, "{name}");
+            // The claim is gone too: the key runs anew.
+            reserved(
+                store,
+                &ReserveRequest {
+                    reservation_id: "r3".into(),
+                    now_ms: NOW_MS + 1_700,
+                    ..keyed.clone()
+                },
+            )
+            .await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn user_counters_of_a_closed_period_expire_and_tenant_counters_stay() {
+        let december_first = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        for (name, backend) in stores().await {
+            let store = &*backend.store;
+            with_tenant(store, settings()).await;
+            reserved(store, &request("r1", "ann", 415_000)).await;
+            let ended = Instant::now();
+            // Settled after November ended and a retention passed: its user counters go.
+            let late = Settlement {
+                now_ms: december_first + 400,
+                ..settlement(405_000)
+            };
+            ok(store.settle("r1", &late).await.unwrap());
+            assert_eq!(
+                store.user_period_usage(TENANT, "ann", "2026-11").await.unwrap().spent,
+                405_000,
+                "{name}"
+            );
+            after(store, december_first + 400, ended, Duration::from_millis(100)).await;
+            let user = store.user_period_usage(TENANT, "ann", "2026-11").await.unwrap();
+            assert_eq!((user.spent, user.reserved), (0, 0), "{name}");
+            assert_eq!(
+                usage(store).await,
+                (405_000, 0, 0),
+                "{name}: the tenant's counters stay"
+            );
+        }
+    }
+}

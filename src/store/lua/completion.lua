@@ -13,9 +13,25 @@ local function record_in_state(key, state, names)
   local values = redis.call('HMGET', key, unpack(names))
   local record = {}
   for i, name in ipairs(names) do
-    record[name] = cjson.decode(values[i])
+    -- Optional fields are left out of the hash when empty.
+    if values[i] then
+      record[name] = cjson.decode(values[i])
+    end
   end
   return record
+end
+
+-- Retention: a final record and its task index entry expire `retention_ms` after `now_ms`,
+-- or when the idempotency claim naming the record does, whichever is later.
+local function keep_for_retention(prefix, key, record, now_ms, retention_ms)
+  local keep = retention_ms
+  if record.claim_expires_ms then
+    keep = math.max(keep, record.claim_expires_ms - now_ms)
+  end
+  redis.call('PEXPIRE', key, string.format('%d', keep))
+  if record.task_id ~= cjson.null then
+    redis.call('PEXPIRE', prefix .. 'task:' .. record.task_id, string.format('%d', keep))
+  end
 end
 
 -- A ledger entry for the record, built as LedgerEntry::for_reservation does.

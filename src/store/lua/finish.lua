@@ -5,17 +5,18 @@
 -- Runs after keys.lua and completion.lua.
 -- KEYS[1] reservation hash. ARGV[1] key prefix, ARGV[2] amount charged (added to spent),
 -- ARGV[3] kind ('settle', 'refund' or 'expire'), ARGV[4] billed output ms, ARGV[5] entry time ms,
--- ARGV[6] anomaly note ('' when none), ARGV[7..] record fields and JSON values to write.
+-- ARGV[6] anomaly note ('' when none), ARGV[7] retention ms, ARGV[8..] record fields and JSON
+-- values to write.
 -- Replies {'not_found'}, {'already_final', HGETALL} or {'applied', HGETALL}.
 local record, refusal = record_in_state(KEYS[1], '"reserved"', {'tenant', 'user', 'period', 'reserved', 'periods',
   'quality', 'audio', 'billed_input_ms', 'reservation_id', 'task_id', 'model', 'currency', 'request_id',
-  'callback_url'})
+  'callback_url', 'claim_expires_ms', 'period_end_ms'})
 if not record then
   return refusal
 end
 local keys = counter_keys(ARGV[1], record.tenant, record.user, record.period)
 local hold = record.reserved
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('DECRBY', keys.reserved, hold)
 redis.call('DECRBY', keys.user_reserved, hold)
 redis.call('INCRBY', keys.spent, ARGV[2])
@@ -49,4 +50,6 @@ if ARGV[6] ~= '' then
   ledger_append(ARGV[1], record.tenant, ARGV[5], cjson.encode(entry))
 end
 task_ended(ARGV[1], record.reservation_id, ARGV[3], ARGV[5], relays)
+keep_for_retention(ARGV[1], KEYS[1], record, tonumber(ARGV[5]), tonumber(ARGV[7]))
+expire_user_counters(keys, record.period_end_ms, tonumber(ARGV[5]), tonumber(ARGV[7]))
 return {'applied', redis.call('HGETALL', KEYS[1])}

@@ -42,3 +42,13 @@ local function aggregate(prefix, tenant, user, quality, audio, buckets, deltas)
     end
   end
 end
+
+-- The user counters of a period expire `retention_ms` after the period ends ('total' ones
+-- are kept).
+local function expire_user_counters(keys, period_end_ms, now_ms, retention_ms)
+  if period_end_ms and period_end_ms ~= cjson.null then
+    local ttl = string.format('%d', math.max(period_end_ms + retention_ms - now_ms, 1))
+    redis.call('PEXPIRE', keys.user_spent, ttl)
+    redis.call('PEXPIRE', keys.user_reserved, ttl)
+  end
+end

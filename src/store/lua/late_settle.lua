@@ -6,7 +6,8 @@
 -- Runs after keys.lua and completion.lua.
 -- KEYS[1] reservation hash. ARGV[1] key prefix, ARGV[2] amount charged, ARGV[3] billed output
 -- ms, ARGV[4] entry time ms, ARGV[5] anomaly note after an expiry, ARGV[6] result lifetime ms,
--- ARGV[7] anomaly note after a refusal, ARGV[8..] record fields and JSON values to write.
+-- ARGV[7] anomaly note after a refusal, ARGV[8] retention ms, ARGV[9..] record fields and JSON
+-- values to write.
 -- Replies {'not_found'}, {'already_final', HGETALL} or {'applied', HGETALL}.
 local current = redis.call('HMGET', KEYS[1], 'state', 'recovered')
 local from = '"expired"'
@@ -15,13 +16,13 @@ if current[1] == '"refunded"' and current[2] == 'true' then
 end
 local record, refusal = record_in_state(KEYS[1], from, {'tenant', 'user', 'period', 'periods', 'quality',
   'audio', 'billed_input_ms', 'reservation_id', 'task_id', 'model', 'currency', 'request_id', 'callback_url',
-  'finished_ms'})
+  'finished_ms', 'claim_expires_ms', 'period_end_ms'})
 if not record then
   return refusal
 end
 local relays = record.callback_url ~= cjson.null and record.task_id ~= cjson.null
 local keys = counter_keys(ARGV[1], record.tenant, record.user, record.period)
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('HSET', KEYS[1], 'result_expires_ms', string.format('%d', record.finished_ms + tonumber(ARGV[6])))
 redis.call('INCRBY', keys.spent, ARGV[2])
 redis.call('INCRBY', keys.user_spent, ARGV[2])
@@ -38,4 +39,6 @@ entry.kind = 'anomaly'
 entry.note = from == '"expired"' and ARGV[5] or ARGV[7]
 ledger_append(ARGV[1], record.tenant, ARGV[4], cjson.encode(entry))
 task_ended(ARGV[1], record.reservation_id, 'late_settle', ARGV[4], relays)
+keep_for_retention(ARGV[1], KEYS[1], record, tonumber(ARGV[4]), tonumber(ARGV[8]))
+expire_user_counters(keys, record.period_end_ms, tonumber(ARGV[4]), tonumber(ARGV[8]))
 return {'applied', redis.call('HGETALL', KEYS[1])}

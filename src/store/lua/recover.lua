@@ -35,5 +35,10 @@ if note ~= '' then
 end
 redis.call('HSET', KEYS[1], 'task_id', ARGV[3], 'created_task', ARGV[5], 'recovered', 'true')
 redis.call('SET', KEYS[2], ARGV[2])
+-- A released record already counts down its retention: its task index entry goes with it.
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
 make_due(KEYS[3], ARGV[2], ARGV[6])
 return {'bound', redis.call('HGETALL', KEYS[1])}

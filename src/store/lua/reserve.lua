@@ -10,7 +10,8 @@
 -- ARGV[1] key prefix, ARGV[2] tenant, ARGV[3] user, ARGV[4] quality, ARGV[5] amount,
 -- ARGV[6..8] month, week and day period keys, ARGV[9] audio ('1'/'0'), ARGV[10] entry time
 -- ms, ARGV[11] entry JSON, ARGV[12] body hash for the idempotency key ('' for none),
--- ARGV[13] its TTL ms, ARGV[14] rate checks JSON, ARGV[15..] record fields and JSON values.
+-- ARGV[13] its TTL ms, ARGV[14] rate checks JSON, ARGV[15..#ARGV-1] record fields and JSON
+-- values, ARGV[#ARGV] retention JSON: {"retention_ms", "ends": {month, week, day: period end ms}}.
 -- Replies {status, ...}: 'held' + the period booked + rate + budget use ({spent, reserved}
 -- of the period after the hold, then the budget when there is one) for a new hold (the
 -- record is the caller's fields plus that period: no need to send it back), 'reserved' +
@@ -106,14 +107,21 @@ end
 -- The caller cannot know the tenant's period kind; the script books the hold to it (the
 -- caller's empty `period` field comes first: the later value of a field wins).
 local fields = {KEYS[2]}
-for i = 15, #ARGV do
+for i = 15, #ARGV - 1 do
   fields[#fields + 1] = ARGV[i]
 end
 fields[#fields + 1] = 'period'
 fields[#fields + 1] = cjson.encode(period)
+local retention = cjson.decode(ARGV[#ARGV])
+local period_end = retention.ends[settings.period]
+if period_end and period_end ~= cjson.null then
+  fields[#fields + 1] = 'period_end_ms'
+  fields[#fields + 1] = string.format('%d', period_end)
+end
 redis.call('HSET', unpack(fields))
 reserved = redis.call('INCRBY', keys.reserved, ARGV[5])
 redis.call('INCRBY', keys.user_reserved, ARGV[5])
+expire_user_counters(keys, period_end, tonumber(ARGV[10]), retention.retention_ms)
 redis.call('INCR', keys.in_flight)
 aggregate(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[9] == '1', {ARGV[8], ARGV[6]},
   {reserved = ARGV[5], n_reserved = 1})
