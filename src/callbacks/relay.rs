@@ -66,16 +66,46 @@ async fn deliver(state: &AppState, id: String, now: i64) -> bool {
     };
     let next = match attempt(state, &id).await {
         Ok(next) => next,
-        Err(error) => {
-            // Not the receiver's fault (store or upstream away): no attempt is used up.
-            tracing::warn!(event_id = %id, "relay could not prepare a delivery: {error}; trying again later");
-            Some(super::now_ms(state).saturating_add(first_delay(state)))
-        }
+        Err(error) => not_prepared(state, &id, &error).await,
     };
     if let Err(error) = store.release(Queue::Outbox, &id, owner, claimed, next).await {
         tracing::warn!(event_id = %id, "relay cannot release: {error}");
     }
     true
+}
+
+/// A delivery that could not even be prepared (the task is gone upstream, the key was
+/// rotated, a record is corrupt, the store is away) uses up an attempt like a failed one, so
+/// the outbox always drains: retried on the same schedule, then given up and logged.
+async fn not_prepared(state: &AppState, id: &str, error: &ApiError) -> Option<i64> {
+    let retry = Some(super::now_ms(state).saturating_add(first_delay(state)));
+    let mut event = match state.store.outbox_event(id).await {
+        Ok(Some(event)) => event,
+        Ok(None) => return None,
+        // The store is away: the attempt cannot be counted; the lease keeps it from spinning.
+        Err(store_error) => {
+            tracing::warn!(event_id = %id, "relay could not prepare a delivery: {error}; store: {store_error}");
+            return retry;
+        }
+    };
+    event.attempts = event.attempts.saturating_add(1);
+    let delays = &state.config.callbacks.retry_delays_ms;
+    match usize::try_from(event.attempts - 1).ok().and_then(|i| delays.get(i)) {
+        Some(delay) => {
+            tracing::warn!(event_id = %id, reservation_id = %event.reservation_id, attempt = event.attempts,
+                "relay could not prepare a delivery: {error}; retrying in {delay} ms");
+            if let Err(store_error) = state.store.save_outbox_event(&event).await {
+                tracing::warn!(event_id = %id, "relay cannot count the attempt: {store_error}");
+            }
+            Some(super::now_ms(state).saturating_add(i64::try_from(*delay).unwrap_or(i64::MAX)))
+        }
+        None => {
+            count(state, "gave_up");
+            tracing::error!(event_id = %id, reservation_id = %event.reservation_id, attempts = event.attempts,
+                "callback NOT delivered, it could not be prepared: {error}");
+            None
+        }
+    }
 }
 
 /// One delivery attempt; returns when the next is due (`None`: the event is done).

@@ -353,6 +353,61 @@ async fn a_receiver_that_never_takes_it_gets_four_attempts_then_the_relay_gives_
     );
 }
 
+/// An event whose delivery cannot be prepared (its task is unknown to the upstream: purged,
+/// or the company key rotated) uses up its attempts like a failed delivery, and the outbox
+/// drains instead of retrying every second for ever.
+#[tokio::test]
+async fn an_event_that_cannot_be_prepared_is_given_up_after_the_retry_schedule() {
+    let receiver = Receiver::start(vec![200]).await;
+    let app = spawn_app_with(Backend::Embedded, quick_mock(), relayed_callbacks).await;
+    let store = &app.state.store;
+    let now = chrono::Utc::now();
+    let hold = vidgate::store::ReserveRequest {
+        reservation_id: "rsv_gone".into(),
+        tenant: "team-a".into(),
+        user: "alice".into(),
+        request_id: "req_gone".into(),
+        periods: vidgate::store::PeriodKeys::at(now),
+        model: crate::helpers::MODEL.into(),
+        quality: "720p".into(),
+        audio: true,
+        currency: "USD".into(),
+        price_per_second: 50_000,
+        reference_durations_ms: vec![5000],
+        billed_input_ms: 5000,
+        requested_output_ms: 5000,
+        amount: 500_000,
+        callback_url: Some(receiver.url.clone()),
+        now_ms: now.timestamp_millis(),
+        idempotency: None,
+        rate: Vec::new(),
+    };
+    store.reserve(&hold).await.unwrap();
+    store.bind("rsv_gone", "task-unified-1-purged00", "{}").await.unwrap();
+    store.refund("rsv_gone", now.timestamp_millis()).await.unwrap();
+    app.state.completion.wake_relay();
+    eventually("the relay to give up", || async {
+        store
+            .due(Queue::Outbox, i64::MAX / 2, 10)
+            .await
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let metric = |outcome: &str| app.metric(&format!("vidgate_callback_deliveries_total{{outcome=\"{outcome}\"}}"));
+    assert_eq!((metric("gave_up"), metric("delivered")), (1.0, 0.0));
+    assert!(receiver.received().is_empty(), "nothing unsigned or half-made was sent");
+    // One GET per attempt: the first try and one per retry delay, then no more.
+    let polls = app.mock.stats().queries;
+    assert_eq!(
+        polls, 4,
+        "one upstream read per attempt (a 404 is not retried), 4 attempts"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.mock.stats().queries, polls);
+}
+
 /// Resolves one name to loopback while `open`, else to the cloud metadata address; every
 /// other name is unknown.
 struct FlippingResolver {
