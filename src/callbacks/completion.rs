@@ -63,7 +63,7 @@ pub async fn observe(state: &AppState, record: ReservationRecord, task: &Value) 
 /// task is re-fetched, bound if it fits the reservation (else an `anomaly`), and its money
 /// moved as for any task. An upstream error is returned, so the upstream retries its callback.
 pub async fn recover(state: &AppState, record: ReservationRecord, task_id: &str) -> Result<(), ApiError> {
-    let task = state.upstream.get_task(task_id).await?;
+    let task = state.upstream.get_task_for_caller(task_id).await?;
     let refusal = recovery_refusal(&record, task_id, &task, state.config.upstream.timeout_ms);
     let recovery = Recovery {
         reservation_id: record.reservation_id.clone(),

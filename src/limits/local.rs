@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use governor::clock::{Clock, DefaultClock};
@@ -14,16 +15,23 @@ use super::{RateCheck, RateDecision};
 
 type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
+/// Checks between two sweeps of idle keys.
+const SWEEP_EVERY: u64 = 4096;
+
 #[derive(Default)]
 pub struct LocalLimiter {
     /// One limiter per (per_minute, burst) quota, keyed by the check's key.
     limiters: Mutex<HashMap<(u32, u32), Arc<Keyed>>>,
+    checks: AtomicU64,
 }
 
 impl LocalLimiter {
     /// Checks the limits in order (tenant, then user) and stops at the first refusal; governor
     /// cannot peek, so a request the user limit refuses has still used a tenant slot.
     pub fn check(&self, checks: &[RateCheck]) -> Option<RateDecision> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.evict_idle();
+        }
         let mut decision: Option<RateDecision> = None;
         for check in checks {
             let this = self.check_one(check);
@@ -63,6 +71,24 @@ impl LocalLimiter {
         }
     }
 
+    /// Forgets keys whose limit has fully recovered (a fresh key would decide the same), and
+    /// limiters left with no key (a quota no tenant uses any more): the maps hold only callers
+    /// seen within their burst's recovery time, whatever the traffic.
+    pub fn evict_idle(&self) {
+        let mut limiters = self.limiters.lock().unwrap_or_else(PoisonError::into_inner);
+        limiters.retain(|_, limiter| {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            !limiter.is_empty()
+        });
+    }
+
+    /// Keys held across all limiters.
+    pub fn keys(&self) -> usize {
+        let limiters = self.limiters.lock().unwrap_or_else(PoisonError::into_inner);
+        limiters.values().map(|limiter| limiter.len()).sum()
+    }
+
     fn limiter(&self, per_minute: u32, burst: u32) -> Arc<Keyed> {
         let mut limiters = self.limiters.lock().unwrap_or_else(PoisonError::into_inner);
         limiters
@@ -96,6 +122,31 @@ mod tests {
         assert!(!refused.allowed);
         assert!((1..=1000).contains(&refused.retry_after_ms), "{refused:?}");
         assert_eq!(refused.retry_after_secs(), 1);
+    }
+
+    #[test]
+    fn idle_keys_and_unused_quotas_are_forgotten() {
+        let limiter = LocalLimiter::default();
+        // A fast quota recovers within milliseconds.
+        for i in 0..1000 {
+            let check = RateCheck {
+                key: format!("reads:user-{i}"),
+                per_minute: 60_000,
+                burst: 1,
+            };
+            limiter.check(std::slice::from_ref(&check));
+        }
+        assert_eq!(limiter.keys(), 1000);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        limiter.evict_idle();
+        assert_eq!(limiter.keys(), 0);
+        assert!(
+            limiter
+                .limiters
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        );
     }
 
     #[test]

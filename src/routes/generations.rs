@@ -131,7 +131,7 @@ pub async fn get_task(
         .record
         .filter(|r| r.tenant == caller.tenant)
         .ok_or_else(|| ApiError::TaskNotFound(task_id.clone()))?;
-    let task = state.upstream.get_task(&task_id).await?;
+    let task = state.upstream.get_task_for_caller(&task_id).await?;
     let record = callbacks::observe(&state, record, &task).await?;
     let mut response = HttpResponse::Ok();
     limit::add_headers(&mut response, Policy::Reads, read.rate);

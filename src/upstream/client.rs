@@ -82,27 +82,49 @@ impl UpstreamClient {
         self.send("create_task", request).await
     }
 
-    /// `GET /v1/tasks/{id}`, retried with backoff on 429/502/503 and unreachable.
+    /// `GET /v1/tasks/{id}` for background work (reconciler, relay): each attempt may take the
+    /// configured timeout; retried with backoff on 429/502/503 and unreachable (within the
+    /// worker's lease, so an upstream's long `Retry-After` is left to the next look).
     pub async fn get_task(&self, task_id: &str) -> Result<Value, UpstreamError> {
+        self.read_task(task_id, None).await
+    }
+
+    /// `GET /v1/tasks/{id}` for a caller who is waiting: the same retries, after the
+    /// upstream's `Retry-After` when it gives one, all within one `upstream.timeout_ms` in
+    /// total; a retry that would start past it is not made.
+    pub async fn get_task_for_caller(&self, task_id: &str) -> Result<Value, UpstreamError> {
+        self.read_task(task_id, Some(Instant::now() + Duration::from_millis(self.timeout_ms)))
+            .await
+    }
+
+    async fn read_task(&self, task_id: &str, deadline: Option<Instant>) -> Result<Value, UpstreamError> {
         let mut url = self.tasks_url.clone();
         url.path_segments_mut()
             .expect("checked in new: the tasks URL can be a base")
             .push(task_id);
         let mut attempt = 1;
         loop {
-            let result = self
-                .send(
-                    "get_task",
-                    self.http.get(url.clone()).header(AUTHORIZATION, self.bearer()),
-                )
-                .await;
-            match result {
-                Err(e) if attempt < READ_ATTEMPTS && retryable(&e) => {
-                    tokio::time::sleep(READ_BACKOFF * 2u32.pow(attempt - 1)).await;
-                    attempt += 1;
+            let mut request = self.http.get(url.clone()).header(AUTHORIZATION, self.bearer());
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(UpstreamError::Timeout(self.timeout_ms));
                 }
-                other => return other,
+                request = request.timeout(left);
             }
+            let result = self.send("get_task", request).await;
+            let wait = match &result {
+                Err(e) if attempt < READ_ATTEMPTS && retryable(e) => {
+                    let backoff = READ_BACKOFF * 2u32.pow(attempt - 1);
+                    deadline.and_then(|_| retry_after(e)).unwrap_or(backoff)
+                }
+                _ => return result,
+            };
+            if deadline.is_some_and(|deadline| Instant::now() + wait >= deadline) {
+                return result;
+            }
+            tokio::time::sleep(wait).await;
+            attempt += 1;
         }
     }
 
@@ -206,6 +228,21 @@ impl UpstreamClient {
         } else {
             UpstreamError::Interrupted(without_url(error))
         }
+    }
+}
+
+/// The wait an upstream 429/503 asked for (`Retry-After` in seconds), at most a minute.
+fn retry_after(error: &UpstreamError) -> Option<Duration> {
+    match error {
+        UpstreamError::Status {
+            retry_after: Some(value),
+            ..
+        } => value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|secs| Duration::from_secs(secs.min(60))),
+        _ => None,
     }
 }
 

@@ -143,3 +143,39 @@ async fn a_caller_request_id_is_echoed_and_unknown_routes_get_the_envelope() {
         .expect("answer");
     assert_error(response, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None).await;
 }
+
+/// Retention: a final task is answered until `store.retention_secs` after it ended, then 404
+/// like a task never seen; its money stays in the usage report.
+async fn a_task_past_retention_is_not_found(backend: Backend) {
+    let app = crate::helpers::spawn_app_with(backend, crate::helpers::quick_mock(), |c| {
+        c.store.retention_secs = vidgate::config::Seconds::from_millis(500);
+    })
+    .await;
+    let created = app.create_task("team-a", "kept for half a second").await;
+    let task_id = created["id"].as_str().expect("task id").to_string();
+    let done = app.wait_final("team-a", &task_id).await;
+    assert_eq!(done["vidgate"]["state"], "settled");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let response = app.get_task(&app.token("team-a"), &task_id).await;
+        if response.status() == StatusCode::NOT_FOUND {
+            assert_error(response, StatusCode::NOT_FOUND, "task_not_found", None).await;
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the task outlived its retention");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let usage = app.get_json("/v1/usage", &app.token("team-a")).await;
+    assert_eq!(usage["spent"], "0.500000", "{usage}");
+    assert_eq!(usage["tasks"]["settled"], 1, "{usage}");
+}
+
+#[tokio::test]
+async fn a_task_past_retention_is_not_found_embedded() {
+    a_task_past_retention_is_not_found(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_task_past_retention_is_not_found_redis() {
+    a_task_past_retention_is_not_found(Backend::Redis).await;
+}

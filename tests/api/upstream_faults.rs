@@ -81,3 +81,55 @@ async fn an_unreachable_upstream_gives_502() {
     assert_error(response, StatusCode::BAD_GATEWAY, "upstream_error", None).await;
     assert_eq!(reserved_now(&app).await, 0);
 }
+
+/// An upstream whose task reads answer `503` with `Retry-After: 1`, counting the reads and
+/// when they came.
+fn busy_upstream() -> (String, std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let reads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = reads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            seen.lock().unwrap().push(std::time::Instant::now());
+            let body = r#"{"error":{"code":503,"message":"busy"}}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (format!("http://{addr}"), reads)
+}
+
+#[tokio::test]
+async fn a_caller_waits_at_most_the_upstream_timeout_in_total_and_retry_after_is_honoured() {
+    let (busy, reads) = busy_upstream();
+    let app = spawn_app_with(Backend::Embedded, quick_mock(), |c| {
+        c.upstream.timeout_ms = 1500;
+        c.reconciler.enabled = false;
+    })
+    .await;
+    let created = app.create_task("team-a", "seen later through a busy upstream").await;
+    let task_id = created["id"].as_str().unwrap().to_string();
+    let app = app.restart_with(|c| c.upstream.base_url = busy).await;
+    let started = std::time::Instant::now();
+    let response = app.get_task(&app.token("team-a"), &task_id).await;
+    let waited = started.elapsed();
+    assert_error(response, StatusCode::BAD_GATEWAY, "upstream_error", None).await;
+    let reads = reads.lock().unwrap().clone();
+    assert_eq!(reads.len(), 2, "the retry after Retry-After fits, a third would not");
+    assert!(
+        reads[1] - reads[0] >= std::time::Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert!(
+        waited < std::time::Duration::from_millis(1500 + 500),
+        "waited {waited:?}"
+    );
+}
