@@ -18,6 +18,7 @@ mod overspend;
 mod quotes;
 mod references;
 mod reports;
+mod soak;
 mod store_conformance;
 mod store_move;
 mod support;

@@ -11,6 +11,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_vidgate");
 pub struct Process(Child);
 
 impl Process {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGTERM, and waits for the process to finish what it holds and exit.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.0.kill();
