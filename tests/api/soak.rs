@@ -191,6 +191,7 @@ poll_interval_secs = 0.1
 ttl_secs = 3
 [[tenants]]
 id = "soak"
+period = "total"
 max_concurrent_tasks = 100000
 creates_per_minute = 1000000
 creates_burst = 100000
@@ -267,13 +268,32 @@ async fn soak(redis: Option<RedisServer>, tasks: usize) {
     }
     let created_in = started.elapsed();
 
-    // Every task ends within a second; then retention (2 s) and the claims (3 s) run out.
+    // Every task ends (the reconciler polls them all), then retention (2 s) and the
+    // idempotency claims (3 s) run out, and a purge runs.
+    let usage_url = format!("http://{}/v1/usage?period=total", soak.addr());
+    loop {
+        let usage: Value = client
+            .get(&usage_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if usage["tasks"]["reserved"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let quiet_in = started.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = soak.sample("after retention", tasks);
     println!(
-        "soak: {tasks} tasks created in {:.1} s ({:.0}/s); ledger {} B/task, aggregates {} B/task",
+        "soak: {tasks} tasks created in {:.1} s ({:.0}/s), all ended after {:.1} s; ledger {} B/task, aggregates {} B/task",
         created_in.as_secs_f64(),
         tasks as f64 / created_in.as_secs_f64(),
+        quiet_in.as_secs_f64(),
         per_task(&start, &after, "ledger", tasks),
         per_task(&start, &after, "aggregate", tasks),
     );
