@@ -6,6 +6,7 @@ pub(crate) mod callbacks;
 pub(crate) mod generations;
 pub mod guard;
 pub(crate) mod health;
+pub(crate) mod keys;
 pub mod limit;
 pub mod metrics;
 mod query;
@@ -13,6 +14,7 @@ pub(crate) mod uploads;
 pub(crate) mod usage;
 pub mod validate;
 pub(crate) mod view;
+pub(crate) mod webhooks;
 
 use actix_web::{HttpResponse, web};
 
@@ -41,6 +43,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
         .service(resource("/v1/admin/ledger", "GET").route(web::get().to(admin::ledger)))
         .service(resource("/v1/admin/tenants", "GET").route(web::get().to(admin::list_tenants)))
         .service(resource("/v1/admin/tenants/{id}", "PUT").route(web::put().to(admin::put_tenant)));
+    webhooks::configure(cfg);
+    keys::configure(cfg);
 }
 
 /// A resource whose other methods get 405 in our envelope, with `Allow` listing `allow`.

@@ -125,6 +125,7 @@ fn settings() -> TenantSettings {
         user_budget: None,
         user_creates_per_minute: 0,
         allowed_qualities: vec!["720p".into(), "1080p".into()],
+        alert_webhook_url: None,
     }
 }
 
