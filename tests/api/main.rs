@@ -2,6 +2,7 @@
 
 mod admin;
 mod alerts;
+mod api_keys;
 mod auth;
 mod chaos;
 mod cli;
@@ -9,6 +10,7 @@ mod completion;
 mod contract;
 mod crash;
 mod drift;
+mod egress;
 mod helpers;
 mod idempotency;
 mod limits;
@@ -16,8 +18,10 @@ mod money;
 mod overspend;
 mod references;
 mod reports;
+mod secrets_in_logs;
 mod store_conformance;
 mod support;
 mod tasks;
 mod upstream_faults;
 mod validation;
+mod webhook_keys;
