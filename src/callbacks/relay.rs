@@ -1,5 +1,7 @@
 //! The relay: delivers the outbox's events to callers' `callback_url`s, at least once, signed
-//! in the Standard Webhooks format, through the SSRF-safe client (every attempt resolves and
+//! in the Standard Webhooks format with the tenant's own key (see `webhook_keys`: during a
+//! rotation the previous key too, and the legacy shared key until its date), through the
+//! SSRF-safe client (every attempt resolves and
 //! checks the receiver's addresses again), with the upstream's retry contract: a 2xx within
 //! `callbacks.timeout_ms`, else retries after each `callbacks.retry_delays_ms`.
 

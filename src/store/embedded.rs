@@ -500,6 +500,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn webhook_keys(&self, tenant: &str, candidate: &WebhookKey) -> Result<WebhookKeys, StoreError> {
+        let owned = tenant.to_string();
+        // Read first: every delivery asks, and only a tenant's first ask needs the writer.
+        let stored = self
+            .read(move |tx| get_json(&tx.open_table(WEBHOOK_KEYS).map_err(db_error)?, &owned))
+            .await?;
+        if let Some(stored) = stored {
+            return Ok(stored);
+        }
         let (tenant, candidate) = (tenant.to_string(), candidate.clone());
         self.write(move |tx| {
             let mut keys = tx.open_table(WEBHOOK_KEYS).map_err(db_error)?;
