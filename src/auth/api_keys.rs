@@ -40,10 +40,14 @@ pub fn valid_key_name(name: &str) -> bool {
 
 /// The SHA-256 (hex) a key is stored and found under.
 pub fn key_hash(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(key.as_bytes());
+    let mut hex = String::with_capacity(digest.len() * 2);
+    for byte in digest {
+        hex.push(char::from(HEX[usize::from(byte >> 4)]));
+        hex.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    hex
 }
 
 /// A new key for `tenant`: the key itself (shown once) and the record to store.
@@ -70,8 +74,24 @@ pub fn caller_of(record: &ApiKeyRecord) -> Caller {
     }
 }
 
+/// What the cache keeps of a key: the caller it stands for and until when.
+#[derive(Debug, Clone)]
+struct Known {
+    caller: Caller,
+    expires_ms: Option<i64>,
+}
+
+impl Known {
+    fn of(record: &ApiKeyRecord) -> Self {
+        Self {
+            caller: caller_of(record),
+            expires_ms: record.expires_ms,
+        }
+    }
+}
+
 /// Hash → what the store said (`None`: no such key) and when it was read.
-type Entries = HashMap<String, (Option<ApiKeyRecord>, Instant)>;
+type Entries = HashMap<String, (Option<Known>, Instant)>;
 
 /// The lookup with its cache; one per process, shared by every worker.
 #[derive(Default)]
@@ -101,13 +121,13 @@ impl ApiKeys {
             return Ok(Err(AuthError::UnknownApiKey));
         }
         let hash = key_hash(key);
-        let record = store.api_key(&hash).await?;
-        let answer = judge(record.as_ref(), now_ms);
+        let known = store.api_key(&hash).await?.as_ref().map(Known::of);
+        let answer = judge(known.as_ref(), now_ms);
         let mut entries = self.lock();
         if entries.len() >= CACHE_MAX {
             entries.clear();
         }
-        entries.insert(hash, (record, Instant::now()));
+        entries.insert(hash, (known, Instant::now()));
         Ok(answer)
     }
 
@@ -115,8 +135,8 @@ impl ApiKeys {
     pub fn cached(&self, key: &str, now_ms: i64) -> Option<Result<Caller, AuthError>> {
         let hash = key_hash(key);
         let entries = self.lock();
-        let (record, read) = entries.get(&hash)?;
-        (read.elapsed() < CACHE_TTL).then(|| judge(record.as_ref(), now_ms))
+        let (known, read) = entries.get(&hash)?;
+        (read.elapsed() < CACHE_TTL).then(|| judge(known.as_ref(), now_ms))
     }
 
     /// Forgets a key at once (revoked on this replica; others follow within the TTL).
@@ -134,11 +154,11 @@ fn plausible(key: &str) -> bool {
     key.starts_with(API_KEY_PREFIX) && key.len() <= MAX_KEY_LEN
 }
 
-fn judge(record: Option<&ApiKeyRecord>, now_ms: i64) -> Result<Caller, AuthError> {
-    match record {
+fn judge(known: Option<&Known>, now_ms: i64) -> Result<Caller, AuthError> {
+    match known {
         None => Err(AuthError::UnknownApiKey),
-        Some(record) if record.expired_at(now_ms) => Err(AuthError::ApiKeyExpired),
-        Some(record) => Ok(caller_of(record)),
+        Some(known) if known.expires_ms.is_some_and(|until| now_ms >= until) => Err(AuthError::ApiKeyExpired),
+        Some(known) => Ok(known.caller.clone()),
     }
 }
 
@@ -164,6 +184,10 @@ mod tests {
         assert!(one.starts_with(API_KEY_PREFIX) && one.len() == API_KEY_PREFIX.len() + 43);
         assert_eq!(record.hash, key_hash(&one));
         assert_eq!(record.hash.len(), 64);
+        assert_eq!(
+            key_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let stored = serde_json::to_string(&record).unwrap();
         assert!(!stored.contains(&one[API_KEY_PREFIX.len()..]), "{stored}");
         assert!(record.id.starts_with("key_"));
@@ -174,8 +198,9 @@ mod tests {
     #[test]
     fn an_expired_or_unknown_key_is_refused() {
         let (_, record) = issue("t", "ci", 0, Some(100));
-        assert!(judge(Some(&record), 99).is_ok());
-        assert_eq!(judge(Some(&record), 100), Err(AuthError::ApiKeyExpired));
+        let known = Known::of(&record);
+        assert_eq!(judge(Some(&known), 99).map(|c| c.user), Ok("key:ci".to_string()));
+        assert_eq!(judge(Some(&known), 100), Err(AuthError::ApiKeyExpired));
         assert_eq!(judge(None, 0), Err(AuthError::UnknownApiKey));
         assert!(!plausible("vgk"));
         assert!(!plausible(&format!("vgk_{}", "a".repeat(200))));

@@ -63,12 +63,6 @@ pub struct ApiKeyRecord {
     pub expires_ms: Option<i64>,
 }
 
-impl ApiKeyRecord {
-    pub fn expired_at(&self, now_ms: i64) -> bool {
-        self.expires_ms.is_some_and(|until| now_ms >= until)
-    }
-}
-
 /// What `create_api_key` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiKeyCreated {
@@ -98,21 +92,5 @@ mod tests {
         // A second rotation within the window drops the oldest key.
         let third = WebhookKeys::rotated(Some(second), key("c", 20), 200);
         assert_eq!(third.signing_at(50), vec![&key("c", 20), &key("b", 10)]);
-    }
-
-    #[test]
-    fn a_key_expires_at_its_time() {
-        let mut record = ApiKeyRecord {
-            id: "key_1".into(),
-            tenant: "t".into(),
-            name: "ci".into(),
-            hash: "h".into(),
-            created_ms: 0,
-            expires_ms: None,
-        };
-        assert!(!record.expired_at(i64::MAX));
-        record.expires_ms = Some(10);
-        assert!(!record.expired_at(9));
-        assert!(record.expired_at(10));
     }
 }
