@@ -54,7 +54,7 @@ impl Completion {
         Ok(Self {
             tokens: Tokens::new(token_key),
             relay: SafeHttp::new(policy(&config.callbacks), true, resolver)?,
-            legacy: webhook_keys::Legacy::new(config.callbacks.signing_key()?, config.callbacks.legacy_until()?),
+            legacy: webhook_keys::Legacy::from_config(&config.callbacks)?,
             owner: format!("{}-{}", std::process::id(), ulid::Ulid::new()),
             reconcile_now: Notify::new(),
             deliver_now: Notify::new(),

@@ -8,6 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 
+use crate::config::CallbacksConfig;
 use crate::state::AppState;
 use crate::store::{StoreError, WebhookKey, WebhookKeys};
 
@@ -49,6 +50,24 @@ impl std::fmt::Debug for Legacy {
 impl Legacy {
     pub fn new(key: Option<Vec<u8>>, until: Option<DateTime<Utc>>) -> Self {
         Self { key, until }
+    }
+
+    /// From `[callbacks]`, saying at startup whether the legacy key still signs: an operator
+    /// who upgrades without setting the date should learn why old receivers refuse deliveries.
+    pub fn from_config(callbacks: &CallbacksConfig) -> Result<Self, String> {
+        let legacy = Self::new(callbacks.signing_key()?, callbacks.legacy_until()?);
+        match (&legacy.key, legacy.until) {
+            (None, _) => {}
+            (Some(_), Some(until)) if Utc::now() < until => tracing::info!(
+                until = %until.to_rfc3339(),
+                "deliveries also carry a signature with the legacy callbacks.signing_secret until callbacks.legacy_signature_until"
+            ),
+            (Some(_), _) => tracing::warn!(
+                "callbacks.signing_secret no longer signs deliveries (callbacks.legacy_signature_until is empty or past): \
+                 receivers verify with their tenant's key (GET /v1/webhooks/secret)"
+            ),
+        }
+        Ok(legacy)
     }
 
     /// The legacy key, while it still signs at `now`.

@@ -266,6 +266,10 @@ alert_webhook_url = "{tenant_alerts}?token={TENANT_ALERT_TOKEN}"
         log_text.contains("API key issued"),
         "the log is the one of this session"
     );
+    assert!(
+        log_text.contains("signature with the legacy callbacks.signing_secret until"),
+        "startup says the legacy key still signs"
+    );
     for (name, text) in [
         ("the log", log_text.as_str()),
         ("check-config", &String::from_utf8_lossy(&check.stdout)),
