@@ -72,8 +72,8 @@ pub async fn secret(state: web::Data<AppState>, caller: TenantCaller) -> Result<
 
 /// `POST /v1/webhooks/secret/rotate[?tenant=T]`.
 #[utoipa::path(post, path = "/v1/webhooks/secret/rotate", tag = "webhooks",
-    params(("tenant" = Option<String>, Query, description = "The tenant to rotate (role admin); default and \
-        for `tenant_admin`: the token's own tenant")),
+    params(("tenant" = Option<String>, Query, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The tenant to rotate \
+        (role admin); default and for `tenant_admin`: the token's own tenant")),
     responses(
         (status = 200, description = "The new key; for 24 h deliveries carry a signature by the old key too", body = WebhookSecret),
         (status = 400, description = "`invalid_request` (`tenant` missing or malformed)", body = crate::openapi::ErrorEnvelope),
