@@ -145,10 +145,13 @@ async fn an_admin_sets_a_tenants_alert_webhook_under_the_egress_rules_and_it_is_
     assert_eq!(cleared["alert_webhook_url"], "");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alert_webhooks_are_resolved_and_checked_by_the_egress_client() {
     let dns = Arc::new(FakeDns {
-        names: HashMap::from([("alerts.example.test".to_string(), "10.1.2.3".parse().unwrap())]),
+        names: HashMap::from([
+            ("alerts.example.test".to_string(), "10.1.2.3".parse().unwrap()),
+            ("team-alerts.example.test".to_string(), "168.63.129.16".parse().unwrap()),
+        ]),
         ..FakeDns::default()
     });
     let app = spawn_app_full(
@@ -156,10 +159,25 @@ async fn alert_webhooks_are_resolved_and_checked_by_the_egress_client() {
         quick_mock(),
         Arc::new(SystemClock),
         dns.clone(),
-        |_| {},
+        |config| {
+            config.tenants[0].budget = "0.50".into();
+            config.tenants[0].alert_webhook_url = "https://team-alerts.example.test/hook".into();
+            config.alerts.webhook_url = "https://alerts.example.test/hook".into();
+        },
     )
     .await;
-    // Refused when the name resolves, before any connection is made.
+    // The hold reaches every threshold: both webhooks are looked up through the gateway's
+    // checking resolver, which refuses the internal answers before any connection.
+    app.create_task("team-a", "dear").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dns.lookups_of("alerts.example.test") < 3 || dns.lookups_of("team-alerts.example.test") < 3 {
+        assert!(Instant::now() < deadline, "{:?}", dns.lookups.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Refused, not retried: one lookup per alert and webhook.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dns.lookups_of("alerts.example.test"), 3);
+    assert_eq!(dns.lookups_of("team-alerts.example.test"), 3);
     let refused = app
         .state
         .completion
@@ -176,7 +194,6 @@ async fn alert_webhooks_are_resolved_and_checked_by_the_egress_client() {
         matches!(refused, FetchError::Refused(ref r) if r.contains("10.1.2.3")),
         "{refused:?}"
     );
-    assert_eq!(dns.lookups_of("alerts.example.test"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
