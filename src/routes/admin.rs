@@ -188,7 +188,7 @@ fn require_finance(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+pub(super) fn require_admin(caller: &Caller) -> Result<(), ApiError> {
     if caller.is_admin() {
         Ok(())
     } else {

@@ -2,13 +2,15 @@
 //! revoke (refused on every replica within 5 s).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::{DateTime, SecondsFormat};
+use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::admin::require_admin;
 use super::body::read_json;
 use super::resource;
+use super::webhooks::rfc3339;
 use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -75,12 +77,6 @@ pub struct IssuedApiKey {
 #[derive(Serialize, ToSchema)]
 pub struct ApiKeyList {
     pub keys: Vec<ApiKeyView>,
-}
-
-fn rfc3339(ms: i64) -> String {
-    DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// `POST /v1/admin/tenants/{id}/keys`.
@@ -173,14 +169,6 @@ pub async fn revoke(
     state.auth.api_keys().forget(&revoked.hash);
     tracing::info!(tenant = %tenant, key_name = %revoked.name, key_id = %revoked.id, actor = %caller.user, "API key revoked");
     Ok(HttpResponse::NoContent().finish())
-}
-
-fn require_admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("this route needs the role admin".into()))
-    }
 }
 
 /// The tenant of the path, if the store knows it (else 403 `unknown_tenant`).

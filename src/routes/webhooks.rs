@@ -49,7 +49,8 @@ impl WebhookSecret {
     }
 }
 
-fn rfc3339(ms: i64) -> String {
+/// A unix-ms time as RFC 3339 UTC to the second, as the API shows times.
+pub(super) fn rfc3339(ms: i64) -> String {
     DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Secs, true)
