@@ -463,20 +463,26 @@ impl Default for TenantConfig {
 /// What check-config shows instead of a secret.
 const MASK: &str = "********";
 
-/// A URL with the password of its userinfo masked (`redis://:pw@host` → `redis://:********@host`);
-/// text that is not a URL is masked whole, since it cannot be told apart from a secret.
+/// A URL with the password of its userinfo masked (`redis://:pw@host` → `redis://:********@host`),
+/// also in forms the URL parser refuses (Sentinel's `redis+sentinel://:pw@h1:26379,h2:26379/m`);
+/// text without `scheme://` is masked whole, since it cannot be told apart from a secret.
 pub fn mask_url_password(text: &str) -> String {
     if text.is_empty() {
         return String::new();
     }
-    match url::Url::parse(text) {
-        Ok(mut url) if url.password().is_some() => match url.set_password(Some(MASK)) {
-            Ok(()) => url.to_string(),
-            Err(()) => MASK.into(),
-        },
-        Ok(_) => text.to_string(),
-        Err(_) => MASK.into(),
-    }
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return MASK.into();
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return text.to_string();
+    };
+    let user = match authority[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:{MASK}"),
+        // A lone userinfo may be a token (`redis://token@host`): masked too.
+        None => MASK.into(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
 }
 
 /// A webhook URL shown as scheme, host and port only: Slack-style URLs carry their token
@@ -931,6 +937,15 @@ mod tests {
         );
         assert_eq!(mask_url_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(mask_url_password("not a url hunter2"), MASK);
+        assert_eq!(
+            mask_url_password("redis+sentinel://:hunter2@h1:26379,h2:26379/mymaster"),
+            "redis+sentinel://:********@h1:26379,h2:26379/mymaster"
+        );
+        assert_eq!(mask_url_password("redis://hunter2@redis/0"), "redis://********@redis/0");
+        assert_eq!(
+            mask_url_password("https://idp.example/jwks?a=b@c"),
+            "https://idp.example/jwks?a=b@c"
+        );
         assert_eq!(
             mask_webhook_url("https://hooks.slack.com/services/T0/B0/tok3n"),
             "https://hooks.slack.com/********"
