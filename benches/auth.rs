@@ -1,5 +1,7 @@
-//! JWT verification, as the auth middleware runs it on every request: HS256 and RS256 with
-//! the signature checked, and a token the authenticator verified lately (its cache).
+//! Authentication as the middleware runs it on every request: JWT verification (HS256 and
+//! RS256 with the signature checked, and a token the authenticator verified lately), and the
+//! tenant API key lookup (`vgk_...`: SHA-256 of the key, then a hash-map lookup in the
+//! in-process cache that the store refills every few seconds).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -98,5 +100,44 @@ fn jwt(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, jwt);
+/// The API key lookup on its hot path: a key seen within the cache's lifetime. The cache is
+/// refilled from an embedded store when its entry ages out (every 4 s, off the clock).
+fn api_key(c: &mut Criterion) {
+    use std::sync::Arc;
+    use vidgate::store::Store;
+    use vidgate::store::embedded::EmbeddedStore;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("dir");
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("bench.redb"), "bench:").expect("embedded store"));
+    let now_ms = 1_800_000_000_000;
+    let (key, record) = vidgate::auth::issue("bench", "render-ci", now_ms, None);
+    runtime.block_on(store.create_api_key(&record)).expect("store the key");
+    let auth = authenticator(&AuthConfig {
+        hs256_secret: SecretString::from(SECRET),
+        ..AuthConfig::default()
+    });
+    let keys = auth.api_keys();
+    let refill = || {
+        runtime
+            .block_on(keys.authenticate(store.as_ref(), &key, now_ms))
+            .expect("store answers")
+            .expect("a valid key")
+    };
+    refill();
+    let mut group = c.benchmark_group("api_key_lookup");
+    group.bench_function("cached", |b| {
+        b.iter(|| match keys.cached(black_box(&key), now_ms) {
+            Some(caller) => black_box(caller.expect("a valid key")),
+            None => refill(),
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, jwt, api_key);
 criterion_main!(benches);

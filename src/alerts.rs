@@ -1,16 +1,19 @@
 //! Budget alerts: each `[alerts]` threshold of a tenant's budget fires once per tenant and
-//! period across all replicas (claimed in the store), posted to a Slack-compatible webhook
-//! in the background with retries, and always logged.
+//! period across all replicas (claimed in the store), posted to the Slack-compatible
+//! `alerts.webhook_url` and to the tenant's own `alert_webhook_url` in the background with
+//! retries, through the callback egress client (every resolved address checked), and
+//! always logged. Logs name which webhook, never its URL (Slack-style URLs carry a token).
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
+use bytes::Bytes;
+use reqwest::Method;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::json;
 
 use crate::billing::{Micros, format_money};
-use crate::callbacks;
 use crate::config::Config;
-use crate::probe::address::check_url;
+use crate::probe::fetch::FetchError;
 use crate::state::AppState;
 use crate::store::{BudgetUse, ReservationRecord, StoreError};
 
@@ -116,7 +119,7 @@ async fn fire(
                 &state.config,
             );
             tracing::warn!(tenant = %tenant, period = %period, threshold_ppm = ppm, "budget alert: {text}");
-            deliver(&state.config, text).await;
+            deliver(state, tenant, &text).await;
         }
     }
     Ok(())
@@ -142,59 +145,61 @@ fn message(
     )
 }
 
-/// Posts `{"text": ...}` to `alerts.webhook_url` with the callback retry delays; every
-/// outcome is logged. Nothing to post to: the log line above is the alert.
-async fn deliver(config: &Config, text: String) {
-    let url = &config.alerts.webhook_url;
-    if url.is_empty() {
-        return;
-    }
-    // Only the literal address is checked here: names are resolved by reqwest. Seam for the
-    // DNS-checked fetcher (resolve, check every address, connect to the checked one) being
-    // written for probing: use it here once it exists.
-    if let Err(refusal) = check_url(url, &callbacks::policy(&config.callbacks), true) {
-        tracing::error!("budget alert not sent: alerts.webhook_url refused: {refusal}");
-        return;
-    }
-    let Some(client) = client() else {
-        tracing::error!("budget alert not sent: no HTTP client");
-        return;
+/// Posts `{"text": ...}` to `alerts.webhook_url` and to the tenant's `alert_webhook_url`,
+/// at once; every outcome is logged. Nothing to post to: the log line above is the alert.
+async fn deliver(state: &AppState, tenant: &str, text: &str) {
+    let global = Some(state.config.alerts.webhook_url.clone()).filter(|url| !url.is_empty());
+    let own = match state.tenants.get(state.store.as_ref(), tenant).await {
+        Ok(record) => record.and_then(|record| record.settings.alert_webhook_url.clone()),
+        Err(error) => {
+            tracing::error!(tenant = %tenant, "budget alert: cannot read the tenant's alert_webhook_url: {error}");
+            None
+        }
     };
-    let body = json!({ "text": text });
-    let timeout = Duration::from_millis(config.callbacks.timeout_ms);
-    let delays = std::iter::once(0).chain(config.callbacks.retry_delays_ms.iter().copied());
+    let body = Bytes::from(json!({ "text": text }).to_string());
+    let posts = [("alerts.webhook_url", global), ("tenant alert_webhook_url", own)]
+        .into_iter()
+        .filter_map(|(target, url)| url.map(|url| post(state, target, url, body.clone(), text)));
+    futures_util::future::join_all(posts).await;
+}
+
+/// Posts one alert with the callback retry delays; a URL the egress rules refuse is not
+/// retried.
+async fn post(state: &AppState, target: &'static str, url: String, body: Bytes, text: &str) {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let timeout = Duration::from_millis(state.config.callbacks.timeout_ms);
+    let delays = std::iter::once(0).chain(state.config.callbacks.retry_delays_ms.iter().copied());
     let mut attempts = 0;
     for delay in delays {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         attempts += 1;
-        match client.post(url).json(&body).timeout(timeout).send().await {
-            Ok(response) if response.status().is_success() => {
-                tracing::info!(attempts, "budget alert delivered");
+        let sending = state
+            .completion
+            .egress()
+            .send_once(Method::POST, &url, &headers, Some(body.clone()));
+        match tokio::time::timeout(timeout, sending).await {
+            Ok(Ok(response)) if response.status().is_success() => {
+                tracing::info!(target, attempts, "budget alert delivered");
                 return;
             }
-            Ok(response) => {
-                tracing::warn!(attempt = attempts, status = %response.status(), "budget alert webhook refused")
+            Ok(Ok(response)) => {
+                tracing::warn!(target, attempt = attempts, status = %response.status(), "budget alert webhook refused")
             }
-            Err(error) => tracing::warn!(attempt = attempts, "budget alert webhook unreachable: {error}"),
+            Ok(Err(FetchError::Refused(reason) | FetchError::InvalidUrl(reason))) => {
+                tracing::error!(
+                    target,
+                    "budget alert not sent: the egress rules refuse the webhook: {reason}"
+                );
+                return;
+            }
+            Ok(Err(FetchError::Unreachable(reason))) => {
+                tracing::warn!(target, attempt = attempts, "budget alert webhook unreachable: {reason}")
+            }
+            Err(_) => tracing::warn!(target, attempt = attempts, "budget alert webhook: no answer in time"),
         }
     }
-    tracing::error!(attempts, "budget alert NOT delivered: {text}");
-}
-
-/// One client for every alert: no redirects (a redirect could lead to an internal address)
-/// and no proxy from the environment.
-fn client() -> Option<&'static reqwest::Client> {
-    static CLIENT: OnceLock<Option<reqwest::Client>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .build()
-                .map_err(|e| tracing::error!("cannot build the alert HTTP client: {e}"))
-                .ok()
-        })
-        .as_ref()
+    tracing::error!(target, attempts, "budget alert NOT delivered: {text}");
 }
 
 #[cfg(test)]

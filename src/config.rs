@@ -188,6 +188,8 @@ pub struct CallbacksConfig {
     #[serde(serialize_with = "mask_secret")]
     pub signing_secret: SecretString,
     pub signing_secret_file: Option<PathBuf>,
+    /// RFC 3339; until then deliveries carry a signature by `signing_secret` too; "": never.
+    pub legacy_signature_until: String,
     pub allowed_networks: Vec<String>,
     pub allowed_hosts: Vec<String>,
     pub allow_private_networks: bool,
@@ -220,6 +222,16 @@ impl CallbacksConfig {
         }
         Ok(Some(key))
     }
+
+    /// Until when the legacy `signing_secret` still signs deliveries; `None`: it does not.
+    pub fn legacy_until(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+        if self.legacy_signature_until.is_empty() {
+            return Ok(None);
+        }
+        chrono::DateTime::parse_from_rfc3339(&self.legacy_signature_until)
+            .map(|time| Some(time.to_utc()))
+            .map_err(|e| format!("not an RFC 3339 time like 2027-03-01T00:00:00Z: {e}"))
+    }
 }
 
 impl Default for CallbacksConfig {
@@ -227,6 +239,7 @@ impl Default for CallbacksConfig {
         Self {
             signing_secret: SecretString::default(),
             signing_secret_file: None,
+            legacy_signature_until: String::new(),
             allowed_networks: Vec::new(),
             allowed_hosts: Vec::new(),
             allow_private_networks: false,
@@ -429,6 +442,10 @@ pub struct TenantConfig {
     pub user_budget: String,
     pub user_creates_per_minute: u32,
     pub allowed_qualities: Vec<String>,
+    /// Optional: this tenant's budget alerts also go here. Left out of the serialized entry
+    /// when empty, so the config hash of entries without it stays what it was.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub alert_webhook_url: String,
 }
 
 impl Default for TenantConfig {
@@ -445,8 +462,53 @@ impl Default for TenantConfig {
             user_budget: String::new(),
             user_creates_per_minute: 0,
             allowed_qualities: vec!["720p".into(), "1080p".into()],
+            alert_webhook_url: String::new(),
         }
     }
+}
+
+/// What check-config shows instead of a secret.
+const MASK: &str = "********";
+
+/// A URL with the password of its userinfo masked (`redis://:pw@host` → `redis://:********@host`),
+/// also in forms the URL parser refuses (Sentinel's `redis+sentinel://:pw@h1:26379,h2:26379/m`);
+/// text without `scheme://` is masked whole, since it cannot be told apart from a secret.
+pub fn mask_url_password(text: &str) -> String {
+    if text.is_empty() {
+        return String::new();
+    }
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return MASK.into();
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return text.to_string();
+    };
+    let user = match authority[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:{MASK}"),
+        // A lone userinfo may be a token (`redis://token@host`): masked too.
+        None => MASK.into(),
+    };
+    format!("{scheme}://{user}{}", &rest[at..])
+}
+
+/// A webhook URL shown as scheme, host and port only: Slack-style URLs carry their token
+/// in the path, others in the query or the userinfo.
+pub fn mask_webhook_url(text: &str) -> String {
+    if text.is_empty() {
+        return String::new();
+    }
+    let Ok(url) = url::Url::parse(text) else {
+        return MASK.into();
+    };
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let hidden = !url.username().is_empty()
+        || url.password().is_some()
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some();
+    format!("{}://{host}{port}/{}", url.scheme(), if hidden { MASK } else { "" })
 }
 
 fn mask_secret<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
@@ -555,9 +617,8 @@ impl Config {
             ));
         }
         if !self.alerts.webhook_url.is_empty() {
-            let policy = crate::callbacks::policy(&self.callbacks);
-            crate::probe::address::check_url(&self.alerts.webhook_url, &policy, true)
-                .map_err(|refusal| ConfigError::invalid("alerts.webhook_url", refusal.to_string()))?;
+            check_alert_webhook_url(&self.alerts.webhook_url, &self.callbacks)
+                .map_err(|reason| ConfigError::invalid("alerts.webhook_url", reason))?;
         }
         self.validate_pricing()?;
         self.validate_unknown_outcomes()?;
@@ -620,6 +681,9 @@ impl Config {
         callbacks
             .signing_key()
             .map_err(|reason| ConfigError::invalid("callbacks.signing_secret", reason))?;
+        callbacks
+            .legacy_until()
+            .map_err(|reason| ConfigError::invalid("callbacks.legacy_signature_until", reason))?;
         if callbacks.timeout_ms == 0 {
             return Err(ConfigError::invalid("callbacks.timeout_ms", "must be at least 1"));
         }
@@ -738,6 +802,10 @@ impl Config {
                     ));
                 }
             }
+            if !tenant.alert_webhook_url.is_empty() {
+                check_alert_webhook_url(&tenant.alert_webhook_url, &self.callbacks)
+                    .map_err(|reason| ConfigError::invalid(key("alert_webhook_url"), reason))?;
+            }
         }
         Ok(())
     }
@@ -748,9 +816,24 @@ impl Config {
         billing::parse_money(if audio { &entry.audio } else { &entry.silent }).ok()
     }
 
-    /// The configuration as TOML with every secret masked (for `check-config`).
+    /// The configuration as TOML with every secret masked (for `check-config`): secret keys,
+    /// URL passwords, and everything after the host of webhook URLs.
     pub fn to_masked_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut shown = self.clone();
+        for url in [
+            &mut shown.server.public_base_url,
+            &mut shown.upstream.base_url,
+            &mut shown.upstream.files_base_url,
+            &mut shown.auth.jwks_url,
+            &mut shown.store.redis_url,
+        ] {
+            *url = mask_url_password(url);
+        }
+        shown.alerts.webhook_url = mask_webhook_url(&shown.alerts.webhook_url);
+        for tenant in &mut shown.tenants {
+            tenant.alert_webhook_url = mask_webhook_url(&tenant.alert_webhook_url);
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
@@ -787,6 +870,15 @@ fn load_secret(secret: &mut SecretString, file: &Option<PathBuf>, key: &str) -> 
         .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))?;
     *secret = SecretString::from(text.trim_end_matches(['\n', '\r']).to_string());
     Ok(())
+}
+
+/// An alert webhook passes the callback egress rules that need no DNS (the name is resolved
+/// and checked again at every delivery).
+pub fn check_alert_webhook_url(url: &str, callbacks: &CallbacksConfig) -> Result<(), String> {
+    let policy = crate::callbacks::policy(callbacks);
+    crate::probe::address::check_url(url, &policy, true)
+        .map(drop)
+        .map_err(|refusal| refusal.to_string())
 }
 
 fn check_url(key: &str, value: &str) -> Result<(), ConfigError> {
@@ -862,6 +954,82 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn check_config_masks_url_passwords_and_everything_after_a_webhook_host() {
+        assert_eq!(
+            mask_url_password("redis://:hunter2@redis:6379/0"),
+            "redis://:********@redis:6379/0"
+        );
+        assert_eq!(
+            mask_url_password("redis://user:hunter2@redis:6379"),
+            "redis://user:********@redis:6379"
+        );
+        assert_eq!(mask_url_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(mask_url_password("not a url hunter2"), MASK);
+        assert_eq!(
+            mask_url_password("redis+sentinel://:hunter2@h1:26379,h2:26379/mymaster"),
+            "redis+sentinel://:********@h1:26379,h2:26379/mymaster"
+        );
+        assert_eq!(mask_url_password("redis://hunter2@redis/0"), "redis://********@redis/0");
+        assert_eq!(
+            mask_url_password("https://idp.example/jwks?a=b@c"),
+            "https://idp.example/jwks?a=b@c"
+        );
+        assert_eq!(
+            mask_webhook_url("https://hooks.slack.com/services/T0/B0/tok3n"),
+            "https://hooks.slack.com/********"
+        );
+        assert_eq!(
+            mask_webhook_url("https://h.example:8443/?token=x"),
+            "https://h.example:8443/********"
+        );
+        assert_eq!(mask_webhook_url("https://u:p@h.example/"), "https://h.example/********");
+        assert_eq!(mask_webhook_url("https://h.example"), "https://h.example/");
+        let mut config = valid();
+        config.store.redis_url = "redis://:hunter2@redis:6379".into();
+        config.alerts.webhook_url = "https://hooks.slack.com/services/T0/B0/tok3n".into();
+        config.tenants = vec![TenantConfig {
+            id: "t".into(),
+            alert_webhook_url: "https://alerts.example.com/hook?key=s3cr3t".into(),
+            ..TenantConfig::default()
+        }];
+        let shown = config.to_masked_toml();
+        for secret in ["hunter2", "tok3n", "s3cr3t", "sk-evo-x", &"x".repeat(32)] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("https://alerts.example.com/********"), "{shown}");
+    }
+
+    #[test]
+    fn tenant_alert_webhooks_and_the_legacy_date_are_checked() {
+        let mut config = valid();
+        config.tenants = vec![TenantConfig {
+            id: "t".into(),
+            alert_webhook_url: "https://10.0.0.1/hook".into(),
+            ..TenantConfig::default()
+        }];
+        assert_eq!(refused_key(&config).as_deref(), Some("tenants[0].alert_webhook_url"));
+        config.tenants[0].alert_webhook_url = "https://alerts.example.com/hook".into();
+        assert_eq!(refused_key(&config), None);
+        config.callbacks.legacy_signature_until = "next spring".into();
+        assert_eq!(
+            refused_key(&config).as_deref(),
+            Some("callbacks.legacy_signature_until")
+        );
+        config.callbacks.legacy_signature_until = "2027-03-01T00:00:00Z".into();
+        assert_eq!(refused_key(&config), None);
+        assert!(config.callbacks.legacy_until().unwrap().is_some());
+    }
+
+    #[test]
+    fn an_entry_without_an_alert_webhook_serializes_as_before() {
+        let entry = TenantConfig {
+            id: "t".into(),
+            ..TenantConfig::default()
+        };
+        assert!(!serde_json::to_string(&entry).unwrap().contains("alert_webhook_url"));
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum ApiError {
     BudgetExceeded(String),
     #[error("task {0:?} not found")]
     TaskNotFound(String),
+    #[error("the tenant already has an API key named {0:?}")]
+    KeyNameTaken(String),
+    #[error("the tenant has no API key {0:?}")]
+    KeyNotFound(String),
     #[error("{message}")]
     ConcurrencyLimited { message: String, retry_after_secs: u64 },
     /// A request-rate limit: the decision gives `Retry-After` and the `RateLimit` headers.
@@ -119,7 +123,8 @@ impl ApiError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             Self::Forbidden(_) | Self::UnknownTenant(_) | Self::QualityNotAllowed(_) => StatusCode::FORBIDDEN,
-            Self::TaskNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::TaskNotFound(_) | Self::KeyNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::KeyNameTaken(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -150,6 +155,8 @@ impl ApiError {
             Self::QualityNotAllowed(_) => "quality_not_allowed",
             Self::BudgetExceeded(_) => "budget_exceeded",
             Self::TaskNotFound(_) => "task_not_found",
+            Self::KeyNameTaken(_) => "key_name_taken",
+            Self::KeyNotFound(_) => "key_not_found",
             Self::ConcurrencyLimited { .. } => "concurrency_limited",
             Self::RateLimited { .. } => "rate_limited",
             Self::RequestInProgress { .. } => "request_in_progress",

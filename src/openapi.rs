@@ -11,8 +11,10 @@ use utoipa::{Modify, OpenApi, ToSchema};
     info(
         title = "vidgate",
         description = "Company gateway for the upstream video API (wan2.6-reference-video-flash). Same paths and \
-bodies as the upstream; authenticate with a company JWT. Every non-2xx answer is the error envelope; every \
-answer carries `x-request-id`.",
+bodies as the upstream; authenticate with a company JWT or a tenant API key (`Bearer vgk_...`). Every non-2xx \
+answer is the error envelope; every answer carries `x-request-id`. Relayed callbacks carry Standard Webhooks \
+headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`), signed with the tenant's own key from \
+`GET /v1/webhooks/secret`; during a rotation's 24 h the signature header lists `v1,<new> v1,<old>`.",
     ),
     paths(
         crate::routes::generations::create,
@@ -31,6 +33,11 @@ answer carries `x-request-id`.",
         crate::routes::health::healthz,
         crate::routes::health::readyz,
         crate::routes::metrics::metrics,
+        crate::routes::webhooks::secret,
+        crate::routes::webhooks::rotate,
+        crate::routes::keys::create,
+        crate::routes::keys::list,
+        crate::routes::keys::revoke,
     ),
     modifiers(&BearerJwt),
     security(("bearer" = [])),
@@ -38,7 +45,8 @@ answer carries `x-request-id`.",
         (name = "tasks", description = "Drop-in upstream routes"),
         (name = "files", description = "Upload proxy to the upstream file host"),
         (name = "usage", description = "Spend: a team's own, and every team's for finance (roles finance/admin)"),
-        (name = "admin", description = "Tenant management (role admin)"),
+        (name = "admin", description = "Tenant management and tenant API keys (role admin)"),
+        (name = "webhooks", description = "The tenant's own key for verifying relayed callbacks (Standard Webhooks)"),
         (name = "callbacks", description = "The upstream's task callbacks (token in the path, no bearer token)"),
         (name = "operations", description = "Health, readiness and metrics (no token)"),
     )
@@ -59,7 +67,7 @@ impl Modify for BearerJwt {
         let components = openapi.components.get_or_insert_with(Default::default);
         let scheme = HttpBuilder::new()
             .scheme(HttpAuthScheme::Bearer)
-            .bearer_format("JWT")
+            .bearer_format("JWT or vgk_ API key")
             .build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
@@ -231,7 +239,7 @@ pub struct ErrorBody {
     /// payload_too_large, unsupported_media_type, idempotency_key_reused, rate_limited,
     /// concurrency_limited, upstream_rate_limited, upstream_error, upstream_auth_failed,
     /// upstream_account_exhausted, upstream_outcome_unknown, store_unavailable, upstream_timeout, not_found,
-    /// method_not_allowed.
+    /// method_not_allowed, key_name_taken, key_not_found.
     pub code: String,
     pub message: String,
     #[serde(rename = "type")]
@@ -324,7 +332,7 @@ pub struct LedgerPage {
 #[derive(ToSchema)]
 #[schema(example = json!({"id": "marketing", "budget": "500.000000", "period": "month", "creates_per_minute": 60,
     "creates_burst": 10, "reads_per_minute": 600, "reads_burst": 100, "max_concurrent_tasks": 5, "user_budget": "",
-    "user_creates_per_minute": 0, "allowed_qualities": ["720p", "1080p"]}))]
+    "user_creates_per_minute": 0, "allowed_qualities": ["720p", "1080p"], "alert_webhook_url": ""}))]
 pub struct TenantView {
     pub id: String,
     pub budget: String,
@@ -338,6 +346,9 @@ pub struct TenantView {
     pub user_budget: String,
     pub user_creates_per_minute: u32,
     pub allowed_qualities: Vec<String>,
+    /// This tenant's budget alerts also go here; shown as scheme and host only (the rest is
+    /// a credential): `https://hooks.example.com/********`; "" when none.
+    pub alert_webhook_url: String,
 }
 
 #[derive(ToSchema)]
@@ -361,4 +372,6 @@ pub struct TenantPatchBody {
     pub user_budget: Option<String>,
     pub user_creates_per_minute: Option<u32>,
     pub allowed_qualities: Option<Vec<String>>,
+    /// https URL (callback egress rules) for this tenant's budget alerts; "" or null removes it.
+    pub alert_webhook_url: Option<String>,
 }

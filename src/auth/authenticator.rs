@@ -11,6 +11,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
+use super::api_keys::ApiKeys;
 use super::claims::{Caller, caller_from_claims};
 use super::jwks::{JwksCache, Snapshot};
 use super::keys::{VerifyKey, alg_name, config_error, load_pem_files, parse_algorithms};
@@ -33,6 +34,7 @@ pub struct Authenticator {
     roles_claim: String,
     leeway_secs: u64,
     verified: Verified,
+    api_keys: ApiKeys,
 }
 
 /// Tokens verified lately, so that a caller's every request does not pay for the signature
@@ -125,7 +127,13 @@ impl Authenticator {
             roles_claim: config.roles_claim.clone(),
             leeway_secs: config.leeway_secs,
             verified: Verified::default(),
+            api_keys: ApiKeys::default(),
         })
+    }
+
+    /// Tenant API keys (`vgk_...`): the other credential the middleware accepts.
+    pub fn api_keys(&self) -> &ApiKeys {
+        &self.api_keys
     }
 
     /// For `/readyz`: at least one key can verify a token.

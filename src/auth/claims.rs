@@ -3,12 +3,15 @@
 use serde_json::{Map, Value};
 
 use super::AuthError;
+use super::api_keys::API_KEY_USER_PREFIX;
 use crate::config::valid_tenant_id;
 
 /// Role that may read all usage and the ledger, and carry no tenant.
 pub const ROLE_FINANCE: &str = "finance";
 /// Role that may do what finance does, plus tenant management.
 pub const ROLE_ADMIN: &str = "admin";
+/// Role that manages its own tenant's webhook signing key.
+pub const ROLE_TENANT_ADMIN: &str = "tenant_admin";
 
 /// Who is calling, as proven by a verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +36,11 @@ impl Caller {
     pub fn is_admin(&self) -> bool {
         self.has_role(ROLE_ADMIN)
     }
+
+    /// A machine caller authenticated by a tenant API key (JWTs cannot claim such a user).
+    pub fn is_api_key(&self) -> bool {
+        self.user.starts_with(API_KEY_USER_PREFIX)
+    }
 }
 
 /// Builds the caller from claims whose signature and time/issuer/audience checks passed.
@@ -48,6 +56,9 @@ pub(super) fn caller_from_claims(
         }
         Some(_) => return Err(invalid("sub", "must be a string")),
     };
+    if user.starts_with(API_KEY_USER_PREFIX) {
+        return Err(invalid("sub", "the prefix `key:` is reserved for API keys"));
+    }
     let roles = roles(claims, roles_claim)?;
     let tenant = tenant(claims, tenant_claim)?;
     let caller = Caller { tenant, user, roles };
@@ -167,6 +178,16 @@ mod tests {
         assert!(matches!(err, AuthError::InvalidClaim { .. }));
         let err = read(json!({"sub": "u", "tenant": 7})).unwrap_err();
         assert!(matches!(err, AuthError::InvalidClaim { .. }));
+    }
+
+    #[test]
+    fn a_sub_in_the_api_key_namespace_is_refused() {
+        let err = read(json!({"sub": "key:render-ci", "tenant": "t"})).unwrap_err();
+        assert!(
+            matches!(err, AuthError::InvalidClaim { ref claim, .. } if claim == "sub"),
+            "{err}"
+        );
+        assert!(!read(json!({"sub": "keyholder", "tenant": "t"})).unwrap().is_api_key());
     }
 
     #[test]

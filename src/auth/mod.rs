@@ -4,6 +4,7 @@
 // chosen by algorithm family and `kid`; `exp` and `sub` are required; `nbf`, `iss`, `aud` are
 // checked with `auth.leeway_secs`. No error message ever contains the token.
 
+mod api_keys;
 mod authenticator;
 mod claims;
 mod jwks;
@@ -12,8 +13,9 @@ mod mint;
 #[cfg(test)]
 mod tests;
 
+pub use api_keys::{API_KEY_PREFIX, API_KEY_USER_PREFIX, ApiKeys, caller_of, issue, key_hash, valid_key_name};
 pub use authenticator::Authenticator;
-pub use claims::{Caller, ROLE_ADMIN, ROLE_FINANCE};
+pub use claims::{Caller, ROLE_ADMIN, ROLE_FINANCE, ROLE_TENANT_ADMIN};
 pub use mint::{mint_hs256, parse_ttl};
 
 /// Why a token was refused. Messages say why, never echo the token, and quote at most a
@@ -46,6 +48,10 @@ pub enum AuthError {
     NoKey(&'static str),
     #[error("cannot mint token: {0}")]
     Mint(String),
+    #[error("unknown or revoked API key")]
+    UnknownApiKey,
+    #[error("API key expired")]
+    ApiKeyExpired,
 }
 
 impl AuthError {
@@ -65,6 +71,8 @@ impl AuthError {
             Self::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
             Self::NoKey(_) => "no_key",
             Self::Mint(_) => "mint",
+            Self::UnknownApiKey => "unknown_api_key",
+            Self::ApiKeyExpired => "api_key_expired",
         }
     }
 }
@@ -150,6 +158,8 @@ mod unit_tests {
             AuthError::AlgorithmNotAllowed("none".into()),
             AuthError::NoKey("RS256"),
             AuthError::Mint("m".into()),
+            AuthError::UnknownApiKey,
+            AuthError::ApiKeyExpired,
         ];
         for error in errors {
             assert!(!error.reason().is_empty());

@@ -7,6 +7,7 @@ pub mod reapply;
 mod reconciler;
 mod relay;
 pub mod token;
+pub mod webhook_keys;
 
 pub use completion::{observe, recover};
 pub use relay::signature;
@@ -41,7 +42,7 @@ pub fn policy(config: &CallbacksConfig) -> AddressPolicy {
 pub struct Completion {
     tokens: Tokens,
     relay: SafeHttp,
-    signing_key: Option<Vec<u8>>,
+    legacy: webhook_keys::Legacy,
     owner: String,
     reconcile_now: Notify,
     deliver_now: Notify,
@@ -54,7 +55,7 @@ impl Completion {
         Ok(Self {
             tokens: Tokens::new(token_key),
             relay: SafeHttp::new(policy(&config.callbacks), true, resolver)?,
-            signing_key: config.callbacks.signing_key()?,
+            legacy: webhook_keys::Legacy::from_config(&config.callbacks)?,
             owner: format!("{}-{}", std::process::id(), ulid::Ulid::new()),
             reconcile_now: Notify::new(),
             deliver_now: Notify::new(),
@@ -69,6 +70,12 @@ impl Completion {
     /// The reservation a callback token stands for, if genuine.
     pub fn verify_token(&self, token: &str) -> Option<String> {
         self.tokens.verify(token)
+    }
+
+    /// The client for every webhook the gateway sends (relayed callbacks, budget alerts):
+    /// the callback egress rules, checked on every resolved address.
+    pub fn egress(&self) -> &SafeHttp {
+        &self.relay
     }
 
     /// Wakes this replica's reconciler (others find the work at their next tick).
@@ -95,28 +102,20 @@ pub fn upstream_callback_url(state: &AppState, reservation_id: &str) -> Option<S
 }
 
 /// Refuses a caller's callback URL at create time (its length is checked with the body):
-/// scheme, host and addresses (the
-/// name is resolved and each address checked now; every delivery checks again), and a
-/// gateway that could not sign the callbacks (no `callbacks.signing_secret`): receivers
-/// must be able to tell relayed callbacks from forged ones, so none is sent unsigned.
+/// scheme, host and addresses (the name is resolved, within the DNS timeout, and each
+/// address checked now; every delivery checks again). Deliveries are signed with the
+/// tenant's own key, so no gateway-wide secret is needed.
 pub async fn check_callback_url(state: &AppState, url: &str) -> Result<(), ApiError> {
     let refused = |message: String| ApiError::InvalidCallbackUrl {
         message,
         param: Some("callback_url".into()),
     };
     match state.completion.relay.check_resolved(url).await {
-        Ok(_) => {}
+        Ok(_) => Ok(()),
         Err(FetchError::InvalidUrl(reason) | FetchError::Refused(reason) | FetchError::Unreachable(reason)) => {
-            return Err(refused(format!("callback_url refused: {reason}")));
+            Err(refused(format!("callback_url refused: {reason}")))
         }
     }
-    if state.completion.signing_key.is_none() {
-        return Err(refused(
-            "this gateway has no callbacks.signing_secret, so it cannot sign callbacks; ask its operators to set one"
-                .into(),
-        ));
-    }
-    Ok(())
 }
 
 /// The background workers of one replica (reconciler and relay), started once at startup

@@ -1,5 +1,7 @@
 //! The relay: delivers the outbox's events to callers' `callback_url`s, at least once, signed
-//! in the Standard Webhooks format, through the SSRF-safe client (every attempt resolves and
+//! in the Standard Webhooks format with the tenant's own key (see `webhook_keys`: during a
+//! rotation the previous key too, and the legacy shared key until its date), through the
+//! SSRF-safe client (every attempt resolves and
 //! checks the receiver's addresses again), with the upstream's retry contract: a 2xx within
 //! `callbacks.timeout_ms`, else retries after each `callbacks.retry_delays_ms`.
 
@@ -121,13 +123,7 @@ async fn attempt(state: &AppState, id: &str) -> Result<Option<i64>, ApiError> {
     let Some(url) = record.callback_url.clone() else {
         return Ok(None);
     };
-    let Some(key) = state.completion.signing_key.as_deref() else {
-        // The secret was removed after the create: an unsigned callback is never sent.
-        count(state, "refused");
-        tracing::error!(event_id = %id, reservation_id = %record.reservation_id,
-            "callback not relayed: callbacks.signing_secret is no longer set");
-        return Ok(None);
-    };
+    let keys = super::webhook_keys::signing_keys(state, &record.tenant, &state.completion.legacy).await?;
     let body = match &event.body {
         Some(body) => body.clone(),
         None => {
@@ -142,7 +138,7 @@ async fn attempt(state: &AppState, id: &str) -> Result<Option<i64>, ApiError> {
             body
         }
     };
-    let sent = send(state, &event, &url, key, body).await;
+    let sent = send(state, &event, &url, &keys, body).await;
     let reservation_id = record.reservation_id.as_str();
     match sent {
         Sent::Delivered => {
@@ -185,8 +181,9 @@ enum Sent {
     Failed(String),
 }
 
-/// POSTs the body with the Standard Webhooks headers, once (a redirect is not a delivery).
-async fn send(state: &AppState, event: &OutboxEvent, url: &str, key: &[u8], body: String) -> Sent {
+/// POSTs the body with the Standard Webhooks headers, once (a redirect is not a delivery);
+/// one signature per key, space-separated, as the specification allows during rotations.
+async fn send(state: &AppState, event: &OutboxEvent, url: &str, keys: &[Vec<u8>], body: String) -> Sent {
     // The receiver checks the timestamp against its own clock: real time, never a test clock.
     let timestamp = chrono::Utc::now().timestamp();
     let mut headers = HeaderMap::new();
@@ -196,7 +193,10 @@ async fn send(state: &AppState, event: &OutboxEvent, url: &str, key: &[u8], body
         ("webhook-timestamp", timestamp.to_string()),
         (
             "webhook-signature",
-            signature(key, &event.id, timestamp, body.as_bytes()),
+            keys.iter()
+                .map(|key| signature(key, &event.id, timestamp, body.as_bytes()))
+                .collect::<Vec<_>>()
+                .join(" "),
         ),
     ];
     for (name, value) in signed {

@@ -8,8 +8,8 @@ use ipnet::IpNet;
 use url::{Host, Url};
 
 /// True when `ip` is anything but a public unicast address: loopback, private, link-local
-/// (cloud metadata), CGNAT, multicast, unspecified, reserved, documentation, ULA, and the
-/// IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms of those.
+/// (cloud metadata), CGNAT, multicast, unspecified, reserved, documentation, ULA, Azure's
+/// wire server, and the IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms of those.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_internal_v4(v4),
@@ -17,9 +17,14 @@ pub fn is_internal(ip: IpAddr) -> bool {
     }
 }
 
+/// Azure's wire server: a public address that is internal on every Azure VM (metadata,
+/// guest agent, DNS).
+const AZURE_WIRE_SERVER: Ipv4Addr = Ipv4Addr::new(168, 63, 129, 16);
+
 fn is_internal_v4(ip: Ipv4Addr) -> bool {
     let [a, b, c, _] = ip.octets();
-    ip.is_unspecified()
+    ip == AZURE_WIRE_SERVER
+        || ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_private()
         || ip.is_link_local()
@@ -216,6 +221,10 @@ mod tests {
             "2002:7f00:1::",
             "::127.0.0.1",
             "2001:db8::1",
+            "168.63.129.16",
+            "::ffff:168.63.129.16",
+            "64:ff9b::a83f:8110",
+            "2002:a83f:8110::",
         ] {
             assert!(internal(a), "{a} must be internal");
         }
@@ -224,6 +233,8 @@ mod tests {
             "1.1.1.1",
             "172.32.0.1",
             "100.128.0.1",
+            "168.63.129.15",
+            "168.63.129.17",
             "2606:4700::1111",
             "64:ff9b::808:808",
         ] {
@@ -243,6 +254,9 @@ mod tests {
             "http://localhost/",
             "http://LOCALHOST./",
             "https://[::1]/",
+            "http://168.63.129.16/machine",
+            "http://2822734096/",
+            "http://0xa8.0x3f.0x81.0x10/",
         ] {
             assert!(
                 matches!(check_url(url, &policy, false), Err(UrlRefusal::InternalAddress(_))),

@@ -9,11 +9,16 @@
 //!   "check" and "connect" is impossible.
 //! - Redirects are followed by hand (reqwest's policy is `none`), at most [`MAX_REDIRECTS`].
 //! - No proxy, whatever `*_PROXY` says: a proxy would resolve and connect on our behalf.
+//! - Every lookup gives up after [`DNS_TIMEOUT`], and the system resolver's blocking calls run
+//!   on the blocking pool, a bounded number at a time: a name server that never answers ties
+//!   up neither a request nor the threads the embedded store runs on.
+//! - Errors name the host, never the whole URL (its path or query may be a credential).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -25,6 +30,10 @@ use super::address::{AddressPolicy, UrlRefusal, check_url};
 
 /// Redirect hops followed before giving up.
 pub const MAX_REDIRECTS: usize = 5;
+/// Every name lookup gives up after this long.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+/// System lookups blocking a thread at once; more wait for a slot (within their timeout).
+const MAX_BLOCKING_LOOKUPS: usize = 32;
 
 /// Turns a host name into addresses. Injectable so tests can map a name to loopback.
 #[async_trait]
@@ -32,18 +41,40 @@ pub trait Resolver: Send + Sync {
     async fn resolve(&self, host: &str) -> io::Result<Vec<IpAddr>>;
 }
 
-/// The operating system's resolver, through `tokio::net::lookup_host`.
+/// The operating system's resolver (`getaddrinfo`), on the blocking pool, at most
+/// `MAX_BLOCKING_LOOKUPS` at once: a lookup that hangs keeps its slot until the system
+/// gives up, so hanging lookups cannot take every blocking thread.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemResolver;
+
+static LOOKUP_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_BLOCKING_LOOKUPS);
 
 #[async_trait]
 impl Resolver for SystemResolver {
     async fn resolve(&self, host: &str) -> io::Result<Vec<IpAddr>> {
-        Ok(tokio::net::lookup_host((host, 0))
-            .await?
-            .map(|addr| addr.ip())
-            .collect())
+        let slot = LOOKUP_SLOTS.acquire().await.map_err(io::Error::other)?;
+        let host = host.to_string();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            (host.as_str(), 0)
+                .to_socket_addrs()
+                .map(|addrs| addrs.map(|addr| addr.ip()).collect())
+        })
+        .await
+        .map_err(io::Error::other)?
     }
+}
+
+/// `resolver`'s answer for `host`, or a timeout error after `DNS_TIMEOUT`.
+pub async fn resolve_within(resolver: &dyn Resolver, host: &str) -> io::Result<Vec<IpAddr>> {
+    tokio::time::timeout(DNS_TIMEOUT, resolver.resolve(host))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no DNS answer within {} s", DNS_TIMEOUT.as_secs()),
+            ))
+        })
 }
 
 /// A name resolved to an address the policy refuses.
@@ -79,7 +110,7 @@ impl reqwest::dns::Resolve for CheckingResolver {
         let policy = Arc::clone(&self.policy);
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let ips = inner.resolve(&host).await?;
+            let ips = resolve_within(inner.as_ref(), &host).await?;
             if ips.is_empty() {
                 return Err(io::Error::new(io::ErrorKind::NotFound, format!("{host:?} has no addresses")).into());
             }
@@ -189,9 +220,7 @@ impl SafeHttp {
     pub async fn check_resolved(&self, raw: &str) -> Result<Url, FetchError> {
         let url = self.check(raw)?;
         if let Some(url::Host::Domain(host)) = url.host() {
-            let ips = self
-                .resolver
-                .resolve(host)
+            let ips = resolve_within(self.resolver.as_ref(), host)
                 .await
                 .map_err(|e| FetchError::Unreachable(format!("cannot resolve {host:?}: {e}")))?;
             if ips.is_empty() {
@@ -227,7 +256,7 @@ impl SafeHttp {
             request = request.body(body.clone());
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
-        request.send().await.map_err(|e| classify(&e, url))
+        request.send().await.map_err(|e| classify(&e.without_url(), url))
     }
 
     /// HTTP requests sent so far, redirect hops included (by this client and its clones).
@@ -285,7 +314,8 @@ impl SafeHttp {
     }
 }
 
-/// Sorts a reqwest error: a refusal by the checking resolver, or the network failing.
+/// Sorts a reqwest error (stripped of its URL): a refusal by the checking resolver, or the
+/// network failing.
 fn classify(error: &reqwest::Error, url: &Url) -> FetchError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut root = error.to_string();
@@ -303,5 +333,54 @@ fn classify(error: &reqwest::Error, url: &Url) -> FetchError {
         FetchError::Unreachable(format!("cannot connect to {host}: {root}"))
     } else {
         FetchError::Unreachable(format!("request to {host} failed: {root}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name server that never answers.
+    struct Silent;
+
+    #[async_trait]
+    impl Resolver for Silent {
+        async fn resolve(&self, _host: &str) -> io::Result<Vec<IpAddr>> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_that_never_answers_gives_up_after_two_seconds() {
+        let http = SafeHttp::new(AddressPolicy::default(), true, Arc::new(Silent)).unwrap();
+        let started = tokio::time::Instant::now();
+        let refused = http.check_resolved("https://silent.example/hook").await.unwrap_err();
+        assert_eq!(started.elapsed(), DNS_TIMEOUT);
+        assert!(
+            matches!(&refused, FetchError::Unreachable(reason) if reason.contains("no DNS answer within 2 s")),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_names_the_host_but_never_the_path_or_query() {
+        // Nothing listens on port 9 of loopback: the connection is refused at once.
+        let policy = AddressPolicy {
+            allow_private_networks: true,
+            ..AddressPolicy::default()
+        };
+        let http = SafeHttp::new(policy, false, Arc::new(SystemResolver)).unwrap();
+        let error = http
+            .send_once(
+                Method::POST,
+                "http://127.0.0.1:9/services/T0/s3cr3t?token=t0k3n",
+                &HeaderMap::new(),
+                None,
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("127.0.0.1"), "{error}");
+        assert!(!error.contains("s3cr3t") && !error.contains("t0k3n"), "{error}");
     }
 }

@@ -10,7 +10,7 @@ use super::body::read_json;
 use super::query::{Format, QueryParams, rfc3339_ms};
 use crate::auth::Caller;
 use crate::billing::{self, Micros};
-use crate::config::{PeriodKind, valid_tenant_id};
+use crate::config::{CallbacksConfig, PeriodKind, check_alert_webhook_url, valid_tenant_id};
 use crate::error::ApiError;
 use crate::reports::{self, GroupBy, LedgerLine, csv};
 use crate::state::AppState;
@@ -161,7 +161,7 @@ pub async fn put_tenant(
     }
     let body = read_json(&req, payload, state.config.server.max_body_bytes).await?;
     let change = TenantChange {
-        patch: parse_patch(&id, &body)?,
+        patch: parse_patch(&id, &body, &state.config.callbacks)?,
         actor: caller.user.clone(),
         request_id: current_request_id().unwrap_or_default(),
         now_ms: state.clock.now().timestamp_millis(),
@@ -188,7 +188,7 @@ fn require_finance(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+pub(super) fn require_admin(caller: &Caller) -> Result<(), ApiError> {
     if caller.is_admin() {
         Ok(())
     } else {
@@ -261,7 +261,7 @@ fn tenant_view(record: &TenantRecord) -> Value {
 }
 
 /// A partial `[[tenants]]` entry, checked as config checks it; `id`, if given, must be the path's.
-fn parse_patch(id: &str, body: &Value) -> Result<TenantPatch, ApiError> {
+fn parse_patch(id: &str, body: &Value, callbacks: &CallbacksConfig) -> Result<TenantPatch, ApiError> {
     let map = body
         .as_object()
         .ok_or_else(|| ApiError::invalid_body("the body must be a JSON object of [[tenants]] fields"))?;
@@ -288,6 +288,9 @@ fn parse_patch(id: &str, body: &Value) -> Result<TenantPatch, ApiError> {
                 patch.user_creates_per_minute = Some(count(value, 0).map_err(|r| invalid(&r))?)
             }
             "allowed_qualities" => patch.allowed_qualities = Some(qualities(value).map_err(|r| invalid(&r))?),
+            "alert_webhook_url" => {
+                patch.alert_webhook_url = Some(alert_webhook(value, callbacks).map_err(|r| invalid(&r))?)
+            }
             _ => return Err(invalid("unknown field; use the [[tenants]] fields")),
         }
     }
@@ -301,6 +304,16 @@ fn money(value: &Value) -> Result<Option<Micros>, String> {
         Value::String(text) if text.trim().is_empty() => Ok(None),
         Value::String(text) => billing::parse_money(text).map(Some),
         _ => Err("must be a decimal string like \"500.00\" (\"\" for no cap)".into()),
+    }
+}
+
+/// An alert webhook URL under the callback egress rules; "" or null removes it.
+fn alert_webhook(value: &Value, callbacks: &CallbacksConfig) -> Result<Option<String>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(url) if url.is_empty() => Ok(None),
+        Value::String(url) => check_alert_webhook_url(url, callbacks).map(|()| Some(url.clone())),
+        _ => Err("must be an https URL string (\"\" removes it)".into()),
     }
 }
 

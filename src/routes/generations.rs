@@ -63,11 +63,12 @@ pub async fn create(
     let body = read_json(&req, payload, state.config.server.max_body_bytes).await?;
     let request = parse_create(&body, |model| state.config.pricing.models.contains_key(model))?;
     let idempotency = idempotency_claim(&req, &body, &state)?;
+    let rate = limit::caller_checks(&state, &caller, Policy::Creates).await?;
+    prelimit(&state, &rate)?;
+    // After the pre-limit: resolving the host costs a DNS lookup (up to 2 s).
     if let Some(url) = &request.callback_url {
         callbacks::check_callback_url(&state, url).await?;
     }
-    let rate = limit::caller_checks(&state, &caller, Policy::Creates).await?;
-    prelimit(&state, &rate)?;
     let durations = probe_references(&state, &request).await?;
     let (reservation, decision, budget_use) =
         match reserve(&state, &caller, &request, durations, idempotency, rate).await? {

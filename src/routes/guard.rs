@@ -1,6 +1,6 @@
 //! Deny-by-default authentication: a middleware around the whole app verifies the bearer
-//! token (except on the public routes listed here), checks the tenant is known, and puts
-//! the `Caller` in the request for handlers to extract.
+//! token, a JWT or a tenant API key (except on the public routes listed here), checks the
+//! tenant is known, and puts the `Caller` in the request for handlers to extract.
 
 use std::future::{Ready, ready};
 
@@ -10,7 +10,7 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::middleware::Next;
 use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 
-use crate::auth::{Caller, bearer_token};
+use crate::auth::{API_KEY_PREFIX, Caller, bearer_token};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -55,11 +55,17 @@ async fn identify(state: &AppState, req: &ServiceRequest) -> Result<Caller, ApiE
         header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
             ApiError::Unauthenticated("Authorization header is not of the form `Bearer <token>`".into())
         })?;
-    let caller = state
-        .auth
-        .verify(token)
-        .await
-        .map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
+    let verified = if token.starts_with(API_KEY_PREFIX) {
+        let now_ms = state.clock.now().timestamp_millis();
+        state
+            .auth
+            .api_keys()
+            .authenticate(state.store.as_ref(), token, now_ms)
+            .await?
+    } else {
+        state.auth.verify(token).await
+    };
+    let caller = verified.map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
     if let Some(tenant) = &caller.tenant
         && state.tenants.get(state.store.as_ref(), tenant).await?.is_none()
     {

@@ -32,6 +32,24 @@ async fn tenant_checks(state: &AppState, tenant: &str, user: &str, policy: Polic
     Ok(checks_for(policy, tenant, user, &record.settings))
 }
 
+/// The in-process shield in front of work that costs DNS lookups and fetches (probing a URL
+/// a caller gave): twice the tenant's `policy` limits, so only a flood meets it; the store
+/// step still holds the real limit.
+pub fn prelimit(state: &AppState, policy: Policy, rate: &[RateCheck]) -> Result<(), ApiError> {
+    let doubled: Vec<RateCheck> = rate
+        .iter()
+        .map(|c| RateCheck {
+            key: c.key.clone(),
+            per_minute: c.per_minute.saturating_mul(2),
+            burst: c.burst.saturating_mul(2),
+        })
+        .collect();
+    match state.prelimit.check(&doubled) {
+        Some(decision) if !decision.allowed => Err(refusal(policy, decision)),
+        _ => Ok(()),
+    }
+}
+
 pub fn refusal(policy: Policy, decision: RateDecision) -> ApiError {
     ApiError::RateLimited {
         message: format!(

@@ -6,6 +6,7 @@ pub(crate) mod callbacks;
 pub(crate) mod generations;
 pub mod guard;
 pub(crate) mod health;
+pub(crate) mod keys;
 pub mod limit;
 pub mod metrics;
 mod query;
@@ -15,6 +16,7 @@ pub(crate) mod uploads;
 pub(crate) mod usage;
 pub mod validate;
 pub(crate) mod view;
+pub(crate) mod webhooks;
 
 use actix_web::{HttpResponse, web};
 
@@ -45,6 +47,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
         .service(resource("/v1/admin/tenants/{id}", "PUT").route(web::put().to(admin::put_tenant)))
         .service(resource("/v1/tasks", "GET").route(web::get().to(tasks::list)))
         .service(resource("/v1/quotes", "POST").route(web::post().to(quotes::quote)));
+    webhooks::configure(cfg);
+    keys::configure(cfg);
 }
 
 /// A resource whose other methods get 405 in our envelope, with `Allow` listing `allow`.

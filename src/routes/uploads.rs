@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 
 use super::body::read_json;
 use super::guard::TenantCaller;
+use super::limit;
 use crate::error::ApiError;
+use crate::limits::Policy;
 use crate::state::AppState;
 
 /// 100 MB, as the upstream counts it.
@@ -110,6 +112,7 @@ async fn streamed(
         (status = 415, description = "`unsupported_media_type`", body = crate::openapi::ErrorEnvelope),
         (status = 401, description = "`unauthenticated`", body = crate::openapi::ErrorEnvelope),
         (status = 403, description = "`forbidden`, `unknown_tenant`", body = crate::openapi::ErrorEnvelope),
+        (status = 429, description = "`rate_limited` (the tenant's reads limit, or its in-process pre-limit)", body = crate::openapi::ErrorEnvelope),
         (status = 502, description = "`upstream_error`, `upstream_auth_failed`", body = crate::openapi::ErrorEnvelope),
         (status = 503, description = "`upstream_account_exhausted`, `store_unavailable`", body = crate::openapi::ErrorEnvelope),
         (status = 504, description = "`upstream_timeout`", body = crate::openapi::ErrorEnvelope),
@@ -135,7 +138,10 @@ pub async fn url(
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::invalid("file_url is required and must be a string", "file_url"))?;
     // Probed like a reference video: the address rules, and a file that could never be used
-    // is refused before the file host spends quota on it.
+    // is refused before the file host spends quota on it. The probe resolves the host: only
+    // after the in-process pre-limit.
+    let rate = limit::caller_checks(&state, &caller, Policy::Reads).await?;
+    limit::prelimit(&state, Policy::Reads, &rate)?;
     state
         .prober
         .probe(file_url)

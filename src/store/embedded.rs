@@ -48,6 +48,12 @@ const EVENTS: TableDefinition<&str, &str> = TableDefinition::new("events");
 const LEASES: TableDefinition<&str, (u64, &str)> = TableDefinition::new("leases");
 /// Secrets shared by every user of the store (the callback token key).
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// Tenant id → `WebhookKeys` as JSON.
+const WEBHOOK_KEYS: TableDefinition<&str, &str> = TableDefinition::new("webhook_keys");
+/// SHA-256 (hex) of an API key → `ApiKeyRecord` as JSON.
+const API_KEYS: TableDefinition<&str, &str> = TableDefinition::new("api_keys");
+/// `tenant␟name` → the hash of that key (names are unique per tenant).
+const API_KEY_NAMES: TableDefinition<&str, &str> = TableDefinition::new("api_key_names");
 /// Reservation id → until when (unix ms) a reserve with that id may not hold: its caller gave
 /// up on it (`release_unsent`).
 const UNSENT: TableDefinition<&str, u64> = TableDefinition::new("unsent");
@@ -106,6 +112,9 @@ impl EmbeddedStore {
         tx.open_table(SECRETS).map_err(db_error)?;
         tx.open_table(TASK_INDEX).map_err(db_error)?;
         tx.open_table(EXPIRIES).map_err(db_error)?;
+        for credentials in [WEBHOOK_KEYS, API_KEYS, API_KEY_NAMES] {
+            tx.open_table(credentials).map_err(db_error)?;
+        }
         tx.commit().map_err(db_error)?;
         Ok(Self {
             db: Arc::new(db),
@@ -733,6 +742,107 @@ impl Store for EmbeddedStore {
             Ok(entries.len() as u64)
         })
         .await
+    }
+
+    async fn webhook_keys(&self, tenant: &str, candidate: &WebhookKey) -> Result<WebhookKeys, StoreError> {
+        let owned = tenant.to_string();
+        // Read first: every delivery asks, and only a tenant's first ask needs the writer.
+        let stored = self
+            .read(move |tx| get_json(&tx.open_table(WEBHOOK_KEYS).map_err(db_error)?, &owned))
+            .await?;
+        if let Some(stored) = stored {
+            return Ok(stored);
+        }
+        let (tenant, candidate) = (tenant.to_string(), candidate.clone());
+        self.write(move |tx| {
+            let mut keys = tx.open_table(WEBHOOK_KEYS).map_err(db_error)?;
+            if let Some(stored) = get_json(&keys, &tenant)? {
+                return Ok(stored);
+            }
+            let fresh = WebhookKeys::rotated(None, candidate, 0);
+            put_json(&mut keys, &tenant, &fresh)?;
+            Ok(fresh)
+        })
+        .await
+    }
+
+    async fn rotate_webhook_key(
+        &self,
+        tenant: &str,
+        fresh: &WebhookKey,
+        previous_until_ms: i64,
+    ) -> Result<WebhookKeys, StoreError> {
+        let (tenant, fresh) = (tenant.to_string(), fresh.clone());
+        self.write(move |tx| {
+            let mut keys = tx.open_table(WEBHOOK_KEYS).map_err(db_error)?;
+            let rotated = WebhookKeys::rotated(get_json(&keys, &tenant)?, fresh, previous_until_ms);
+            put_json(&mut keys, &tenant, &rotated)?;
+            Ok(rotated)
+        })
+        .await
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<ApiKeyCreated, StoreError> {
+        let key = key.clone();
+        self.write(move |tx| {
+            let mut names = tx.open_table(API_KEY_NAMES).map_err(db_error)?;
+            let name = format!("{}{SEP}{}", key.tenant, key.name);
+            if names.get(name.as_str()).map_err(db_error)?.is_some() {
+                return Ok(ApiKeyCreated::NameTaken);
+            }
+            names.insert(name.as_str(), key.hash.as_str()).map_err(db_error)?;
+            put_json(&mut tx.open_table(API_KEYS).map_err(db_error)?, &key.hash, &key)?;
+            Ok(ApiKeyCreated::Created)
+        })
+        .await
+    }
+
+    async fn api_keys(&self, tenant: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let prefix = format!("{tenant}{SEP}");
+        self.read(move |tx| {
+            let (names, keys) = (
+                tx.open_table(API_KEY_NAMES).map_err(db_error)?,
+                tx.open_table(API_KEYS).map_err(db_error)?,
+            );
+            let mut out = Vec::new();
+            for item in names.range(prefix.as_str()..).map_err(db_error)? {
+                let (name, hash) = item.map_err(db_error)?;
+                if !name.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                out.extend(get_json::<ApiKeyRecord>(&keys, hash.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let found = self.api_keys(tenant).await?.into_iter().find(|key| key.id == id);
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        self.write(move |tx| {
+            let mut keys = tx.open_table(API_KEYS).map_err(db_error)?;
+            // Re-read inside the transaction: a concurrent revoke deleted it already.
+            let Some(stored) = get_json::<ApiKeyRecord>(&keys, &found.hash)? else {
+                return Ok(None);
+            };
+            keys.remove(stored.hash.as_str()).map_err(db_error)?;
+            let name = format!("{}{SEP}{}", stored.tenant, stored.name);
+            tx.open_table(API_KEY_NAMES)
+                .map_err(db_error)?
+                .remove(name.as_str())
+                .map_err(db_error)?;
+            Ok(Some(stored))
+        })
+        .await
+    }
+
+    async fn api_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let hash = hash.to_string();
+        self.read(move |tx| get_json(&tx.open_table(API_KEYS).map_err(db_error)?, &hash))
+            .await
     }
 }
 

@@ -233,4 +233,39 @@ impl Store for Instrumented {
     async fn index_earlier_tasks(&self) -> Result<u64, StoreError> {
         self.inner.index_earlier_tasks().await
     }
+
+    async fn webhook_keys(&self, tenant: &str, candidate: &WebhookKey) -> Result<WebhookKeys, StoreError> {
+        self.timed("webhook_keys", self.inner.webhook_keys(tenant, candidate))
+            .await
+    }
+
+    async fn rotate_webhook_key(
+        &self,
+        tenant: &str,
+        fresh: &WebhookKey,
+        previous_until_ms: i64,
+    ) -> Result<WebhookKeys, StoreError> {
+        self.timed(
+            "rotate_webhook_key",
+            self.inner.rotate_webhook_key(tenant, fresh, previous_until_ms),
+        )
+        .await
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<ApiKeyCreated, StoreError> {
+        self.timed("create_api_key", self.inner.create_api_key(key)).await
+    }
+
+    async fn api_keys(&self, tenant: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.timed("api_keys", self.inner.api_keys(tenant)).await
+    }
+
+    async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.timed("revoke_api_key", self.inner.revoke_api_key(tenant, id))
+            .await
+    }
+
+    async fn api_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.timed("api_key", self.inner.api_key(hash)).await
+    }
 }

@@ -6,6 +6,7 @@
 mod dump;
 pub mod embedded;
 mod instrumented;
+mod keys;
 mod ledger;
 mod period;
 pub mod redis;
@@ -16,6 +17,7 @@ pub mod usage;
 
 pub use dump::{DumpCounts, DumpItem};
 pub use instrumented::Instrumented;
+pub use keys::{ApiKeyCreated, ApiKeyRecord, WebhookKey, WebhookKeys};
 pub use ledger::{
     LATE_NOTE, LATE_UNMEASURED_NOTE, LedgerCursor, LedgerEntry, LedgerKind, LedgerPage, LedgerPosition, LedgerQuery,
     LedgerRow, REFUSED_LATE_NOTE, REFUSED_LATE_UNMEASURED_NOTE, UNMEASURED_NOTE, ledger_page,
@@ -56,6 +58,9 @@ pub struct TenantSettings {
     pub user_budget: Option<Micros>,
     pub user_creates_per_minute: u32,
     pub allowed_qualities: Vec<String>,
+    /// This tenant's budget alerts also go here (besides `alerts.webhook_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_webhook_url: Option<String>,
 }
 
 impl TenantSettings {
@@ -72,6 +77,7 @@ impl TenantSettings {
             user_budget: entry.user_budget_micros()?,
             user_creates_per_minute: entry.user_creates_per_minute,
             allowed_qualities: entry.allowed_qualities.clone(),
+            alert_webhook_url: Some(entry.alert_webhook_url.clone()).filter(|url| !url.is_empty()),
         })
     }
 }
@@ -818,6 +824,33 @@ pub trait Store: Send + Sync + 'static {
     /// Enters reservations made before the task list existed into it, once per store (at
     /// startup); returns how many it entered.
     async fn index_earlier_tasks(&self) -> Result<u64, StoreError>;
+
+    // Credentials: each tenant's webhook signing keys and its API keys (see keys.rs).
+
+    /// The tenant's webhook keys; `candidate` becomes its first key when it has none (the
+    /// first caller wins, so every replica signs with the same key).
+    async fn webhook_keys(&self, tenant: &str, candidate: &WebhookKey) -> Result<WebhookKeys, StoreError>;
+
+    /// Makes `fresh` the tenant's key, atomically; the key it replaces keeps signing until
+    /// `previous_until_ms` (an older previous key is dropped).
+    async fn rotate_webhook_key(
+        &self,
+        tenant: &str,
+        fresh: &WebhookKey,
+        previous_until_ms: i64,
+    ) -> Result<WebhookKeys, StoreError>;
+
+    /// Stores a new API key, unless its tenant already has one of that name.
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<ApiKeyCreated, StoreError>;
+
+    /// A tenant's API keys, by name.
+    async fn api_keys(&self, tenant: &str) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// Deletes one of a tenant's API keys: the deleted record, `None` if it has no such key.
+    async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// The API key whose SHA-256 (hex) is `hash`: the authentication lookup.
+    async fn api_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
 }
 
 /// Opens the configured backend.

@@ -25,7 +25,9 @@
 //! - `P unsent:{reservation_id}`: a reserve that timed out and was released before anything was
 //!   sent upstream: if the stalled script still runs, it holds nothing (expires after an hour).
 //! - `P tasklist:{tenant}`: sorted set of the tenant's reservations for the task list, all
-//!   scores 0, members `{created ms, 15 digits}:{reservation id}` read by text range.
+//!   scores 0, members `{created ms, 15 digits}:{reservation id}` read by text range;
+//! - `P whkey:{tenant}`: the tenant's `WebhookKeys` as JSON; `P apikey:{sha256}`: an
+//!   `ApiKeyRecord` as JSON; `P apikeys:{tenant}`: hash of the tenant's key names → key hash.
 //!
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
@@ -967,6 +969,101 @@ impl Store for RedisStore {
             self.query::<()>(cmd("SET").arg(&done).arg(1)).await?;
         }
         Ok(keys.len() as u64)
+    }
+
+    async fn webhook_keys(&self, tenant: &str, candidate: &WebhookKey) -> Result<WebhookKeys, StoreError> {
+        let fresh = WebhookKeys::rotated(None, candidate.clone(), 0);
+        let json = serde_json::to_string(&fresh).map_err(|e| StoreError::Corrupt(format!("webhook key: {e}")))?;
+        // One command: sets the candidate when there is no key yet, and answers the stored one.
+        let stored: Option<String> = self
+            .query(cmd("SET").arg(self.key("whkey", tenant)).arg(json).arg("NX").arg("GET"))
+            .await?;
+        match stored {
+            None => Ok(fresh),
+            Some(json) => {
+                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("webhook keys of {tenant}: {e}")))
+            }
+        }
+    }
+
+    async fn rotate_webhook_key(
+        &self,
+        tenant: &str,
+        fresh: &WebhookKey,
+        previous_until_ms: i64,
+    ) -> Result<WebhookKeys, StoreError> {
+        const ATTEMPTS: usize = 20;
+        let key = self.key("whkey", tenant);
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("webhook keys of {tenant}: {e}"));
+        let script = Script::new(include_str!("lua/compare_and_set.lua"));
+        for _ in 0..ATTEMPTS {
+            let raw: Option<String> = self.query(cmd("GET").arg(&key)).await?;
+            let stored = raw.as_deref().map(serde_json::from_str).transpose().map_err(corrupt)?;
+            let rotated = WebhookKeys::rotated(stored, fresh.clone(), previous_until_ms);
+            let mut invocation = script.key(&key);
+            invocation
+                .arg(raw.unwrap_or_default())
+                .arg(serde_json::to_string(&rotated).map_err(corrupt)?);
+            if self.invoke::<i64>(&invocation).await? == 1 {
+                return Ok(rotated);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "the webhook keys of {tenant} kept changing during {ATTEMPTS} attempts to rotate them"
+        )))
+    }
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<ApiKeyCreated, StoreError> {
+        let json = serde_json::to_string(key).map_err(|e| StoreError::Corrupt(format!("api key: {e}")))?;
+        let script = Script::new(include_str!("lua/api_key_create.lua"));
+        let mut invocation = script.key(self.key("apikeys", &key.tenant));
+        invocation
+            .key(self.key("apikey", &key.hash))
+            .arg(&key.name)
+            .arg(&key.hash)
+            .arg(json);
+        Ok(match self.invoke::<i64>(&invocation).await? {
+            1 => ApiKeyCreated::Created,
+            _ => ApiKeyCreated::NameTaken,
+        })
+    }
+
+    async fn api_keys(&self, tenant: &str) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let names: BTreeMap<String, String> = self.query(cmd("HGETALL").arg(self.key("apikeys", tenant))).await?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut mget = cmd("MGET");
+        names.values().for_each(|hash| {
+            mget.arg(self.key("apikey", hash));
+        });
+        let records: Vec<Option<String>> = self.query(&mget).await?;
+        records
+            .into_iter()
+            .flatten()
+            .map(|json| {
+                serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("api key of {tenant}: {e}")))
+            })
+            .collect()
+    }
+
+    async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let Some(found) = self.api_keys(tenant).await?.into_iter().find(|key| key.id == id) else {
+            return Ok(None);
+        };
+        let script = Script::new(include_str!("lua/api_key_revoke.lua"));
+        let mut invocation = script.key(self.key("apikeys", tenant));
+        invocation
+            .key(self.key("apikey", &found.hash))
+            .arg(&found.name)
+            .arg(&found.hash);
+        Ok((self.invoke::<i64>(&invocation).await? == 1).then_some(found))
+    }
+
+    async fn api_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let json: Option<String> = self.query(cmd("GET").arg(self.key("apikey", hash))).await?;
+        json.map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("api key: {e}"))))
+            .transpose()
     }
 }
 

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::{LedgerEntry, LedgerKind, TenantRecord, TenantSettings};
 use crate::billing::{Micros, format_money};
-use crate::config::{PeriodKind, TenantConfig};
+use crate::config::{PeriodKind, TenantConfig, mask_webhook_url};
 
 impl Default for TenantSettings {
     /// The `[[tenants]]` defaults: what a tenant created by an admin starts from.
@@ -22,13 +22,15 @@ impl Default for TenantSettings {
             user_budget: None,
             user_creates_per_minute: entry.user_creates_per_minute,
             allowed_qualities: entry.allowed_qualities,
+            alert_webhook_url: None,
         }
     }
 }
 
 impl TenantSettings {
     /// The settings as `[[tenants]]` fields (money as decimal strings, "" for no cap): the
-    /// shape admins read and write, and what audit notes quote.
+    /// shape admins read and write, and what audit notes quote. The alert webhook shows its
+    /// host only: its path or query is a credential.
     pub fn view(&self) -> Map<String, Value> {
         let money = |m: Option<Micros>| m.map(format_money).unwrap_or_default();
         let value = json!({
@@ -42,6 +44,7 @@ impl TenantSettings {
             "user_budget": money(self.user_budget),
             "user_creates_per_minute": self.user_creates_per_minute,
             "allowed_qualities": self.allowed_qualities,
+            "alert_webhook_url": mask_webhook_url(self.alert_webhook_url.as_deref().unwrap_or_default()),
         });
         match value {
             Value::Object(map) => map,
@@ -64,6 +67,8 @@ pub struct TenantPatch {
     pub user_budget: Option<Option<Micros>>,
     pub user_creates_per_minute: Option<u32>,
     pub allowed_qualities: Option<Vec<String>>,
+    /// `Some(None)` removes it.
+    pub alert_webhook_url: Option<Option<String>>,
 }
 
 impl TenantPatch {
@@ -83,6 +88,7 @@ impl TenantPatch {
         set(&mut settings.user_budget, &self.user_budget);
         set(&mut settings.user_creates_per_minute, &self.user_creates_per_minute);
         set(&mut settings.allowed_qualities, &self.allowed_qualities);
+        set(&mut settings.alert_webhook_url, &self.alert_webhook_url);
         settings
     }
 }

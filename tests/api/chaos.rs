@@ -24,7 +24,7 @@ use vidgate::billing::{Micros, parse_money};
 use vidgate::store::redis::RedisStore;
 use vidgate::store::{Queue, Store};
 
-use crate::helpers::{MODEL, SECRET, SIGNING_SECRET, sign};
+use crate::helpers::{LEGACY_UNTIL, MODEL, SECRET, SIGNING_SECRET, sign};
 use crate::support::process::{Process, free_port, spawn_logged};
 use crate::support::receiver::{Receiver, signature_valid};
 use crate::support::redis::RedisServer;
@@ -95,6 +95,7 @@ allow_private_networks = true
 timeout_ms = 2000
 [callbacks]
 signing_secret = "{SIGNING_SECRET}"
+legacy_signature_until = "{LEGACY_UNTIL}"
 allow_private_networks = true
 timeout_ms = 2000
 retry_delays_ms = [100, 200, 400]

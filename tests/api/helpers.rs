@@ -18,6 +18,8 @@ use vidgate::state::{AppState, Clock, SystemClock};
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
 /// `callbacks.signing_secret` for tests that relay callbacks: `whsec_` + base64 of 32 bytes.
 pub const SIGNING_SECRET: &str = "whsec_dGVzdC1zaWduaW5nLWtleS10ZXN0LXNpZ25pbmcta2V5IQ==";
+/// Until when the legacy `SIGNING_SECRET` still signs in tests that check it (far ahead).
+pub const LEGACY_UNTIL: &str = "2100-01-01T00:00:00Z";
 pub const MODEL: &str = "wan2.6-reference-video-flash";
 
 #[derive(Debug, Clone, Copy)]
@@ -151,10 +153,11 @@ pub fn own_callbacks(config: &mut Config) {
     config.callbacks.allow_private_networks = true;
 }
 
-/// Relayed callbacks signed with `SIGNING_SECRET`, to receivers on loopback (plain http),
-/// retried quickly.
+/// Relayed callbacks signed with the tenant's key and, as legacy receivers expect, with
+/// `SIGNING_SECRET`, to receivers on loopback (plain http), retried quickly.
 pub fn relayed_callbacks(config: &mut Config) {
     config.callbacks.signing_secret = SecretString::from(SIGNING_SECRET.to_string());
+    config.callbacks.legacy_signature_until = LEGACY_UNTIL.into();
     config.callbacks.allowed_networks = vec!["127.0.0.0/8".into()];
     config.callbacks.retry_delays_ms = vec![50, 100, 200];
 }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod alerts;
+mod api_keys;
 mod auth;
 mod chaos;
 mod cli;
@@ -9,6 +10,7 @@ mod completion;
 mod contract;
 mod crash;
 mod drift;
+mod egress;
 mod helpers;
 mod idempotency;
 mod limits;
@@ -18,6 +20,7 @@ mod overspend;
 mod quotes;
 mod references;
 mod reports;
+mod secrets_in_logs;
 mod soak;
 mod store_conformance;
 mod store_move;
@@ -27,3 +30,4 @@ mod tasks;
 mod unknown_outcomes;
 mod upstream_faults;
 mod validation;
+mod webhook_keys;

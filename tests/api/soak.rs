@@ -306,9 +306,10 @@ async fn soak(redis: Option<RedisServer>, tasks: usize) {
             count(&start)
         );
     }
-    assert_eq!(
-        after.get("ledger").map_or(0, |(n, _)| *n) as usize,
-        2 * tasks + start.get("ledger").map_or(0, |(n, _)| *n) as usize,
+    // (An `anomaly` row more when a result could not be measured in time.)
+    assert!(
+        after.get("ledger").map_or(0, |(n, _)| *n) as usize
+            >= 2 * tasks + start.get("ledger").map_or(0, |(n, _)| *n) as usize,
         "the ledger keeps every reserve and settle"
     );
 }

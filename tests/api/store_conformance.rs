@@ -131,6 +131,7 @@ fn settings() -> TenantSettings {
         user_budget: None,
         user_creates_per_minute: 0,
         allowed_qualities: vec!["720p".into(), "1080p".into()],
+        alert_webhook_url: None,
     }
 }
 
@@ -2110,5 +2111,113 @@ mod retention {
                 "{name}: the tenant's counters stay"
             );
         }
+    }
+}
+
+/// Credentials (per-tenant webhook keys, API key hashes): their own invocation of the
+/// macro, so the list above stays as it is.
+mod credentials {
+    use vidgate::store::{ApiKeyCreated, ApiKeyRecord, WebhookKey};
+
+    use super::*;
+
+    async fn embedded() -> Backend {
+        super::embedded().await
+    }
+
+    async fn redis() -> Backend {
+        super::redis().await
+    }
+
+    for_both_backends!(
+        a_tenants_first_webhook_key_is_kept_and_differs_per_tenant,
+        a_rotation_keeps_the_replaced_key_until_its_time_and_drops_an_older_one,
+        api_keys_are_found_by_hash_named_once_per_tenant_and_revoked_once,
+    );
+
+    fn key(secret: &str, created_ms: i64) -> WebhookKey {
+        WebhookKey {
+            secret: secret.into(),
+            created_ms,
+        }
+    }
+
+    async fn a_tenants_first_webhook_key_is_kept_and_differs_per_tenant(store: Arc<dyn Store>) {
+        let first = store.webhook_keys("a", &key("whsec_a1", 1)).await.unwrap();
+        assert_eq!(first.current, key("whsec_a1", 1));
+        assert_eq!((first.previous, first.previous_expires_ms), (None, None));
+        // Later (and concurrent) callers get the stored key, not their candidate.
+        let (a2, b1) = (key("whsec_a2", 2), key("whsec_b1", 3));
+        let (again, other) = tokio::join!(store.webhook_keys("a", &a2), store.webhook_keys("b", &b1));
+        assert_eq!(again.unwrap().current, key("whsec_a1", 1));
+        assert_eq!(other.unwrap().current, key("whsec_b1", 3));
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.webhook_keys("c", &key(&format!("whsec_c{i}"), i)).await })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for racer in racers {
+            winners.push(racer.await.unwrap().unwrap().current.secret);
+        }
+        winners.dedup();
+        assert_eq!(winners.len(), 1, "one key for every caller: {winners:?}");
+    }
+
+    async fn a_rotation_keeps_the_replaced_key_until_its_time_and_drops_an_older_one(store: Arc<dyn Store>) {
+        // A tenant without a key gets the fresh one alone.
+        let fresh = store.rotate_webhook_key("new", &key("whsec_n1", 1), 100).await.unwrap();
+        assert_eq!((fresh.current, fresh.previous), (key("whsec_n1", 1), None));
+        store.webhook_keys("a", &key("whsec_a1", 1)).await.unwrap();
+        let rotated = store.rotate_webhook_key("a", &key("whsec_a2", 10), 1000).await.unwrap();
+        assert_eq!(rotated.current, key("whsec_a2", 10));
+        assert_eq!(rotated.previous, Some(key("whsec_a1", 1)));
+        assert_eq!(rotated.previous_expires_ms, Some(1000));
+        assert_eq!(store.webhook_keys("a", &key("whsec_x", 99)).await.unwrap(), rotated);
+        let twice = store.rotate_webhook_key("a", &key("whsec_a3", 20), 2000).await.unwrap();
+        assert_eq!(twice.previous, Some(key("whsec_a2", 10)));
+        assert_eq!(twice.signing_at(1999).len(), 2);
+        assert_eq!(twice.signing_at(2000), vec![&key("whsec_a3", 20)]);
+    }
+
+    fn api_key(tenant: &str, name: &str, hash: &str) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: format!("key_{tenant}_{name}"),
+            tenant: tenant.into(),
+            name: name.into(),
+            hash: hash.into(),
+            created_ms: NOW_MS,
+            expires_ms: Some(NOW_MS + 1000),
+        }
+    }
+
+    async fn api_keys_are_found_by_hash_named_once_per_tenant_and_revoked_once(store: Arc<dyn Store>) {
+        let ci = api_key("a", "ci", "h1");
+        assert_eq!(store.create_api_key(&ci).await.unwrap(), ApiKeyCreated::Created);
+        assert_eq!(
+            store.create_api_key(&api_key("a", "ci", "h2")).await.unwrap(),
+            ApiKeyCreated::NameTaken
+        );
+        assert_eq!(store.api_key("h2").await.unwrap(), None, "a refused key is not stored");
+        let other = api_key("b", "ci", "h3");
+        assert_eq!(store.create_api_key(&other).await.unwrap(), ApiKeyCreated::Created);
+        let batch = api_key("a", "batch", "h4");
+        store.create_api_key(&batch).await.unwrap();
+        assert_eq!(store.api_key("h1").await.unwrap(), Some(ci.clone()));
+        assert_eq!(store.api_keys("a").await.unwrap(), vec![batch.clone(), ci.clone()]);
+        assert_eq!(store.api_keys("b").await.unwrap(), vec![other.clone()]);
+        assert_eq!(store.api_keys("nobody").await.unwrap(), vec![]);
+        // Another tenant's id revokes nothing.
+        assert_eq!(store.revoke_api_key("b", &ci.id).await.unwrap(), None);
+        assert_eq!(store.revoke_api_key("a", &ci.id).await.unwrap(), Some(ci.clone()));
+        assert_eq!(store.revoke_api_key("a", &ci.id).await.unwrap(), None);
+        assert_eq!(store.api_key("h1").await.unwrap(), None);
+        assert_eq!(store.api_keys("a").await.unwrap(), vec![batch]);
+        // The name is free again.
+        assert_eq!(
+            store.create_api_key(&api_key("a", "ci", "h5")).await.unwrap(),
+            ApiKeyCreated::Created
+        );
     }
 }

@@ -271,6 +271,7 @@ mod dumps {
             user_budget: None,
             user_creates_per_minute: 0,
             allowed_qualities: vec!["720p".into()],
+            alert_webhook_url: None,
         }
     }
 

@@ -248,6 +248,7 @@ mod earlier_tasks {
             user_budget: None,
             user_creates_per_minute: 0,
             allowed_qualities: vec!["720p".into()],
+            alert_webhook_url: None,
         };
         store.apply_config_tenant("acme", &settings, "h", 1).await.unwrap();
         for (i, id) in ["r1", "r2", "r3"].into_iter().enumerate() {
