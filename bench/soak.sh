@@ -13,5 +13,6 @@ filter=soak::soak_
 [ "$which" = both ] || filter="soak::soak_${which}_"
 mkdir -p bench/results
 out=bench/results/soak-$(date -u +%Y%m%dT%H%M%SZ).txt
-cargo test --locked --test api "$filter" -- --nocapture --test-threads 1 2>&1 | grep -E '^soak|test result' | tee "$out"
+cargo test --locked --test api "$filter" -- --nocapture --test-threads 1 2>&1 \
+  | grep -E 'soak |soak:|test result|panicked|assert' | tee "$out"
 echo "results in $out"
