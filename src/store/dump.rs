@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{LedgerEntry, OutboxEvent, Period, PeriodKeys, ReservationRecord, TenantRecord};
+use super::{ApiKeyRecord, LedgerEntry, OutboxEvent, Period, PeriodKeys, ReservationRecord, TenantRecord, WebhookKeys};
 
 /// One line of a dump.
 // Lines are streamed one at a time, never held in bulk: boxing the record would buy nothing.
@@ -64,6 +64,10 @@ pub enum DumpItem {
     OutboxEvent { event: OutboxEvent },
     /// A secret shared by every replica (the callback token key), base64.
     Secret { name: String, value_base64: String },
+    /// A tenant's webhook signing keys (the current one, and a rotated one still signing).
+    WebhookKeys { tenant: String, keys: WebhookKeys },
+    /// A tenant API key, as its hash (the key itself is never kept).
+    ApiKey { key: ApiKeyRecord },
 }
 
 /// Whether a usage bucket is one both backends store (a day or a month); weeks and the total
@@ -131,6 +135,8 @@ impl DumpItem {
             Self::Queued { .. } => "queued",
             Self::OutboxEvent { .. } => "outbox_event",
             Self::Secret { .. } => "secret",
+            Self::WebhookKeys { .. } => "webhook_keys",
+            Self::ApiKey { .. } => "api_key",
         }
     }
 }

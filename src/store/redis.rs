@@ -877,6 +877,7 @@ impl Store for RedisStore {
         self.export_usage(&out).await?;
         self.export_claims(&out).await?;
         self.export_queues(&out).await?;
+        self.export_credentials(&out).await?;
         for key in self.scan("secret:*").await? {
             let value: Option<Vec<u8>> = self.query(cmd("GET").arg(&key)).await?;
             if let Some(value) = value {

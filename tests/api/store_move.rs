@@ -60,6 +60,8 @@ struct Seen {
     tenants: Value,
     team_usage: Value,
     tasks: Value,
+    webhook_secret: Value,
+    api_keys: Value,
 }
 
 async fn text(app: &TestApp, path: &str, token: &str) -> String {
@@ -77,6 +79,8 @@ async fn seen(app: &TestApp) -> Seen {
         tenants: app.get_json("/v1/admin/tenants", &app.admin_token()).await,
         team_usage: app.get_json("/v1/usage", &app.token("team-a")).await,
         tasks: app.get_json("/v1/tasks?limit=100", &app.token("team-a")).await,
+        webhook_secret: app.get_json("/v1/webhooks/secret", &app.token("team-a")).await,
+        api_keys: app.get_json("/v1/admin/tenants/team-a/keys", &app.admin_token()).await,
     }
 }
 
@@ -133,6 +137,18 @@ async fn a_store_moves_embedded_to_redis_and_back_with_everything_and_work_in_fl
         .await
         .unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
+    let issued: Value = app
+        .client
+        .post(format!("{}/v1/admin/tenants/team-a/keys", app.base))
+        .bearer_auth(app.admin_token())
+        .json(&json!({"name": "mover"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api_key = issued["key"].as_str().expect("the key, shown once").to_string();
     let before = seen(&app).await;
     assert!(before.ledger_csv.lines().count() > 6, "{}", before.ledger_csv);
 
@@ -157,6 +173,8 @@ async fn a_store_moves_embedded_to_redis_and_back_with_everything_and_work_in_fl
         "idempotency",
         "queued",
         "secret",
+        "webhook_keys",
+        "api_key",
     ] {
         assert!(
             text.contains(&format!("{{\"kind\":\"{kind}\"")),
@@ -180,6 +198,11 @@ async fn a_store_moves_embedded_to_redis_and_back_with_everything_and_work_in_fl
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     let replay: Value = replay.json().await.unwrap();
     assert_eq!(replay["id"], keyed["id"]);
+    assert_eq!(
+        app.get(&"/v1/usage".to_string(), &api_key).await.status(),
+        StatusCode::OK,
+        "the API key moved"
+    );
 
     // The task in flight during the move ends now and is charged on Redis, once.
     assert!(app.mock.complete(&running_id).await);
@@ -245,10 +268,10 @@ async fn import_refuses_a_store_that_is_not_empty_and_a_line_it_does_not_know() 
     let mut fresh = stopped.config.clone();
     fresh.store.path = stopped.dir.path().join("fresh.redb");
     let config = store_file(stopped.dir.path(), "fresh.toml", &fresh);
-    let output = store_command("import", &config, Some(b"{\"kind\":\"api_key\",\"id\":\"key_1\"}\n"));
+    let output = store_command("import", &config, Some(b"{\"kind\":\"not_a_kind\",\"id\":\"x_1\"}\n"));
     assert!(!output.status.success());
     let message = String::from_utf8_lossy(&output.stderr);
-    assert!(message.contains("line 1") && message.contains("api_key"), "{message}");
+    assert!(message.contains("line 1") && message.contains("not_a_kind"), "{message}");
 }
 
 mod dumps {

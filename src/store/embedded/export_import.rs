@@ -127,6 +127,24 @@ pub(super) fn export_in(
             value_base64: base64::engine::general_purpose::STANDARD.encode(value.value()),
         })?;
     }
+    for item in tx
+        .open_table(WEBHOOK_KEYS)
+        .map_err(db_error)?
+        .iter()
+        .map_err(db_error)?
+    {
+        let (tenant, json) = item.map_err(db_error)?;
+        send(DumpItem::WebhookKeys {
+            tenant: tenant.value().to_string(),
+            keys: parse_json(tenant.value(), json.value())?,
+        })?;
+    }
+    for item in tx.open_table(API_KEYS).map_err(db_error)?.iter().map_err(db_error)? {
+        let (hash, json) = item.map_err(db_error)?;
+        send(DumpItem::ApiKey {
+            key: parse_json(hash.value(), json.value())?,
+        })?;
+    }
     Ok(())
 }
 
@@ -220,6 +238,17 @@ pub(super) fn import_in(tx: &WriteTransaction, item: &DumpItem) -> Result<(), St
             tx.open_table(SECRETS)
                 .map_err(db_error)?
                 .insert(name.as_str(), value.as_slice())
+                .map_err(db_error)?;
+        }
+        DumpItem::WebhookKeys { tenant, keys } => {
+            put_json(&mut tx.open_table(WEBHOOK_KEYS).map_err(db_error)?, tenant, keys)?
+        }
+        DumpItem::ApiKey { key } => {
+            put_json(&mut tx.open_table(API_KEYS).map_err(db_error)?, &key.hash, key)?;
+            let name = format!("{}{SEP}{}", key.tenant, key.name);
+            tx.open_table(API_KEY_NAMES)
+                .map_err(db_error)?
+                .insert(name.as_str(), key.hash.as_str())
                 .map_err(db_error)?;
         }
     }

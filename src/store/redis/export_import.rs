@@ -320,6 +320,46 @@ impl RedisStore {
                     .map_err(|e| StoreError::Corrupt(format!("secret {name}: {e}")))?;
                 pipe.cmd("SET").arg(self.key("secret", name)).arg(value).ignore();
             }
+            DumpItem::WebhookKeys { tenant, keys } => {
+                pipe.cmd("SET")
+                    .arg(self.key("whkey", tenant))
+                    .arg(serde_json::to_string(keys).map_err(corrupt)?)
+                    .ignore();
+            }
+            DumpItem::ApiKey { key } => {
+                pipe.cmd("SET")
+                    .arg(self.key("apikey", &key.hash))
+                    .arg(serde_json::to_string(key).map_err(corrupt)?)
+                    .ignore();
+                pipe.cmd("HSET")
+                    .arg(self.key("apikeys", &key.tenant))
+                    .arg(&key.name)
+                    .arg(&key.hash)
+                    .ignore();
+            }
+        }
+        Ok(())
+    }
+
+    /// Each tenant's webhook keys and every API key (as stored: by hash).
+    pub(super) async fn export_credentials(&self, out: &Sink) -> Result<(), StoreError> {
+        for (kind, webhook) in [("whkey:", true), ("apikey:", false)] {
+            for key in self.scan(&format!("{kind}*")).await? {
+                let Some(json) = self.query::<Option<String>>(cmd("GET").arg(&key)).await? else {
+                    continue;
+                };
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("{key}: {e}"));
+                let item = match webhook {
+                    true => DumpItem::WebhookKeys {
+                        tenant: self.unprefixed(&key, kind)?.to_string(),
+                        keys: serde_json::from_str(&json).map_err(corrupt)?,
+                    },
+                    false => DumpItem::ApiKey {
+                        key: serde_json::from_str(&json).map_err(corrupt)?,
+                    },
+                };
+                out.send(item).await?;
+            }
         }
         Ok(())
     }
