@@ -199,7 +199,7 @@ async fn a_store_moves_embedded_to_redis_and_back_with_everything_and_work_in_fl
     let replay: Value = replay.json().await.unwrap();
     assert_eq!(replay["id"], keyed["id"]);
     assert_eq!(
-        app.get(&"/v1/usage".to_string(), &api_key).await.status(),
+        app.get("/v1/usage", &api_key).await.status(),
         StatusCode::OK,
         "the API key moved"
     );
@@ -271,7 +271,10 @@ async fn import_refuses_a_store_that_is_not_empty_and_a_line_it_does_not_know() 
     let output = store_command("import", &config, Some(b"{\"kind\":\"not_a_kind\",\"id\":\"x_1\"}\n"));
     assert!(!output.status.success());
     let message = String::from_utf8_lossy(&output.stderr);
-    assert!(message.contains("line 1") && message.contains("not_a_kind"), "{message}");
+    assert!(
+        message.contains("line 1") && message.contains("not_a_kind"),
+        "{message}"
+    );
 }
 
 mod dumps {
