@@ -201,6 +201,10 @@ impl MockServer {
         let data = web::Data::from(Arc::clone(&shared));
         let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
             .workers(2)
+            // Idle connections live longer than the gateway's pool keeps them (60 s), as behind
+            // the upstream's load balancer: a connection the server closes just as the gateway
+            // reuses it breaks a create after sending (an unknown outcome).
+            .keep_alive(std::time::Duration::from_secs(75))
             .disable_signals()
             .shutdown_timeout(1)
             .listen(listener)?
