@@ -64,7 +64,7 @@ pub async fn create(
     let request = parse_create(&body, |model| state.config.pricing.models.contains_key(model))?;
     let idempotency = idempotency_claim(&req, &body, &state)?;
     let rate = limit::caller_checks(&state, &caller, Policy::Creates).await?;
-    prelimit(&state, &rate)?;
+    limit::prelimit(&state, Policy::Creates, &rate)?;
     // After the pre-limit: resolving the host costs a DNS lookup (up to 2 s).
     if let Some(url) = &request.callback_url {
         callbacks::check_callback_url(&state, url).await?;
@@ -164,23 +164,6 @@ fn idempotency_claim(req: &HttpRequest, body: &Value, state: &AppState) -> Resul
         body_hash,
         ttl_ms: state.config.idempotency.ttl_secs.saturating_mul(1000),
     }))
-}
-
-/// The in-process shield in front of the probe and the store: generous (twice the
-/// tenant's limits), so only a flood meets it; the store step holds the real limit.
-pub(super) fn prelimit(state: &AppState, rate: &[RateCheck]) -> Result<(), ApiError> {
-    let doubled: Vec<RateCheck> = rate
-        .iter()
-        .map(|c| RateCheck {
-            key: c.key.clone(),
-            per_minute: c.per_minute.saturating_mul(2),
-            burst: c.burst.saturating_mul(2),
-        })
-        .collect();
-    match state.prelimit.check(&doubled) {
-        Some(decision) if !decision.allowed => Err(limit::refusal(Policy::Creates, decision)),
-        _ => Ok(()),
-    }
 }
 
 /// An idempotent retry: the first request's answer, with the task's money as it stands.

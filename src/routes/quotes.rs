@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 
 use super::body::read_json;
-use super::generations::{prelimit, probe_references};
+use super::generations::probe_references;
 use super::guard::TenantCaller;
 use super::limit;
 use super::validate::parse_create;
@@ -56,11 +56,12 @@ pub async fn quote(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_json(&req, payload, state.config.server.max_body_bytes).await?;
     let request = parse_create(&body, |model| state.config.pricing.models.contains_key(model))?;
+    let rate = limit::caller_checks(&state, &caller, Policy::Creates).await?;
+    limit::prelimit(&state, Policy::Creates, &rate)?;
+    // After the pre-limit: resolving the host costs a DNS lookup (up to 2 s).
     if let Some(url) = &request.callback_url {
         callbacks::check_callback_url(&state, url).await?;
     }
-    let rate = limit::caller_checks(&state, &caller, Policy::Creates).await?;
-    prelimit(&state, &rate)?;
     let durations = probe_references(&state, &request).await?;
     let tenant = state
         .tenants
