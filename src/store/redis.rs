@@ -204,6 +204,21 @@ impl RedisStore {
         }
     }
 
+    /// A spent and a reserved counter (names after the prefix) with the tenant's in-flight count.
+    async fn usage_counters(&self, tenant: &str, spent: &str, reserved: &str) -> Result<PeriodUsage, StoreError> {
+        let prefix = &self.prefix;
+        let mut mget = cmd("MGET");
+        mget.arg(format!("{prefix}{spent}"))
+            .arg(format!("{prefix}{reserved}"))
+            .arg(format!("{prefix}inflight:{tenant}"));
+        let (spent, reserved, in_flight): (Option<i64>, Option<i64>, Option<u32>) = self.query(&mget).await?;
+        Ok(PeriodUsage {
+            spent: spent.unwrap_or(0),
+            reserved: reserved.unwrap_or(0),
+            in_flight: in_flight.unwrap_or(0),
+        })
+    }
+
     /// Keeps final records `retention` after they ended (default: 35 days).
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
@@ -699,17 +714,12 @@ impl Store for RedisStore {
 
     async fn period_usage(&self, tenant: &str, period: &str) -> Result<PeriodUsage, StoreError> {
         // Same names as `counter_keys` in lua/keys.lua.
-        let prefix = &self.prefix;
-        let mut mget = cmd("MGET");
-        mget.arg(format!("{prefix}spent:{tenant}:{period}"))
-            .arg(format!("{prefix}reserved:{tenant}:{period}"))
-            .arg(format!("{prefix}inflight:{tenant}"));
-        let (spent, reserved, in_flight): (Option<i64>, Option<i64>, Option<u32>) = self.query(&mget).await?;
-        Ok(PeriodUsage {
-            spent: spent.unwrap_or(0),
-            reserved: reserved.unwrap_or(0),
-            in_flight: in_flight.unwrap_or(0),
-        })
+        self.usage_counters(
+            tenant,
+            &format!("spent:{tenant}:{period}"),
+            &format!("reserved:{tenant}:{period}"),
+        )
+        .await
     }
 
     async fn usage(&self, tenant: &str, bucket: &str, by_user: bool) -> Result<UsageBucket, StoreError> {
@@ -839,17 +849,11 @@ impl Store for RedisStore {
 
     async fn user_period_usage(&self, tenant: &str, user: &str, period: &str) -> Result<PeriodUsage, StoreError> {
         // Same names as `counter_keys` in lua/keys.lua.
-        let prefix = &self.prefix;
-        let mut mget = cmd("MGET");
-        mget.arg(format!("{prefix}uspent:{tenant}:{period}:{user}"))
-            .arg(format!("{prefix}ureserved:{tenant}:{period}:{user}"))
-            .arg(format!("{prefix}inflight:{tenant}"));
-        let (spent, reserved, in_flight): (Option<i64>, Option<i64>, Option<u32>) = self.query(&mget).await?;
-        Ok(PeriodUsage {
-            spent: spent.unwrap_or(0),
-            reserved: reserved.unwrap_or(0),
-            in_flight: in_flight.unwrap_or(0),
-        })
+        let (spent, reserved) = (
+            format!("uspent:{tenant}:{period}:{user}"),
+            format!("ureserved:{tenant}:{period}:{user}"),
+        );
+        self.usage_counters(tenant, &spent, &reserved).await
     }
 
     async fn describe(&self) -> Result<String, StoreError> {
