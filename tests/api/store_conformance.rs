@@ -2221,3 +2221,36 @@ mod credentials {
         );
     }
 }
+
+/// Keys an older vidgate wrote without an expiry get the one retention gives, with no manual
+/// step: the first purge of a process finds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_written_before_retention_get_their_expiry_at_the_first_purge() {
+    let url = support::redis::shared().url();
+    let prefix = support::random_prefix();
+    let store = RedisStore::connect(&url, &prefix).await.expect("connect");
+    with_tenant(&store, settings()).await;
+    reserved(&store, &request("r1", "ann", 415_000)).await;
+    store.bind("r1", "task-1", "{}").await.unwrap();
+    ok(store.settle("r1", &settlement(405_000)).await.unwrap());
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = [
+        format!("{prefix}res:r1"),
+        format!("{prefix}task:task-1"),
+        format!("{prefix}uspent:{TENANT}:2026-11:ann"),
+    ];
+    // As an older version left them: no expiry.
+    for key in &keys {
+        let _: i64 = ::redis::cmd("PERSIST").arg(key).query_async(&mut conn).await.unwrap();
+    }
+    let restarted = RedisStore::connect(&url, &prefix)
+        .await
+        .expect("connect")
+        .with_retention(Duration::from_secs(3600));
+    restarted.purge(NOW_MS + 60_000).await.unwrap();
+    for key in &keys {
+        let ttl: i64 = ::redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
+        assert!(ttl > 0, "{key} has no expiry ({ttl})");
+    }
+}

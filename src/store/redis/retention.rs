@@ -51,6 +51,9 @@ impl RedisStore {
                         .arg(TRIM_CHUNK),
                 )
                 .await?;
+            if members.is_empty() {
+                return Ok(removed);
+            }
             let mut exists = ::redis::pipe();
             for member in &members {
                 let rid = member.split_once(':').map_or("", |(_, rid)| rid);
