@@ -209,9 +209,9 @@ pub struct TaskList {
     pub next_cursor: Option<String>,
 }
 
-/// A task as the gateway keeps it: the upstream's task object as answered to the create
-/// (`status` and `progress` of that moment: GET /v1/tasks/{task_id} asks the upstream now)
-/// with the current `vidgate` object. A reservation without a task has `id` null and
+/// A task as the gateway keeps it: the upstream's task object as last seen (the ending
+/// reported when its money moved, else the answer to the create: GET /v1/tasks/{task_id}
+/// asks the upstream now) with the current `vidgate` object. A reservation without a task has `id` null and
 /// `status` `unknown` (the create's outcome is unknown: the upstream may have made it) or
 /// `failed` (the upstream refused the create; nothing was charged).
 #[derive(ToSchema)]

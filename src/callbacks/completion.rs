@@ -45,6 +45,10 @@ pub async fn observe(state: &AppState, record: ReservationRecord, task: &Value) 
         _ => (state.store.refund(id, now_ms).await?, false),
     };
     if let FinalizeOutcome::Applied(done) = &outcome {
+        // For the task list: the ending as the upstream reported it (display only).
+        if let Err(error) = state.store.note_task(id, &task.to_string()).await {
+            tracing::warn!(reservation_id = %id, "could not keep the task's last state: {error}");
+        }
         if late {
             tracing::warn!(
                 reservation_id = %done.reservation_id, request_id = %done.request_id, tenant = %done.tenant,
@@ -220,6 +224,7 @@ mod tests {
             refused_task: None,
             claim_expires_ms: None,
             period_end_ms: None,
+            last_task: None,
         }
     }
 

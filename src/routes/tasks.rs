@@ -132,7 +132,7 @@ async fn one_reservation(
     })
 }
 
-/// A row: the task object kept from the upstream's answer, with `vidgate`. A reservation
+/// A row: the task object as last seen (its ending, else the create's answer), with `vidgate`. A reservation
 /// with no task has `"id": null` and a status of its own: `unknown` while the create's
 /// outcome is unknown (the upstream may still have made the task), `failed` when the
 /// upstream refused it and the hold was released.
@@ -151,8 +151,9 @@ fn row(record: &ReservationRecord) -> Value {
         });
     };
     let task = record
-        .created_task
+        .last_task
         .as_deref()
+        .or(record.created_task.as_deref())
         .and_then(|text| serde_json::from_str::<Value>(text).ok())
         .filter(Value::is_object)
         .unwrap_or_else(|| json!({"id": task_id, "model": record.model}));

@@ -318,6 +318,19 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn note_task(&self, reservation_id: &str, task: &str) -> Result<(), StoreError> {
+        let (reservation_id, task) = (reservation_id.to_string(), task.to_string());
+        self.write(move |tx| {
+            let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
+            if let Some(mut record) = get_json::<ReservationRecord>(&reservations, &reservation_id)? {
+                record.last_task = Some(task);
+                put_json(&mut reservations, &reservation_id, &record)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn purge(&self, now_ms: i64) -> Result<usize, StoreError> {
         let retention_ms = self.retention_ms;
         let mut purged = 0;

@@ -106,6 +106,11 @@ impl Store for Instrumented {
             .await
     }
 
+    async fn note_task(&self, reservation_id: &str, task: &str) -> Result<(), StoreError> {
+        self.timed("note_task", self.inner.note_task(reservation_id, task))
+            .await
+    }
+
     async fn purge(&self, now_ms: i64) -> Result<usize, StoreError> {
         self.timed("purge", self.inner.purge(now_ms)).await
     }

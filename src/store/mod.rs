@@ -227,6 +227,9 @@ pub struct ReservationRecord {
     /// expire `retention` after that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period_end_ms: Option<i64>,
+    /// The task as last seen when its money moved (JSON), for the task list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_task: Option<String>,
 }
 
 /// What a bind found.
@@ -286,6 +289,7 @@ impl ReservationRecord {
                     .saturating_add(i64::try_from(claim.ttl_ms).unwrap_or(i64::MAX))
             }),
             period_end_ms: Period::end_of(period),
+            last_task: None,
         }
     }
 
@@ -718,6 +722,10 @@ pub trait Store: Send + Sync + 'static {
     /// trims the task lists and gives keys written before retention existed their expiry);
     /// the embedded store deletes it here. Returns how many things went.
     async fn purge(&self, now_ms: i64) -> Result<usize, StoreError>;
+
+    /// Keeps `task` (JSON), the task as just seen, on its reservation for the task list;
+    /// moves no money (a reservation gone meanwhile is left alone).
+    async fn note_task(&self, reservation_id: &str, task: &str) -> Result<(), StoreError>;
 
     /// Undoes a reserve whose answer was lost (a store timeout) before anything was sent
     /// upstream: refunds the hold if it exists and is unbound, and otherwise makes sure a

@@ -100,6 +100,7 @@ struct Scripts {
     save_event: Script,
     recover: Script,
     mark_unsent: Script,
+    note_task: Script,
 }
 
 impl Scripts {
@@ -139,6 +140,10 @@ impl Scripts {
                 include_str!("lua/due.lua"),
                 include_str!("lua/recover.lua")
             )),
+            // A reservation gone meanwhile (retention) is not brought back as a stub.
+            note_task: Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'last_task', ARGV[1]) end return 1",
+            ),
             // A reserve whose caller gave up: marked so that it cannot hold if it still runs.
             mark_unsent: Script::new(
                 "if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end \
@@ -578,6 +583,12 @@ impl Store for RedisStore {
             .arg(self.retention_ms)
             .arg(json_fields(&finish)?);
         finalized("late_settle", self.invoke(&invocation).await?)
+    }
+
+    async fn note_task(&self, reservation_id: &str, task: &str) -> Result<(), StoreError> {
+        let mut invocation = self.scripts.note_task.key(self.key("res", reservation_id));
+        invocation.arg(serde_json::Value::from(task).to_string());
+        self.invoke::<i64>(&invocation).await.map(drop)
     }
 
     async fn purge(&self, now_ms: i64) -> Result<usize, StoreError> {

@@ -126,6 +126,11 @@ async fn pages_and_filters(backend: Backend) {
     let page = list(&app, "team-a", "?state=settled").await;
     assert_eq!(ids(&page), vec![created[0].clone()]);
     assert_eq!(page["data"][0]["vidgate"], done["vidgate"]);
+    assert_eq!(
+        page["data"][0]["status"], "completed",
+        "the row shows the task as last seen"
+    );
+    assert_eq!(page["data"][0]["results"], done["results"]);
     let page = list(&app, "team-a", "?state=reserved").await;
     assert_eq!(ids(&page).len(), 6);
     let rid = done["vidgate"]["reservation_id"].as_str().unwrap();
