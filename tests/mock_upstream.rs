@@ -456,7 +456,8 @@ async fn a_callback_is_retried_after_1_and_2_seconds_until_the_receiver_accepts(
 
 #[tokio::test]
 async fn result_files_support_range_requests_and_head() {
-    let mock = mock().await;
+    // Long enough that "before completion" holds on a busy machine.
+    let mock = mock_with(|o| o.processing_ms = 1500).await;
     let created = create_ok(&mock, &body("x")).await;
     let id = created["id"].as_str().unwrap();
     let early = format!("{}/files/results/{id}.mp4", mock.base_url());
