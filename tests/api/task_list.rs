@@ -334,3 +334,49 @@ mod earlier_tasks {
         assert_eq!(store.index_earlier_tasks().await.unwrap(), 0, "once");
     }
 }
+
+/// A machine caller (a tenant API key) sees its tenant's tasks and quotes exactly as a JWT of
+/// the tenant does, and nothing of another tenant.
+#[tokio::test]
+async fn an_api_key_lists_and_quotes_like_a_jwt_of_its_tenant() {
+    let app = spawn_app_with(Backend::Embedded, quick_mock(), many_tasks).await;
+    let own = id_of(&app.create_task("team-a", "made by a person").await);
+    app.create_task("team-b", "someone else's").await;
+    let issued: Value = app
+        .client
+        .post(format!("{}/v1/admin/tenants/team-a/keys", app.base))
+        .bearer_auth(app.admin_token())
+        .json(&serde_json::json!({"name": "render-ci"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = issued["key"].as_str().expect("the key").to_string();
+    let by_key = app.get_json("/v1/tasks", &key).await;
+    let by_jwt = list(&app, "team-a", "").await;
+    assert_eq!(ids(&by_key), vec![own.clone()]);
+    assert_eq!(by_key, by_jwt);
+    let quoted = |token: String| {
+        let (client, base, body) = (app.client.clone(), app.base.clone(), app.create_body("priced"));
+        async move {
+            let response = client
+                .post(format!("{base}/v1/quotes"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let (by_key, by_jwt) = (quoted(key.clone()).await, quoted(app.token("team-a")).await);
+    assert_eq!(by_key["reserve"], by_jwt["reserve"]);
+    // The key's tasks are its own user's: `key:render-ci`.
+    let made = app.post_create(&key, &app.create_body("made by a machine")).await;
+    assert_eq!(made.status(), StatusCode::OK);
+    let page = app.get_json("/v1/tasks?user=key:render-ci", &key).await;
+    assert_eq!(ids(&page).len(), 1);
+}
