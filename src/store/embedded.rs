@@ -55,6 +55,10 @@ const UNSENT: TableDefinition<&str, u64> = TableDefinition::new("unsent");
 const UNSENT_MARK_MS: u64 = 3_600_000;
 /// The task list: (tenant, created ms, reservation id) of every reservation.
 const TASK_INDEX: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("task_index");
+/// Used `console-link` tickets: jti → when the ticket expires (ms); then the entry may go.
+const CONSOLE_TICKETS: TableDefinition<&str, u64> = TableDefinition::new("console_tickets");
+/// Console sessions: hashed session id → JSON `ConsoleSession`.
+const CONSOLE_SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("console_sessions");
 
 /// Separates the parts of a composite string key; tenant ids and period keys never hold it.
 const SEP: char = '\u{1f}';
@@ -96,6 +100,8 @@ impl EmbeddedStore {
         tx.open_table(LEASES).map_err(db_error)?;
         tx.open_table(SECRETS).map_err(db_error)?;
         tx.open_table(TASK_INDEX).map_err(db_error)?;
+        tx.open_table(CONSOLE_TICKETS).map_err(db_error)?;
+        tx.open_table(CONSOLE_SESSIONS).map_err(db_error)?;
         tx.commit().map_err(db_error)?;
         Ok(Self {
             db: Arc::new(db),
@@ -690,6 +696,59 @@ impl Store for EmbeddedStore {
                 index.insert(key, ()).map_err(db_error)?;
             }
             Ok(entries.len() as u64)
+        })
+        .await
+    }
+
+    async fn open_console_session(
+        &self,
+        jti: &str,
+        jti_expires_ms: i64,
+        key: &str,
+        session: &ConsoleSession,
+    ) -> Result<bool, StoreError> {
+        let (jti, key) = (jti.to_string(), key.to_string());
+        let json = serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let now = ms(session.created_ms);
+        self.write(move |tx| {
+            let mut tickets = tx.open_table(CONSOLE_TICKETS).map_err(db_error)?;
+            if tickets.get(jti.as_str()).map_err(db_error)?.is_some() {
+                return Ok(false);
+            }
+            // Sign-ins are rare: dropping what has expired here keeps both tables small.
+            tickets.retain(|_, expires| expires > now).map_err(db_error)?;
+            tickets.insert(jti.as_str(), ms(jti_expires_ms)).map_err(db_error)?;
+            let mut sessions = tx.open_table(CONSOLE_SESSIONS).map_err(db_error)?;
+            sessions
+                .retain(|_, json| serde_json::from_str::<ConsoleSession>(json).is_ok_and(|s| s.is_live(now as i64)))
+                .map_err(db_error)?;
+            sessions.insert(key.as_str(), json.as_str()).map_err(db_error)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn console_session(&self, key: &str, now_ms: i64) -> Result<Option<ConsoleSession>, StoreError> {
+        let key = key.to_string();
+        self.read(move |tx| {
+            let sessions = tx.open_table(CONSOLE_SESSIONS).map_err(db_error)?;
+            let Some(json) = sessions.get(key.as_str()).map_err(db_error)? else {
+                return Ok(None);
+            };
+            let session: ConsoleSession = parse_json("console session", json.value())?;
+            Ok(session.is_live(now_ms).then_some(session))
+        })
+        .await
+    }
+
+    async fn end_console_session(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.write(move |tx| {
+            tx.open_table(CONSOLE_SESSIONS)
+                .map_err(db_error)?
+                .remove(key.as_str())
+                .map_err(db_error)?;
+            Ok(())
         })
         .await
     }

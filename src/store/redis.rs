@@ -26,6 +26,8 @@
 //!   sent upstream: if the stalled script still runs, it holds nothing (expires after an hour).
 //! - `P tasklist:{tenant}`: sorted set of the tenant's reservations for the task list, all
 //!   scores 0, members `{created ms, 15 digits}:{reservation id}` read by text range.
+//! - `P console_ticket:{jti}`: a used `console-link` ticket (`SET NX PXAT` its expiry);
+//!   `P console_session:{sha256 of the session id}`: JSON `ConsoleSession` (`PXAT` its expiry).
 //!
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
@@ -930,6 +932,51 @@ impl Store for RedisStore {
             self.query::<()>(cmd("SET").arg(&done).arg(1)).await?;
         }
         Ok(keys.len() as u64)
+    }
+
+    async fn open_console_session(
+        &self,
+        jti: &str,
+        jti_expires_ms: i64,
+        key: &str,
+        session: &ConsoleSession,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let claimed: Option<String> = self
+            .query(
+                cmd("SET")
+                    .arg(self.key("console_ticket", jti))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PXAT")
+                    .arg(jti_expires_ms.max(session.created_ms + 1)),
+            )
+            .await?;
+        if claimed.is_none() {
+            return Ok(false);
+        }
+        // The ticket is spent first: a failure here leaves it unusable, never usable twice.
+        self.query::<()>(
+            cmd("SET")
+                .arg(self.key("console_session", key))
+                .arg(json)
+                .arg("PXAT")
+                .arg(session.expires_ms),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn console_session(&self, key: &str, now_ms: i64) -> Result<Option<ConsoleSession>, StoreError> {
+        let json: Option<String> = self.query(cmd("GET").arg(self.key("console_session", key))).await?;
+        let Some(json) = json else { return Ok(None) };
+        let session: ConsoleSession =
+            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("console session: {e}")))?;
+        Ok(session.is_live(now_ms).then_some(session))
+    }
+
+    async fn end_console_session(&self, key: &str) -> Result<(), StoreError> {
+        self.query::<()>(cmd("DEL").arg(self.key("console_session", key))).await
     }
 }
 

@@ -122,7 +122,7 @@ async fn admin_usage(backend: Backend) {
     let lines: Vec<&str> = csv.split("\r\n").collect();
     assert_eq!(
         lines[0],
-        "period,tenant,user,day,currency,budget,remaining,spent,reserved,billed_input_ms,billed_output_ms,tasks_reserved,tasks_settled,tasks_refunded,tasks_expired"
+        "period,tenant,user,day,currency,budget,remaining,spent,reserved,billed_input_ms,billed_output_ms,tasks_reserved,tasks_settled,tasks_refunded,tasks_expired,quality,audio"
     );
     assert_eq!(
         lines[1],

@@ -550,6 +550,7 @@ async fn config_is_reapplied_only_when_its_hash_changes(store: Arc<dyn Store>) {
 /// Every ledger entry of `tenant` (or of all tenants), read page by page.
 async fn ledger(store: &dyn Store, tenant: Option<&str>) -> Vec<LedgerEntry> {
     let mut query = LedgerQuery {
+        kind: None,
         tenant: tenant.map(str::to_string),
         from_ms: 0,
         to_ms: u64::MAX,
@@ -916,6 +917,7 @@ async fn the_ledger_pages_across_tenants_in_time_order(store: Arc<dyn Store>) {
         ]
     );
     let window = LedgerQuery {
+        kind: None,
         tenant: Some("other".into()),
         from_ms: (NOW_MS + 1000) as u64,
         to_ms: (NOW_MS + 4000) as u64,
