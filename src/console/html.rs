@@ -155,9 +155,10 @@ pub fn day_chart(days: &[(String, i64, String)]) -> String {
     }
     let max = days.iter().map(|(_, micros, _)| *micros).max().unwrap_or(0).max(1);
     let (width, height, gap) = (24_i64, 160_i64, 6_i64);
-    let total_width = (width + gap) * days.len() as i64;
+    // At least a month of slots, so a few days do not stretch into one wide block.
+    let total_width = (width + gap) * (days.len() as i64).max(31);
     let mut out = format!(
-        r#"<figure class="chart"><svg viewBox="0 0 {total_width} {}" role="img" aria-label="Spend by day" preserveAspectRatio="none">"#,
+        r#"<figure class="chart"><svg viewBox="0 0 {total_width} {}" role="img" aria-label="Spend by day" preserveAspectRatio="xMinYMax meet">"#,
         height + 20
     );
     for (i, (day, micros, money)) in days.iter().enumerate() {

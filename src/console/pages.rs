@@ -127,12 +127,19 @@ pub async fn tenant(state: web::Data<AppState>, req: HttpRequest, id: web::Path<
             esc(budget),
             esc(usage.remaining.as_deref().unwrap_or("–"))
         );
-        let days: Vec<(String, i64, String)> = by_day
+        let spent_on: std::collections::BTreeMap<String, String> = by_day
             .rows
             .iter()
-            .filter_map(|row| {
-                let day = row.day.clone()?;
-                Some((day, parse_money(&row.spent).unwrap_or(0), row.spent.clone()))
+            .filter_map(|row| Some((row.day.clone()?, row.spent.clone())))
+            .collect();
+        // Every day of a month or week gets its slot (zero when nothing was spent); the
+        // total has only the days with usage.
+        let slots = period.days().unwrap_or_else(|| spent_on.keys().cloned().collect());
+        let days: Vec<(String, i64, String)> = slots
+            .into_iter()
+            .map(|day| {
+                let spent = spent_on.get(&day).cloned().unwrap_or_else(|| format_money(0));
+                (day, parse_money(&spent).unwrap_or(0), spent)
             })
             .collect();
         body.push_str("<h2>By day</h2>");

@@ -45,7 +45,7 @@ pub async fn authenticate(
                 req.extensions_mut().insert(caller);
             }
             // A console page without a session answers with its own sign-in hint.
-            Err(_) if super::session::is_console_page(req.path()) => {}
+            Err(_) if super::session::is_console_page(req.method(), req.path()) => {}
             Err(error) => return Ok(refuse(req, error)),
         }
     }

@@ -22,9 +22,10 @@ const COOKIE_WRITES: &[(Method, &str)] = &[
     (Method::POST, "/console/logout"),
 ];
 
-/// Console pages answer a visitor without a session themselves (a sign-in hint, not JSON).
-pub fn is_console_page(path: &str) -> bool {
-    path == "/console" || path.starts_with("/console/")
+/// Console pages (reads) answer a visitor without a session themselves (a sign-in hint, not
+/// JSON); a console write without a valid session and CSRF token is refused like any other.
+pub fn is_console_page(method: &Method, path: &str) -> bool {
+    !is_write(method) && (path == "/console" || path.starts_with("/console/"))
 }
 
 /// The session's caller when the request carries a session cookie, no `Authorization`
@@ -102,9 +103,10 @@ mod tests {
 
     #[test]
     fn console_pages_are_those_under_console() {
-        assert!(is_console_page("/console/"));
-        assert!(is_console_page("/console/ledger"));
-        assert!(!is_console_page("/consolex"));
-        assert!(!is_console_page("/v1/usage"));
+        assert!(is_console_page(&Method::GET, "/console/"));
+        assert!(is_console_page(&Method::GET, "/console/ledger"));
+        assert!(!is_console_page(&Method::POST, "/console/logout"));
+        assert!(!is_console_page(&Method::GET, "/consolex"));
+        assert!(!is_console_page(&Method::GET, "/v1/usage"));
     }
 }

@@ -26,8 +26,9 @@
 //!   sent upstream: if the stalled script still runs, it holds nothing (expires after an hour).
 //! - `P tasklist:{tenant}`: sorted set of the tenant's reservations for the task list, all
 //!   scores 0, members `{created ms, 15 digits}:{reservation id}` read by text range.
-//! - `P console_ticket:{jti}`: a used `console-link` ticket (`SET NX PXAT` its expiry);
-//!   `P console_session:{sha256 of the session id}`: JSON `ConsoleSession` (`PXAT` its expiry).
+//! - `P console_ticket:{jti}`: a used `console-link` ticket (`SET NX PX` until its expiry);
+//!   `P console_session:{sha256 of the session id}`: JSON `ConsoleSession` (`PX` until its
+//!   expiry; the lifetimes come from the gateway's clock, as relative durations).
 //!
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
@@ -948,8 +949,8 @@ impl Store for RedisStore {
                     .arg(self.key("console_ticket", jti))
                     .arg(1)
                     .arg("NX")
-                    .arg("PXAT")
-                    .arg(jti_expires_ms.max(session.created_ms + 1)),
+                    .arg("PX")
+                    .arg(ttl_ms(session.created_ms, jti_expires_ms)),
             )
             .await?;
         if claimed.is_none() {
@@ -960,8 +961,8 @@ impl Store for RedisStore {
             cmd("SET")
                 .arg(self.key("console_session", key))
                 .arg(json)
-                .arg("PXAT")
-                .arg(session.expires_ms),
+                .arg("PX")
+                .arg(ttl_ms(session.created_ms, session.expires_ms)),
         )
         .await?;
         Ok(true)
@@ -1172,6 +1173,11 @@ fn from_fields<T: serde::de::DeserializeOwned>(fields: Fields) -> Result<T, Stor
     }
     json.push('}');
     serde_json::from_str(&json).map_err(corrupt)
+}
+
+/// The Redis lifetime of something that lives from `from_ms` until `until_ms`: at least 1 ms.
+fn ttl_ms(from_ms: i64, until_ms: i64) -> i64 {
+    until_ms.saturating_sub(from_ms).max(1)
 }
 
 #[cfg(test)]

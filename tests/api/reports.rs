@@ -126,7 +126,7 @@ async fn admin_usage(backend: Backend) {
     );
     assert_eq!(
         lines[1],
-        "2026-W48,team-a,alice,,USD,,,0.500000,0.000000,5000,5000,0,1,0,0"
+        "2026-W48,team-a,alice,,USD,,,0.500000,0.000000,5000,5000,0,1,0,0,,"
     );
     assert_eq!(lines.len(), 5, "3 users and a final line end: {csv:?}");
 }
