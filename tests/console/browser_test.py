@@ -330,7 +330,7 @@ def first_paint(context):
         paint = page.evaluate("""() => {
             const e = performance.getEntriesByType('paint').find(p => p.name === 'first-contentful-paint');
             const nav = performance.getEntriesByType('navigation')[0];
-            return [e ? e.startTime : null, nav.responseStart - nav.requestStart];
+            return [e ? e.startTime : null, nav.responseStart - nav.requestStart, nav.encodedBodySize];
         }""")
         figures.append(paint)
     rows = len(page.query_selector_all("table tbody tr"))
@@ -363,6 +363,7 @@ def main():
         context.close()
     summary = {"checks": len(checks), "overview_first_contentful_paint_ms": [round(f[0], 1) for f in figures],
                "overview_server_response_ms": [round(f[1], 1) for f in figures],
+               "overview_html_bytes": figures[-1][2],
                "ledger_first_contentful_paint_ms": round(ledger_paint, 1)}
     with open(os.path.join(OUT, "figures.json"), "w") as f:
         json.dump(summary, f, indent=2)
