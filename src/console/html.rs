@@ -172,8 +172,13 @@ pub fn day_chart(days: &[(String, i64, String)]) -> String {
             esc(money)
         );
     }
-    out.push_str(
-        "</svg><figcaption>Spend by day (hover a bar for its figure; the table below lists them)</figcaption></figure>",
+    let first = days.first().map(|(day, _, _)| day.as_str()).unwrap_or("");
+    let last = days.last().map(|(day, _, _)| day.as_str()).unwrap_or("");
+    let _ = write!(
+        out,
+        "</svg><figcaption>Spend by day, {} to {} (hover a bar for its figure; the table below lists them)</figcaption></figure>",
+        esc(first),
+        esc(last)
     );
     out
 }

@@ -56,14 +56,24 @@ pub async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse 
         let currency = &state.config.pricing.currency;
         let report = reports::admin_usage(state.store.as_ref(), &tenants, &period, GroupBy::Tenant, currency).await?;
         let first = first_threshold_ppm(&state);
+        let admin = viewer.caller.is_admin();
         let rows: Vec<Vec<String>> = report
             .rows
             .iter()
             .map(|row| {
                 let budget = row.budget.clone();
+                let settings = if admin {
+                    format!(
+                        r#" <a class="settings" href="/console/admin/tenants/{}" aria-label="Settings of {}">settings</a>"#,
+                        q(&row.tenant),
+                        esc(&row.tenant)
+                    )
+                } else {
+                    String::new()
+                };
                 vec![
                     format!(
-                        r#"<a href="/console/tenants/{}?period={}">{}</a>"#,
+                        r#"<a href="/console/tenants/{}?period={}">{}</a>{settings}"#,
                         q(&row.tenant),
                         q(&report.period),
                         esc(&row.tenant)

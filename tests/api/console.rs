@@ -256,3 +256,33 @@ fn console_link_refuses_without_a_session_secret_naming_the_key() {
     let error = vidgate::cli::console_link(&path, None, "ann", &[], "15m").unwrap_err();
     assert!(error.contains("--tenant"), "{error}");
 }
+
+#[tokio::test]
+async fn a_session_and_its_sign_out_hold_on_every_replica() {
+    let prefix = format!("test:{}:", ulid::Ulid::new());
+    let replica = || {
+        let prefix = prefix.clone();
+        spawn_app_with(Backend::Redis, quick_mock(), move |config| {
+            config.console.session_secret = SecretString::from(SESSION_SECRET.to_string());
+            config.store.key_prefix = prefix;
+        })
+    };
+    let (a, b) = (replica().await, replica().await);
+    let ticket = ticket(None, "fin", &["finance"]);
+    assert_eq!(sign_in(&a, &ticket).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        sign_in(&b, &ticket).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "used on the other replica"
+    );
+    let finance = session(&a, None, "fin", &["finance"]).await;
+    let on_b = |s| with_cookie(&b, reqwest::Method::GET, "/v1/admin/usage", s, false);
+    assert_eq!(on_b(&finance).await.status(), StatusCode::OK);
+    let logout = with_cookie(&a, reqwest::Method::POST, "/console/logout", &finance, true).await;
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        on_b(&finance).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "signed out everywhere at once"
+    );
+}

@@ -172,7 +172,7 @@ def finance_pages(context, finance_jwt):
     users = [[c.inner_text() for c in r.query_selector_all("td")] for r in tables[1].query_selector_all("tbody tr")]
     qualities = [[c.inner_text() for c in r.query_selector_all("td")] for r in tables[2].query_selector_all("tbody tr")]
     check(days == [[r["day"], r["spent"], r["reserved"]] for r in by_day["rows"]], "by day equals the API")
-    titles = [r.inner_text() for r in page.query_selector_all(".chart rect title")]
+    titles = [r.text_content() for r in page.query_selector_all(".chart rect title")]
     check(all(f"{r['day']}: {r['spent']}" in titles for r in by_day["rows"]) and len(titles) >= 28,
           "the chart has a bar for every day of the month, with the API's figure")
     check(users == [[r["user"], r["spent"], r["reserved"], str(r["tasks"]["settled"])] for r in by_user["rows"]],
