@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{LedgerEntry, OutboxEvent, Period, PeriodKeys, ReservationRecord, TenantRecord};
+use super::{ConsoleSession, LedgerEntry, OutboxEvent, Period, PeriodKeys, ReservationRecord, TenantRecord};
 
 /// One line of a dump.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,10 @@ pub enum DumpItem {
     OutboxEvent { event: OutboxEvent },
     /// A secret shared by every replica (the callback token key), base64.
     Secret { name: String, value_base64: String },
+    /// A console session under the hash of its id (the cookie itself is never stored).
+    ConsoleSession { key: String, session: ConsoleSession },
+    /// A `console-link` ticket already used, kept until the ticket expires.
+    ConsoleTicket { jti: String, expires_ms: i64 },
 }
 
 /// Whether a usage bucket is one both backends store (a day or a month); weeks and the total
@@ -129,6 +133,8 @@ impl DumpItem {
             Self::Queued { .. } => "queued",
             Self::OutboxEvent { .. } => "outbox_event",
             Self::Secret { .. } => "secret",
+            Self::ConsoleSession { .. } => "console_session",
+            Self::ConsoleTicket { .. } => "console_ticket",
         }
     }
 }

@@ -26,7 +26,7 @@
 //!   sent upstream: if the stalled script still runs, it holds nothing (expires after an hour).
 //! - `P tasklist:{tenant}`: sorted set of the tenant's reservations for the task list, all
 //!   scores 0, members `{created ms, 15 digits}:{reservation id}` read by text range.
-//! - `P console_ticket:{jti}`: a used `console-link` ticket (`SET NX PX` until its expiry);
+//! - `P console_ticket:{jti}`: a used `console-link` ticket, its expiry (ms) as value (`SET NX PX`);
 //!   `P console_session:{sha256 of the session id}`: JSON `ConsoleSession` (`PX` until its
 //!   expiry; the lifetimes come from the gateway's clock, as relative durations).
 //!
@@ -841,6 +841,7 @@ impl Store for RedisStore {
         self.export_usage(&out).await?;
         self.export_claims(&out).await?;
         self.export_queues(&out).await?;
+        self.export_console(&out).await?;
         for key in self.scan("secret:*").await? {
             let value: Option<Vec<u8>> = self.query(cmd("GET").arg(&key)).await?;
             if let Some(value) = value {
@@ -947,7 +948,7 @@ impl Store for RedisStore {
             .query(
                 cmd("SET")
                     .arg(self.key("console_ticket", jti))
-                    .arg(1)
+                    .arg(jti_expires_ms)
                     .arg("NX")
                     .arg("PX")
                     .arg(ttl_ms(session.created_ms, jti_expires_ms)),

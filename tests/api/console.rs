@@ -286,3 +286,47 @@ async fn a_session_and_its_sign_out_hold_on_every_replica() {
         "signed out everywhere at once"
     );
 }
+
+#[tokio::test]
+async fn sessions_and_used_tickets_move_with_the_store_export_and_import() {
+    use vidgate::store::embedded::EmbeddedStore;
+    use vidgate::store::redis::RedisStore;
+    use vidgate::store::{ConsoleSession, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = EmbeddedStore::open(&dir.path().join("s.redb"), "x:").unwrap();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let session = ConsoleSession {
+        user: "fin".into(),
+        tenant: None,
+        roles: vec!["finance".into()],
+        created_ms: now_ms,
+        expires_ms: now_ms + 3_600_000,
+    };
+    assert!(
+        embedded
+            .open_console_session("jti-m", now_ms + 600_000, "key-m", &session)
+            .await
+            .unwrap()
+    );
+    let (sink, mut items) = tokio::sync::mpsc::channel(64);
+    embedded.export(sink).await.unwrap();
+    let mut dumped = Vec::new();
+    while let Some(item) = items.recv().await {
+        dumped.push(item);
+    }
+    let redis = RedisStore::connect(&crate::support::redis::shared().url(), &crate::support::random_prefix())
+        .await
+        .unwrap();
+    redis.import(dumped).await.unwrap();
+    assert_eq!(
+        redis.console_session("key-m", now_ms).await.unwrap(),
+        Some(session.clone())
+    );
+    assert!(
+        !redis
+            .open_console_session("jti-m", now_ms + 600_000, "key-n", &session)
+            .await
+            .unwrap()
+    );
+}
