@@ -118,8 +118,14 @@ pub async fn demo(listen: Option<&str>, config_path: Option<&Path>) -> CommandRe
     let base = format!("http://{}", app.addr());
     announce(app.addr());
     let console = demo_console_link(&app.state().config, &base)?;
-    print_demo_instructions(&base, &tokens, &tenant.id, &summary, &mock.sample_reference_url());
-    println!("\nConsole, signed in as finance (the link works once, for a day):\n  {console}");
+    print_demo_instructions(
+        &base,
+        &tokens,
+        &tenant.id,
+        &summary,
+        &mock.sample_reference_url(),
+        &console,
+    );
     let result = app.run_until_stopped().await.map_err(|e| e.to_string());
     mock.stop().await;
     // The demo's store is its own temporary file: nothing in it outlives the demo.
@@ -235,7 +241,14 @@ fn tenant_summary(config: &Config, tenant: &TenantConfig) -> String {
 /// The length of the mock's sample reference video.
 const SAMPLE_REFERENCE_MS: u64 = 4000;
 
-fn print_demo_instructions(base: &str, tokens: &DemoTokens, tenant: &str, summary: &str, reference_url: &str) {
+fn print_demo_instructions(
+    base: &str,
+    tokens: &DemoTokens,
+    tenant: &str,
+    summary: &str,
+    reference_url: &str,
+    console: &str,
+) {
     let DemoTokens { team, finance, admin } = tokens;
     let body = format!(
         r#"{{"model":"{DEFAULT_MODEL}","prompt":"character1 waves at the camera","video_urls":["{reference_url}"],"duration":5}}"#
@@ -273,6 +286,9 @@ vidgate demo: a gateway at {base} in front of a simulated upstream (embedded sto
   curl -s $BASE/v1/admin/tenants -H "Authorization: Bearer $ADMIN_TOKEN"
   curl -s -X PUT $BASE/v1/admin/tenants/{tenant} -H "Authorization: Bearer $ADMIN_TOKEN" \
     -H 'Content-Type: application/json' -d '{{"budget":"100.00"}}'
+
+The web console, signed in as finance (open the link once, within a day):
+  {console}
 
 The sample reference video is {reference_url} (4 s). API docs: {base}/docs/
 Ctrl-C stops the demo."#

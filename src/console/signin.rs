@@ -23,6 +23,17 @@ pub async fn link(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse 
         Ok(ticket) => ticket,
         Err(error) => return refused(&format!("{error}. Ask for a new link.")),
     };
+    if let Some(tenant) = &ticket.tenant {
+        match state.store.tenant(tenant).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return refused(&format!(
+                    "The link is for tenant {tenant:?}, which this gateway does not know."
+                ));
+            }
+            Err(error) => return PageError::Store(error).into_response(None),
+        }
+    }
     let ttl_ms = i64::try_from(state.config.console.session_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     let session = ConsoleSession {
         user: ticket.sub.clone(),
