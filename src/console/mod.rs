@@ -141,8 +141,8 @@ impl PageError {
             Self::NoSession => (
                 StatusCode::UNAUTHORIZED,
                 "Sign in",
-                "You are not signed in, or your session has ended. Open a sign-in link from \
-                 `vidgate console-link` (ask an operator for one)."
+                "You are not signed in, or your session has ended. Open a sign-in link made by \
+                 the command vidgate console-link (ask an operator for one)."
                     .to_string(),
             ),
             Self::Role(role) => (
