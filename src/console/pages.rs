@@ -41,7 +41,7 @@ async fn render(state: &AppState, req: &HttpRequest, body: impl AsyncFnOnce(&Vie
 
 /// `/console/`: finance and admins get the overview; a team member their team's page.
 pub async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    if let Some(caller) = req.extensions_caller()
+    if let Some(caller) = caller_of(&req)
         && !caller.can_read_all_usage()
         && caller.tenant.is_some()
     {
@@ -429,16 +429,10 @@ fn task_status(state: ReservationState) -> &'static str {
 }
 
 /// The caller the auth middleware left in the request, if any.
-trait CallerOf {
-    fn extensions_caller(&self) -> Option<crate::auth::Caller>;
-}
-
-impl CallerOf for HttpRequest {
-    fn extensions_caller(&self) -> Option<crate::auth::Caller> {
-        actix_web::HttpMessage::extensions(self)
-            .get::<crate::auth::Caller>()
-            .cloned()
-    }
+fn caller_of(req: &HttpRequest) -> Option<crate::auth::Caller> {
+    actix_web::HttpMessage::extensions(req)
+        .get::<crate::auth::Caller>()
+        .cloned()
 }
 
 async fn known_tenant(state: &AppState, id: &str) -> Result<TenantRecord, PageError> {

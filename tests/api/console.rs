@@ -330,3 +330,29 @@ async fn sessions_and_used_tickets_move_with_the_store_export_and_import() {
             .unwrap()
     );
 }
+
+#[test]
+fn a_short_session_secret_or_an_issuer_without_a_public_url_is_refused_by_name() {
+    let base = "[upstream]\napi_key = \"k\"\n[auth]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n";
+    let check = |extra: &str| {
+        vidgate::config::Config::from_toml_str(&format!("{base}{extra}"))
+            .and_then(|config| config.validate())
+            .map_err(|e| e.to_string())
+    };
+    assert!(
+        check("[console]\nsession_secret = \"short\"\n")
+            .unwrap_err()
+            .contains("console.session_secret")
+    );
+    let issuer = check("[console]\noidc_issuer = \"https://idp.example.com\"\n").unwrap_err();
+    assert!(
+        issuer.contains("console.oidc_issuer") && issuer.contains("public_base_url"),
+        "{issuer}"
+    );
+    assert!(
+        check("[console]\nsession_ttl_secs = 10\n")
+            .unwrap_err()
+            .contains("console.session_ttl_secs")
+    );
+    check(&format!("[console]\nsession_secret = \"{SESSION_SECRET}\"\n")).unwrap();
+}
