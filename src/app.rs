@@ -15,6 +15,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::Authenticator;
 use crate::callbacks::{self, Completion, Workers};
 use crate::config::{Config, ConfigError};
+use crate::console;
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
 use crate::probe::{Prober, Resolver, SystemResolver};
@@ -68,6 +69,7 @@ impl Application {
                  reconciler.unbound_hold_grace_secs and the task, if the upstream made it, is not charged"
             );
         }
+        warn_if_console_off(&config);
         let metrics = Arc::new(Metrics::new());
         let prober = Prober::new(&config.probe).map_err(|reason| ConfigError::Invalid {
             key: "probe".into(),
@@ -178,6 +180,7 @@ impl Application {
 
 fn http_server(state: AppState, listener: TcpListener) -> std::io::Result<Server> {
     let serve_metrics = state.config.metrics.listen.is_empty();
+    let console_on = state.config.console.is_on();
     let data = web::Data::new(state);
     let document = ApiDoc::openapi();
     Ok(HttpServer::new(move || {
@@ -187,6 +190,11 @@ fn http_server(state: AppState, listener: TcpListener) -> std::io::Result<Server
             .wrap(from_fn(routes::guard::authenticate))
             .wrap(from_fn(telemetry::request_context))
             .configure(|cfg| routes::configure(cfg, serve_metrics))
+            .configure(|cfg| {
+                if console_on {
+                    console::configure(cfg);
+                }
+            })
             .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document.clone()))
             .default_service(web::to(routes::not_found))
     })
@@ -209,6 +217,15 @@ fn metrics_server(state: AppState, listener: TcpListener) -> std::io::Result<Ser
     .shutdown_timeout(5)
     .listen(listener)?
     .run())
+}
+
+fn warn_if_console_off(config: &Config) {
+    if config.console.enabled && !config.console.is_on() {
+        tracing::warn!(
+            "console.session_secret is empty: the web console at /console/ is off (404) and \
+             `vidgate console-link` refuses; set it (at least 32 bytes) or console.session_secret_file"
+        );
+    }
 }
 
 /// Inserts config tenants; re-applies an entry only when it changed since last applied, so

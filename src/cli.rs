@@ -51,6 +51,46 @@ pub fn token(config_path: &Path, tenant: Option<&str>, sub: &str, roles: &[Strin
     Ok(())
 }
 
+/// `vidgate console-link`: a one-time sign-in URL for the console, signed with
+/// `console.session_secret`. Never opens the store: the gateway records the ticket's use.
+pub fn console_link(config_path: &Path, tenant: Option<&str>, sub: &str, roles: &[String], ttl: &str) -> CommandResult {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    let ttl = auth::parse_ttl(ttl).map_err(|e| format!("--ttl: {e}"))?;
+    println!("{}", sign_in_url(&config, tenant, sub, roles, ttl)?);
+    Ok(())
+}
+
+/// `{public_base_url or http://listen}/console/link?ticket=...`.
+fn sign_in_url(
+    config: &Config,
+    tenant: Option<&str>,
+    sub: &str,
+    roles: &[String],
+    ttl: Duration,
+) -> Result<String, String> {
+    let secret = config.console.session_secret.expose_secret();
+    if secret.is_empty() {
+        return Err(
+            "console.session_secret is empty: the console is off; set it (at least 32 bytes), \
+             VIDGATE_CONSOLE__SESSION_SECRET or console.session_secret_file"
+                .into(),
+        );
+    }
+    if !config.console.enabled {
+        return Err("console.enabled is false: the console is off".into());
+    }
+    if secret.len() < crate::config::MIN_SESSION_SECRET_BYTES {
+        return Err("console.session_secret must be at least 32 bytes".into());
+    }
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let ticket = auth::session::Ticket::new(sub, tenant, roles, ttl, now_ms).map_err(|e| e.to_string())?;
+    let base = match config.server.public_base_url.trim_end_matches('/') {
+        "" => format!("http://{}", config.server.listen),
+        base => base.to_string(),
+    };
+    Ok(format!("{base}/console/link?ticket={}", ticket.sign(secret.as_bytes())))
+}
+
 /// `vidgate mock-upstream`: the upstream simulator on its own.
 pub async fn mock_upstream(options: MockOptions) -> CommandResult {
     mock_upstream::run(options).await.map_err(|e| e.to_string())
@@ -77,12 +117,28 @@ pub async fn demo(listen: Option<&str>, config_path: Option<&Path>) -> CommandRe
     let app = Application::build(config).await.map_err(|e| e.to_string())?;
     let base = format!("http://{}", app.addr());
     announce(app.addr());
-    print_demo_instructions(&base, &tokens, &tenant.id, &summary, &mock.sample_reference_url());
+    let console = demo_console_link(&app.state().config, &base)?;
+    print_demo_instructions(
+        &base,
+        &tokens,
+        &tenant.id,
+        &summary,
+        &mock.sample_reference_url(),
+        &console,
+    );
     let result = app.run_until_stopped().await.map_err(|e| e.to_string());
     mock.stop().await;
     // The demo's store is its own temporary file: nothing in it outlives the demo.
     let _ = std::fs::remove_file(store_path);
     result
+}
+
+/// A `console-link` URL for finance on the gateway's real address (port 0 resolved).
+fn demo_console_link(config: &Config, base: &str) -> Result<String, String> {
+    let mut config = config.clone();
+    config.server.public_base_url = base.to_string();
+    let roles = ["finance".to_string()];
+    sign_in_url(&config, None, "finance-user", &roles, Duration::from_secs(86_400))
 }
 
 /// The demo's config: `config` with the mock as upstream, probing allowed for the mock's own
@@ -100,12 +156,10 @@ fn demo_config(mut config: Config, mock: &MockServer, listen: Option<&str>) -> C
         config.auth.algorithms.push("HS256".into());
     }
     if config.auth.hs256_secret.expose_secret().len() < 32 {
-        let secret: String = rand::rng()
-            .sample_iter(rand::distr::Alphanumeric)
-            .take(48)
-            .map(char::from)
-            .collect();
-        config.auth.hs256_secret = SecretString::from(secret);
+        config.auth.hs256_secret = SecretString::from(random_secret());
+    }
+    if config.console.session_secret.expose_secret().len() < crate::config::MIN_SESSION_SECRET_BYTES {
+        config.console.session_secret = SecretString::from(random_secret());
     }
     config.store = StoreConfig {
         backend: StoreBackend::Embedded,
@@ -122,6 +176,14 @@ fn demo_config(mut config: Config, mock: &MockServer, listen: Option<&str>) -> C
         }];
     }
     config
+}
+
+fn random_secret() -> String {
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(48)
+        .map(char::from)
+        .collect()
 }
 
 /// A team member of the demo tenant, finance and an admin (both without a tenant), for a day.
@@ -179,7 +241,14 @@ fn tenant_summary(config: &Config, tenant: &TenantConfig) -> String {
 /// The length of the mock's sample reference video.
 const SAMPLE_REFERENCE_MS: u64 = 4000;
 
-fn print_demo_instructions(base: &str, tokens: &DemoTokens, tenant: &str, summary: &str, reference_url: &str) {
+fn print_demo_instructions(
+    base: &str,
+    tokens: &DemoTokens,
+    tenant: &str,
+    summary: &str,
+    reference_url: &str,
+    console: &str,
+) {
     let DemoTokens { team, finance, admin } = tokens;
     let body = format!(
         r#"{{"model":"{DEFAULT_MODEL}","prompt":"character1 waves at the camera","video_urls":["{reference_url}"],"duration":5}}"#
@@ -217,6 +286,9 @@ vidgate demo: a gateway at {base} in front of a simulated upstream (embedded sto
   curl -s $BASE/v1/admin/tenants -H "Authorization: Bearer $ADMIN_TOKEN"
   curl -s -X PUT $BASE/v1/admin/tenants/{tenant} -H "Authorization: Bearer $ADMIN_TOKEN" \
     -H 'Content-Type: application/json' -d '{{"budget":"100.00"}}'
+
+The web console, signed in as finance (open the link once, within a day):
+  {console}
 
 The sample reference video is {reference_url} (4 s). API docs: {base}/docs/
 Ctrl-C stops the demo."#

@@ -9,6 +9,7 @@ pub mod billing;
 pub mod callbacks;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod limits;
 pub mod metrics;

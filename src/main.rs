@@ -78,6 +78,19 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Print a one-time URL that opens a console session as this user.
+    ConsoleLink {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        sub: String,
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Move a store's contents: export to JSON lines, import into an empty store.
     Store {
         #[command(subcommand)]
@@ -144,6 +157,13 @@ async fn main() -> ExitCode {
             ttl,
             config,
         } => vidgate::cli::token(&config, tenant.as_deref(), &sub, &roles, &ttl),
+        Command::ConsoleLink {
+            tenant,
+            sub,
+            roles,
+            ttl,
+            config,
+        } => vidgate::cli::console_link(&config, tenant.as_deref(), &sub, &roles, &ttl),
         Command::Store {
             action: StoreAction::Export { config },
         } => vidgate::cli::store_export(&config).await,

@@ -89,6 +89,8 @@ pub enum GroupBy {
     Tenant,
     User,
     Day,
+    /// One row per tenant, quality and audio (as `TenantUsage.breakdown`).
+    Quality,
 }
 
 /// `GET /v1/admin/usage`.
@@ -107,6 +109,11 @@ pub struct UsageRow {
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub day: Option<String>,
+    /// Rows by quality only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<bool>,
     /// Rows by tenant only, as in `TenantUsage`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<String>,
@@ -125,6 +132,8 @@ impl UsageRow {
             tenant: tenant.to_string(),
             user: None,
             day: None,
+            quality: None,
+            audio: None,
             budget: None,
             remaining: None,
             spent: format_money(totals.spent),
@@ -148,7 +157,7 @@ pub async fn admin_usage(
 ) -> Result<AdminUsage, StoreError> {
     let token = period.token();
     let rows: Vec<Vec<UsageRow>> = match group_by {
-        GroupBy::Tenant | GroupBy::User => {
+        GroupBy::Tenant | GroupBy::User | GroupBy::Quality => {
             stream::iter(tenants)
                 .map(|tenant| async {
                     let bucket = store.usage(&tenant.id, &token, group_by == GroupBy::User).await?;
@@ -182,6 +191,17 @@ pub async fn admin_usage(
 }
 
 fn rows_of(tenant: &TenantRecord, period: &Period, bucket: &UsageBucket, group_by: GroupBy) -> Vec<UsageRow> {
+    if group_by == GroupBy::Quality {
+        return bucket
+            .by_kind
+            .iter()
+            .map(|((quality, audio), totals)| UsageRow {
+                quality: Some(quality.clone()),
+                audio: Some(*audio),
+                ..UsageRow::new(&tenant.id, totals)
+            })
+            .collect();
+    }
     if group_by == GroupBy::User {
         return bucket
             .by_user
@@ -316,6 +336,8 @@ pub mod csv {
         "tasks_settled",
         "tasks_refunded",
         "tasks_expired",
+        "quality",
+        "audio",
     ];
 
     /// One record: fields joined by commas, ended by CRLF.
@@ -382,6 +404,8 @@ pub mod csv {
             row.tasks.settled.to_string(),
             row.tasks.refunded.to_string(),
             row.tasks.expired.to_string(),
+            opt(&row.quality),
+            row.audio.map(|a| a.to_string()).unwrap_or_default(),
         ])
     }
 

@@ -19,7 +19,8 @@ def test_default_config_mirrors_the_repository_defaults():
     repo = tomllib.loads((REPO / "config" / "vidgate.toml").read_text())
     chart = tomllib.loads(render().toml)
     managed = {("server", "listen"), ("store", "path"), ("store", "backend"), ("store", "redis_url"), ("metrics", "listen")}
-    secrets = {("upstream", "api_key"), ("auth", "hs256_secret"), ("callbacks", "signing_secret"), ("metrics", "bearer_token")}
+    secrets = {("upstream", "api_key"), ("auth", "hs256_secret"), ("callbacks", "signing_secret"), ("metrics", "bearer_token"),
+               ("console", "session_secret"), ("console", "oidc_client_secret")}
     for section, keys in repo.items():
         if section == "tenants":
             continue
@@ -62,6 +63,7 @@ def deployment_env(rendered) -> dict[str, str]:
         "VIDGATE_AUTH__HS256_SECRET": "x" * 40,
         "VIDGATE_CALLBACKS__SIGNING_SECRET": "whsec_c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw==",
         "VIDGATE_METRICS__BEARER_TOKEN": "metrics-token",
+        "VIDGATE_CONSOLE__SESSION_SECRET": "s" * 40,
         "VIDGATE_STORE__REDIS_URL": "rediss://:pw@redis.internal:6380/0",
     }
     env = {}

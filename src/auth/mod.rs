@@ -10,6 +10,7 @@ mod claims;
 mod jwks;
 mod keys;
 mod mint;
+pub mod session;
 #[cfg(test)]
 mod tests;
 

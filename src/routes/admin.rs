@@ -14,7 +14,9 @@ use crate::config::{CallbacksConfig, PeriodKind, check_alert_webhook_url, valid_
 use crate::error::ApiError;
 use crate::reports::{self, GroupBy, LedgerLine, csv};
 use crate::state::AppState;
-use crate::store::{LedgerCursor, LedgerQuery, Period, TenantChange, TenantPatch, TenantRecord, ledger_page};
+use crate::store::{
+    LedgerCursor, LedgerKind, LedgerQuery, Period, TenantChange, TenantPatch, TenantRecord, ledger_page,
+};
 use crate::telemetry::current_request_id;
 
 /// Rows of one ledger page when the caller does not say.
@@ -23,12 +25,12 @@ const MAX_LEDGER_LIMIT: usize = 1000;
 /// Where the next ledger page starts, for CSV callers (JSON has `next_cursor` too).
 const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
 
-/// `GET /v1/admin/usage?period=P&tenant=T&group_by=tenant|user|day&format=json|csv`.
+/// `GET /v1/admin/usage?period=P&tenant=T&group_by=tenant|user|day|quality&format=json|csv`.
 #[utoipa::path(get, path = "/v1/admin/usage", tag = "usage",
     params(
         ("period" = Option<String>, Query, description = "`2026-11`, `2026-W48`, `2026-11-25` or `total`; default: this month"),
         ("tenant" = Option<String>, Query, description = "One tenant; default: all"),
-        ("group_by" = Option<String>, Query, description = "`tenant` (default), `user` or `day`"),
+        ("group_by" = Option<String>, Query, description = "`tenant` (default), `user`, `day` or `quality` (rows carry `quality` and `audio`)"),
         ("format" = Option<String>, Query, description = "`json` (default) or `csv`"),
     ),
     responses(
@@ -50,7 +52,8 @@ pub async fn usage(state: web::Data<AppState>, caller: Caller, req: HttpRequest)
             "tenant" => Ok(GroupBy::Tenant),
             "user" => Ok(GroupBy::User),
             "day" => Ok(GroupBy::Day),
-            other => Err(format!("group_by must be tenant, user or day (got {other:?})")),
+            "quality" => Ok(GroupBy::Quality),
+            other => Err(format!("group_by must be tenant, user, day or quality (got {other:?})")),
         })?
         .unwrap_or(GroupBy::Tenant);
     let format = Format::of(&params)?;
@@ -70,10 +73,11 @@ pub async fn usage(state: web::Data<AppState>, caller: Caller, req: HttpRequest)
     })
 }
 
-/// `GET /v1/admin/ledger?tenant=T&from=RFC3339&to=RFC3339&limit=N&cursor=C&format=json|csv`.
+/// `GET /v1/admin/ledger?tenant=T&kind=K&from=RFC3339&to=RFC3339&limit=N&cursor=C&format=json|csv`.
 #[utoipa::path(get, path = "/v1/admin/ledger", tag = "usage",
     params(
         ("tenant" = Option<String>, Query, description = "One tenant; default: all"),
+        ("kind" = Option<String>, Query, description = "One entry kind: reserve, settle, refund, expire, late_settle, budget_change or anomaly; default: all"),
         ("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
         ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
         ("limit" = Option<u32>, Query, description = "Rows per page, 1 to 1000 (default 100)"),
@@ -90,7 +94,7 @@ pub async fn usage(state: web::Data<AppState>, caller: Caller, req: HttpRequest)
     ))]
 pub async fn ledger(state: web::Data<AppState>, caller: Caller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     require_finance(&caller)?;
-    let params = QueryParams::parse(&req, &["tenant", "from", "to", "limit", "cursor", "format"])?;
+    let params = QueryParams::parse(&req, &["tenant", "kind", "from", "to", "limit", "cursor", "format"])?;
     let query = ledger_query(&params)?;
     let format = Format::of(&params)?;
     if let Some(tenant) = &query.tenant {
@@ -236,8 +240,14 @@ fn ledger_query(params: &QueryParams) -> Result<LedgerQuery, ApiError> {
             .parse::<LedgerCursor>()
             .map_err(|()| "cursor must be a next_cursor returned by a previous page".to_string())
     })?;
+    let kind = params.parsed("kind", |value| {
+        LedgerKind::parse(value).ok_or_else(|| {
+            "kind must be reserve, settle, refund, expire, late_settle, budget_change or anomaly".to_string()
+        })
+    })?;
     Ok(LedgerQuery {
         tenant,
+        kind,
         from_ms,
         to_ms,
         cursor,

@@ -15,9 +15,18 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Exact paths served without a token.
-const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"];
+const PUBLIC_PATHS: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/console/link",
+    "/console/auth/login",
+    "/console/auth/callback",
+];
 /// Path prefixes served without a token (their own checks apply).
-const PUBLIC_PREFIXES: &[&str] = &["/docs/", "/v1/upstream/callbacks/"];
+const PUBLIC_PREFIXES: &[&str] = &["/docs/", "/v1/upstream/callbacks/", "/console/assets/"];
 
 pub fn is_public(path: &str) -> bool {
     PUBLIC_PATHS.contains(&path) || PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p))
@@ -35,6 +44,8 @@ pub async fn authenticate(
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
             }
+            // A console page without a session answers with its own sign-in hint.
+            Err(_) if super::session::is_console_page(req.method(), req.path()) => {}
             Err(error) => return Ok(refuse(req, error)),
         }
     }
@@ -47,6 +58,19 @@ fn refuse<B>(req: ServiceRequest, error: ApiError) -> ServiceResponse<EitherBody
 }
 
 async fn identify(state: &AppState, req: &ServiceRequest) -> Result<Caller, ApiError> {
+    let caller = match super::session::cookie_caller(state, req).await {
+        Some(session) => session?,
+        None => bearer_caller(state, req).await?,
+    };
+    if let Some(tenant) = &caller.tenant
+        && state.tenants.get(state.store.as_ref(), tenant).await?.is_none()
+    {
+        return Err(ApiError::UnknownTenant(tenant.clone()));
+    }
+    Ok(caller)
+}
+
+async fn bearer_caller(state: &AppState, req: &ServiceRequest) -> Result<Caller, ApiError> {
     let header = req
         .headers()
         .get(AUTHORIZATION)
@@ -66,11 +90,6 @@ async fn identify(state: &AppState, req: &ServiceRequest) -> Result<Caller, ApiE
         state.auth.verify(token).await
     };
     let caller = verified.map_err(|e| ApiError::Unauthenticated(e.to_string()))?;
-    if let Some(tenant) = &caller.tenant
-        && state.tenants.get(state.store.as_ref(), tenant).await?.is_none()
-    {
-        return Err(ApiError::UnknownTenant(tenant.clone()));
-    }
     Ok(caller)
 }
 

@@ -11,6 +11,7 @@ pub mod limit;
 pub mod metrics;
 mod query;
 pub(crate) mod quotes;
+mod session;
 pub(crate) mod tasks;
 pub(crate) mod uploads;
 pub(crate) mod usage;

@@ -11,7 +11,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ApiKeyRecord, LedgerEntry, OutboxEvent, Period, PeriodKeys, ReservationRecord, TenantRecord, WebhookKeys};
+use super::{
+    ApiKeyRecord, ConsoleSession, LedgerEntry, OutboxEvent, Period, PeriodKeys, ReservationRecord, TenantRecord,
+    WebhookKeys,
+};
 
 /// One line of a dump.
 // Lines are streamed one at a time, never held in bulk: boxing the record would buy nothing.
@@ -68,6 +71,10 @@ pub enum DumpItem {
     WebhookKeys { tenant: String, keys: WebhookKeys },
     /// A tenant API key, as its hash (the key itself is never kept).
     ApiKey { key: ApiKeyRecord },
+    /// A console session under the hash of its id (the cookie itself is never stored).
+    ConsoleSession { key: String, session: ConsoleSession },
+    /// A `console-link` ticket already used, kept until the ticket expires.
+    ConsoleTicket { jti: String, expires_ms: i64 },
 }
 
 /// Whether a usage bucket is one both backends store (a day or a month); weeks and the total
@@ -137,6 +144,8 @@ impl DumpItem {
             Self::Secret { .. } => "secret",
             Self::WebhookKeys { .. } => "webhook_keys",
             Self::ApiKey { .. } => "api_key",
+            Self::ConsoleSession { .. } => "console_session",
+            Self::ConsoleTicket { .. } => "console_ticket",
         }
     }
 }

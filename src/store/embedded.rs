@@ -68,6 +68,10 @@ const DEFAULT_RETENTION_MS: i64 = 35 * 86_400_000;
 const PURGE_BATCH: usize = 500;
 /// The task list: (tenant, created ms, reservation id) of every reservation.
 const TASK_INDEX: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("task_index");
+/// Used `console-link` tickets: jti → when the ticket expires (ms); then the entry may go.
+const CONSOLE_TICKETS: TableDefinition<&str, u64> = TableDefinition::new("console_tickets");
+/// Console sessions: hashed session id → JSON `ConsoleSession`.
+const CONSOLE_SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("console_sessions");
 
 /// Separates the parts of a composite string key; tenant ids and period keys never hold it.
 const SEP: char = '\u{1f}';
@@ -112,6 +116,8 @@ impl EmbeddedStore {
         tx.open_table(SECRETS).map_err(db_error)?;
         tx.open_table(TASK_INDEX).map_err(db_error)?;
         tx.open_table(EXPIRIES).map_err(db_error)?;
+        tx.open_table(CONSOLE_TICKETS).map_err(db_error)?;
+        tx.open_table(CONSOLE_SESSIONS).map_err(db_error)?;
         for credentials in [WEBHOOK_KEYS, API_KEYS, API_KEY_NAMES] {
             tx.open_table(credentials).map_err(db_error)?;
         }
@@ -856,6 +862,59 @@ impl Store for EmbeddedStore {
         let hash = hash.to_string();
         self.read(move |tx| get_json(&tx.open_table(API_KEYS).map_err(db_error)?, &hash))
             .await
+    }
+
+    async fn open_console_session(
+        &self,
+        jti: &str,
+        jti_expires_ms: i64,
+        key: &str,
+        session: &ConsoleSession,
+    ) -> Result<bool, StoreError> {
+        let (jti, key) = (jti.to_string(), key.to_string());
+        let json = serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let now = ms(session.created_ms);
+        self.write(move |tx| {
+            let mut tickets = tx.open_table(CONSOLE_TICKETS).map_err(db_error)?;
+            if tickets.get(jti.as_str()).map_err(db_error)?.is_some() {
+                return Ok(false);
+            }
+            // Sign-ins are rare: dropping what has expired here keeps both tables small.
+            tickets.retain(|_, expires| expires > now).map_err(db_error)?;
+            tickets.insert(jti.as_str(), ms(jti_expires_ms)).map_err(db_error)?;
+            let mut sessions = tx.open_table(CONSOLE_SESSIONS).map_err(db_error)?;
+            sessions
+                .retain(|_, json| serde_json::from_str::<ConsoleSession>(json).is_ok_and(|s| s.is_live(now as i64)))
+                .map_err(db_error)?;
+            sessions.insert(key.as_str(), json.as_str()).map_err(db_error)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn console_session(&self, key: &str, now_ms: i64) -> Result<Option<ConsoleSession>, StoreError> {
+        let key = key.to_string();
+        self.read(move |tx| {
+            let sessions = tx.open_table(CONSOLE_SESSIONS).map_err(db_error)?;
+            let Some(json) = sessions.get(key.as_str()).map_err(db_error)? else {
+                return Ok(None);
+            };
+            let session: ConsoleSession = parse_json("console session", json.value())?;
+            Ok(session.is_live(now_ms).then_some(session))
+        })
+        .await
+    }
+
+    async fn end_console_session(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.write(move |tx| {
+            tx.open_table(CONSOLE_SESSIONS)
+                .map_err(db_error)?
+                .remove(key.as_str())
+                .map_err(db_error)?;
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -273,4 +273,28 @@ impl Store for Instrumented {
     async fn api_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         self.timed("api_key", self.inner.api_key(hash)).await
     }
+
+    async fn open_console_session(
+        &self,
+        jti: &str,
+        jti_expires_ms: i64,
+        key: &str,
+        session: &ConsoleSession,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            "open_console_session",
+            self.inner.open_console_session(jti, jti_expires_ms, key, session),
+        )
+        .await
+    }
+
+    async fn console_session(&self, key: &str, now_ms: i64) -> Result<Option<ConsoleSession>, StoreError> {
+        self.timed("console_session", self.inner.console_session(key, now_ms))
+            .await
+    }
+
+    async fn end_console_session(&self, key: &str) -> Result<(), StoreError> {
+        self.timed("end_console_session", self.inner.end_console_session(key))
+            .await
+    }
 }

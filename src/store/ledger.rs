@@ -34,6 +34,21 @@ impl LedgerKind {
             Self::Anomaly => "anomaly",
         }
     }
+
+    /// The kind named by its `as_str` name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Reserve,
+            Self::Settle,
+            Self::Refund,
+            Self::Expire,
+            Self::LateSettle,
+            Self::BudgetChange,
+            Self::Anomaly,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
+    }
 }
 
 /// One ledger line, with the CSV columns of the product contract. `amount` is the money the
@@ -191,6 +206,8 @@ impl FromStr for LedgerCursor {
 pub struct LedgerQuery {
     /// `None`: every tenant.
     pub tenant: Option<String>,
+    /// `None`: every kind.
+    pub kind: Option<LedgerKind>,
     /// Inclusive, unix ms.
     pub from_ms: u64,
     /// Exclusive, unix ms.
@@ -274,7 +291,10 @@ pub async fn ledger_page(store: &dyn Store, query: &LedgerQuery) -> Result<Ledge
         else {
             break;
         };
-        if let Some(row) = sources[index].buffer.pop_front() {
+        // Rows of other kinds are passed over, so a filtered page is still full.
+        if let Some(row) = sources[index].buffer.pop_front()
+            && query.kind.is_none_or(|kind| row.entry.kind == kind)
+        {
             rows.push(row);
         }
     }

@@ -11,6 +11,7 @@ mod ledger;
 mod period;
 pub mod redis;
 pub mod retention;
+mod sessions;
 mod task_index;
 mod tenants;
 pub mod usage;
@@ -23,6 +24,7 @@ pub use ledger::{
     LedgerRow, REFUSED_LATE_NOTE, REFUSED_LATE_UNMEASURED_NOTE, UNMEASURED_NOTE, ledger_page,
 };
 pub use period::Period;
+pub use sessions::ConsoleSession;
 pub use task_index::{MAX_SCANNED, TaskCursor, TaskIndexEntry, TaskIndexRange, TaskListQuery, TaskPage, task_page};
 pub use tenants::{TenantChange, TenantPatch, TenantUpdate};
 pub use usage::{TaskCounts, Totals, UsageBucket};
@@ -859,6 +861,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// The API key whose SHA-256 (hex) is `hash`: the authentication lookup.
     async fn api_key(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    // Console sessions (`/console/`): a ticket's one use and the sessions it opens, shared by
+    // every replica, so a sign-out or a used ticket holds everywhere at once.
+
+    /// Redeems a `console-link` ticket: records `jti` (kept until `jti_expires_ms`) and stores
+    /// `session` under `key`. False when the `jti` was already used: nothing is stored.
+    async fn open_console_session(
+        &self,
+        jti: &str,
+        jti_expires_ms: i64,
+        key: &str,
+        session: &ConsoleSession,
+    ) -> Result<bool, StoreError>;
+
+    /// The session stored under `key`, unless it was ended or expired before `now_ms`.
+    async fn console_session(&self, key: &str, now_ms: i64) -> Result<Option<ConsoleSession>, StoreError>;
+
+    /// Ends a session (sign-out); ending an unknown one changes nothing.
+    async fn end_console_session(&self, key: &str) -> Result<(), StoreError>;
 }
 
 /// Opens the configured backend.

@@ -27,7 +27,10 @@
 //! - `P tasklist:{tenant}`: sorted set of the tenant's reservations for the task list, all
 //!   scores 0, members `{created ms, 15 digits}:{reservation id}` read by text range;
 //! - `P whkey:{tenant}`: the tenant's `WebhookKeys` as JSON; `P apikey:{sha256}`: an
-//!   `ApiKeyRecord` as JSON; `P apikeys:{tenant}`: hash of the tenant's key names → key hash.
+//!   `ApiKeyRecord` as JSON; `P apikeys:{tenant}`: hash of the tenant's key names → key hash;
+//! - `P console_ticket:{jti}`: a used `console-link` ticket, its expiry (ms) as value (`SET NX PX`);
+//!   `P console_session:{sha256 of the session id}`: JSON `ConsoleSession` (`PX` until its
+//!   expiry; the lifetimes come from the gateway's clock, as relative durations).
 //!
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
@@ -893,6 +896,7 @@ impl Store for RedisStore {
         self.export_claims(&out).await?;
         self.export_queues(&out).await?;
         self.export_credentials(&out).await?;
+        self.export_console(&out).await?;
         for key in self.scan("secret:*").await? {
             let value: Option<Vec<u8>> = self.query(cmd("GET").arg(&key)).await?;
             if let Some(value) = value {
@@ -1080,6 +1084,51 @@ impl Store for RedisStore {
         let json: Option<String> = self.query(cmd("GET").arg(self.key("apikey", hash))).await?;
         json.map(|json| serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("api key: {e}"))))
             .transpose()
+    }
+
+    async fn open_console_session(
+        &self,
+        jti: &str,
+        jti_expires_ms: i64,
+        key: &str,
+        session: &ConsoleSession,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let claimed: Option<String> = self
+            .query(
+                cmd("SET")
+                    .arg(self.key("console_ticket", jti))
+                    .arg(jti_expires_ms)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms(session.created_ms, jti_expires_ms)),
+            )
+            .await?;
+        if claimed.is_none() {
+            return Ok(false);
+        }
+        // The ticket is spent first: a failure here leaves it unusable, never usable twice.
+        self.query::<()>(
+            cmd("SET")
+                .arg(self.key("console_session", key))
+                .arg(json)
+                .arg("PX")
+                .arg(ttl_ms(session.created_ms, session.expires_ms)),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn console_session(&self, key: &str, now_ms: i64) -> Result<Option<ConsoleSession>, StoreError> {
+        let json: Option<String> = self.query(cmd("GET").arg(self.key("console_session", key))).await?;
+        let Some(json) = json else { return Ok(None) };
+        let session: ConsoleSession =
+            serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("console session: {e}")))?;
+        Ok(session.is_live(now_ms).then_some(session))
+    }
+
+    async fn end_console_session(&self, key: &str) -> Result<(), StoreError> {
+        self.query::<()>(cmd("DEL").arg(self.key("console_session", key))).await
     }
 }
 
@@ -1275,6 +1324,11 @@ fn from_fields<T: serde::de::DeserializeOwned>(fields: Fields) -> Result<T, Stor
     }
     json.push('}');
     serde_json::from_str(&json).map_err(corrupt)
+}
+
+/// The Redis lifetime of something that lives from `from_ms` until `until_ms`: at least 1 ms.
+fn ttl_ms(from_ms: i64, until_ms: i64) -> i64 {
+    until_ms.saturating_sub(from_ms).max(1)
 }
 
 #[cfg(test)]

@@ -217,6 +217,7 @@ async fn setup(store: &dyn Store) {
 /// Every entry of a tenant's ledger.
 async fn ledger(store: &dyn Store, tenant: &str) -> Vec<vidgate::store::LedgerEntry> {
     let mut query = LedgerQuery {
+        kind: None,
         tenant: Some(tenant.into()),
         from_ms: 0,
         to_ms: u64::MAX,

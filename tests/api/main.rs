@@ -7,6 +7,7 @@ mod auth;
 mod chaos;
 mod cli;
 mod completion;
+mod console;
 mod contract;
 mod crash;
 mod drift;

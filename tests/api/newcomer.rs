@@ -138,6 +138,39 @@ fn the_demo_takes_a_config_and_prints_team_finance_and_admin_tokens_that_work() 
     assert!(tenants.contains("\"studio\""));
     let (status, _) = call(client.get(format!("{base}/v1/admin/usage")), &team);
     assert_eq!(status, 403);
+    let console = output
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with(&format!("{base}/console/link?ticket=")))
+        .expect("a console link on the gateway's address");
+    let browser = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = browser.get(console).send().expect("gateway answers");
+    assert_eq!(signed_in.status().as_u16(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let overview = browser
+        .get(format!("{base}/console/"))
+        .header("cookie", cookie)
+        .send()
+        .expect("gateway answers");
+    assert_eq!(overview.status().as_u16(), 200);
+    assert!(
+        overview.text().unwrap().contains("Spend overview"),
+        "signed in as finance"
+    );
+    assert_eq!(
+        browser.get(console).send().unwrap().status().as_u16(),
+        401,
+        "the link works once"
+    );
 }
 
 #[tokio::test]

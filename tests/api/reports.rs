@@ -122,11 +122,11 @@ async fn admin_usage(backend: Backend) {
     let lines: Vec<&str> = csv.split("\r\n").collect();
     assert_eq!(
         lines[0],
-        "period,tenant,user,day,currency,budget,remaining,spent,reserved,billed_input_ms,billed_output_ms,tasks_reserved,tasks_settled,tasks_refunded,tasks_expired"
+        "period,tenant,user,day,currency,budget,remaining,spent,reserved,billed_input_ms,billed_output_ms,tasks_reserved,tasks_settled,tasks_refunded,tasks_expired,quality,audio"
     );
     assert_eq!(
         lines[1],
-        "2026-W48,team-a,alice,,USD,,,0.500000,0.000000,5000,5000,0,1,0,0"
+        "2026-W48,team-a,alice,,USD,,,0.500000,0.000000,5000,5000,0,1,0,0,,"
     );
     assert_eq!(lines.len(), 5, "3 users and a final line end: {csv:?}");
 }

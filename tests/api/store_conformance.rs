@@ -551,6 +551,7 @@ async fn config_is_reapplied_only_when_its_hash_changes(store: Arc<dyn Store>) {
 /// Every ledger entry of `tenant` (or of all tenants), read page by page.
 async fn ledger(store: &dyn Store, tenant: Option<&str>) -> Vec<LedgerEntry> {
     let mut query = LedgerQuery {
+        kind: None,
         tenant: tenant.map(str::to_string),
         from_ms: 0,
         to_ms: u64::MAX,
@@ -917,6 +918,7 @@ async fn the_ledger_pages_across_tenants_in_time_order(store: Arc<dyn Store>) {
         ]
     );
     let window = LedgerQuery {
+        kind: None,
         tenant: Some("other".into()),
         from_ms: (NOW_MS + 1000) as u64,
         to_ms: (NOW_MS + 4000) as u64,
@@ -2252,5 +2254,95 @@ async fn redis_keys_written_before_retention_get_their_expiry_at_the_first_purge
     for key in &keys {
         let ttl: i64 = ::redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
         assert!(ttl > 0, "{key} has no expiry ({ttl})");
+    }
+}
+
+/// Console sessions: a ticket's single use and the sessions it opens, shared by replicas.
+mod console_sessions {
+    use super::*;
+    use vidgate::store::ConsoleSession;
+
+    for_both_backends!(
+        a_ticket_opens_one_session_and_never_a_second,
+        a_session_is_read_until_it_expires_or_ends,
+        concurrent_redeemers_of_one_ticket_open_one_session,
+    );
+
+    fn session(user: &str, expires_ms: i64) -> ConsoleSession {
+        ConsoleSession {
+            user: user.into(),
+            tenant: None,
+            roles: vec!["finance".into()],
+            created_ms: NOW_MS,
+            expires_ms,
+        }
+    }
+
+    async fn a_ticket_opens_one_session_and_never_a_second(store: Arc<dyn Store>) {
+        let far = NOW_MS + 3_600_000;
+        assert!(
+            store
+                .open_console_session("jti-1", far, "k1", &session("fin", far))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .open_console_session("jti-1", far, "k2", &session("fin", far))
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.console_session("k2", NOW_MS).await.unwrap(), None);
+        assert_eq!(
+            store.console_session("k1", NOW_MS).await.unwrap(),
+            Some(session("fin", far))
+        );
+        assert!(
+            store
+                .open_console_session("jti-2", far, "k3", &session("fin", far))
+                .await
+                .unwrap()
+        );
+    }
+
+    async fn a_session_is_read_until_it_expires_or_ends(store: Arc<dyn Store>) {
+        let far = NOW_MS + 3_600_000;
+        let ends = NOW_MS + 1000;
+        assert!(
+            store
+                .open_console_session("jti-a", far, "short", &session("ann", ends))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .open_console_session("jti-b", far, "long", &session("bob", far))
+                .await
+                .unwrap()
+        );
+        assert!(store.console_session("short", ends - 1).await.unwrap().is_some());
+        assert_eq!(store.console_session("short", ends).await.unwrap(), None);
+        store.end_console_session("long").await.unwrap();
+        assert_eq!(store.console_session("long", NOW_MS).await.unwrap(), None);
+        store.end_console_session("never-was").await.unwrap();
+    }
+
+    async fn concurrent_redeemers_of_one_ticket_open_one_session(store: Arc<dyn Store>) {
+        let far = NOW_MS + 3_600_000;
+        let attempts = (0..16).map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .open_console_session("jti-race", far, &format!("k{i}"), &session("fin", far))
+                    .await
+                    .unwrap()
+            })
+        });
+        let opened = futures_util::future::join_all(attempts)
+            .await
+            .into_iter()
+            .filter(|won| *won.as_ref().unwrap())
+            .count();
+        assert_eq!(opened, 1);
     }
 }

@@ -145,6 +145,30 @@ pub(super) fn export_in(
             key: parse_json(hash.value(), json.value())?,
         })?;
     }
+    for item in tx
+        .open_table(CONSOLE_SESSIONS)
+        .map_err(db_error)?
+        .iter()
+        .map_err(db_error)?
+    {
+        let (key, json) = item.map_err(db_error)?;
+        send(DumpItem::ConsoleSession {
+            key: key.value().to_string(),
+            session: parse_json("console session", json.value())?,
+        })?;
+    }
+    for item in tx
+        .open_table(CONSOLE_TICKETS)
+        .map_err(db_error)?
+        .iter()
+        .map_err(db_error)?
+    {
+        let (jti, expires) = item.map_err(db_error)?;
+        send(DumpItem::ConsoleTicket {
+            jti: jti.value().to_string(),
+            expires_ms: i64::try_from(expires.value()).unwrap_or(i64::MAX),
+        })?;
+    }
     Ok(())
 }
 
@@ -249,6 +273,15 @@ pub(super) fn import_in(tx: &WriteTransaction, item: &DumpItem) -> Result<(), St
             tx.open_table(API_KEY_NAMES)
                 .map_err(db_error)?
                 .insert(name.as_str(), key.hash.as_str())
+                .map_err(db_error)?;
+        }
+        DumpItem::ConsoleSession { key, session } => {
+            put_json(&mut tx.open_table(CONSOLE_SESSIONS).map_err(db_error)?, key, session)?
+        }
+        DumpItem::ConsoleTicket { jti, expires_ms } => {
+            tx.open_table(CONSOLE_TICKETS)
+                .map_err(db_error)?
+                .insert(jti.as_str(), ms(*expires_ms))
                 .map_err(db_error)?;
         }
     }

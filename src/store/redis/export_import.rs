@@ -337,6 +337,39 @@ impl RedisStore {
                     .arg(&key.hash)
                     .ignore();
             }
+            DumpItem::ConsoleSession { key, session } => {
+                let left = session.expires_ms.saturating_sub(now_ms);
+                if left > 0 {
+                    let json = serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let key = self.key("console_session", key);
+                    pipe.cmd("SET").arg(key).arg(json).arg("PX").arg(left).ignore();
+                }
+            }
+            DumpItem::ConsoleTicket { jti, expires_ms } => {
+                let left = expires_ms.saturating_sub(now_ms);
+                if left > 0 {
+                    let key = self.key("console_ticket", jti);
+                    pipe.cmd("SET").arg(key).arg(expires_ms).arg("PX").arg(left).ignore();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn export_console(&self, out: &Sink) -> Result<(), StoreError> {
+        for key in self.scan("console_session:*").await? {
+            let json: Option<String> = self.query(cmd("GET").arg(&key)).await?;
+            let Some(json) = json else { continue };
+            let session = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("console session {key:?}: {e}")))?;
+            let key = self.unprefixed(&key, "console_session:")?.to_string();
+            out.send(DumpItem::ConsoleSession { key, session }).await?;
+        }
+        for key in self.scan("console_ticket:*").await? {
+            let expires: Option<i64> = self.query(cmd("GET").arg(&key)).await?;
+            let Some(expires_ms) = expires else { continue };
+            let jti = self.unprefixed(&key, "console_ticket:")?.to_string();
+            out.send(DumpItem::ConsoleTicket { jti, expires_ms }).await?;
         }
         Ok(())
     }
