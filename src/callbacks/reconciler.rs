@@ -146,8 +146,14 @@ async fn unbound(state: &AppState, record: ReservationRecord, now: i64) -> Resul
         let first_poll = record
             .created_ms
             .saturating_add(config.first_poll_after_secs.as_millis_i64());
-        let again = now.saturating_add(config.poll_interval_secs.as_millis_i64());
-        return Ok(Some(grace_end.min(first_poll.max(again))));
+        // (A hold looked at before its bind landed is looked at again at the first poll time,
+        // so the bound task is polled then, not an interval later.)
+        let next = if now < first_poll {
+            first_poll
+        } else {
+            now.saturating_add(config.poll_interval_secs.as_millis_i64())
+        };
+        return Ok(Some(grace_end.min(next)));
     }
     if let FinalizeOutcome::Applied(done) = state.store.expire(&record.reservation_id, now).await? {
         tracing::error!(

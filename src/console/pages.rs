@@ -342,9 +342,84 @@ pub async fn edit_tenant(state: web::Data<AppState>, req: HttpRequest, id: web::
 <noscript><p class="notice">Saving needs JavaScript (the change is sent with the session's CSRF token).</p></noscript>"#,
             t = q(&record.id)
         );
+        body.push_str(&alert_webhook_form(&record.id, &text("alert_webhook_url")));
+        body.push_str(&api_keys_section(&state, &record.id).await?);
         Ok((format!("Settings of {}", record.id), body))
     })
     .await
+}
+
+/// The tenant's own alert webhook: shown masked (as the API shows it), replaced or removed.
+fn alert_webhook_form(tenant: &str, current: &str) -> String {
+    let shown = if current.is_empty() { "none" } else { current };
+    format!(
+        r#"<h2>Alert webhook</h2><p>This tenant's budget alerts also go to: <code data-alert-webhook>{shown}</code></p>
+<form class="edit" data-js-webhook="{tenant}" novalidate><p><label for="f-alert">New alert webhook URL (https; empty removes it)</label><input id="f-alert" name="alert_webhook_url" type="url" value=""></p>
+<p><button type="submit">Save webhook</button></p><p class="status" role="status" aria-live="polite"></p></form>"#,
+        shown = esc(shown),
+        tenant = esc(tenant)
+    )
+}
+
+/// The tenant's API keys (machine credentials): listed without the key, issued (the key
+/// shown once), revoked.
+async fn api_keys_section(state: &AppState, tenant: &str) -> Result<String, PageError> {
+    let keys = state.store.api_keys(tenant).await?;
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|key| {
+            vec![
+                esc(&key.name),
+                format!("<code>{}</code>", esc(&key.id)),
+                esc(&time_text(key.created_ms)),
+                key.expires_ms
+                    .map(|ms| esc(&time_text(ms)))
+                    .unwrap_or_else(|| "never".into()),
+                format!(
+                    r#"<button type="button" data-js-revoke="{}/{}" aria-label="Revoke {}">Revoke</button>"#,
+                    esc(tenant),
+                    esc(&key.id),
+                    esc(&key.name)
+                ),
+            ]
+        })
+        .collect();
+    let mut out = String::from("<h2>API keys</h2>");
+    out.push_str(&html::table(
+        &format!("API keys of {tenant} (callers as key:NAME)"),
+        &["Name", "Id", "Created (UTC)", "Expires (UTC)", ""],
+        &[],
+        &rows,
+    ));
+    let _ = write!(
+        out,
+        r#"<form class="edit" data-js-issue="{t}" novalidate><p><label for="f-key-name">New key's name (a-z, 0-9, -)</label><input id="f-key-name" name="name" pattern="[a-z0-9-]{{1,64}}"></p>
+<p><label for="f-key-expires">Expires (optional)</label><input id="f-key-expires" name="expires" type="date"></p>
+<p><button type="submit">Issue key</button></p><p class="status" role="status" aria-live="polite"></p>
+<p class="notice" hidden data-new-key-box>The new key, shown once; store it now: <code data-new-key></code></p></form>"#,
+        t = esc(tenant)
+    );
+    Ok(out)
+}
+
+/// The tenant's webhook signing key, as a receiving team configures it; `tenant_admin`
+/// (and `admin`) may rotate it.
+async fn webhook_key_section(state: &AppState, viewer: &Viewer, tenant: &str) -> Result<String, PageError> {
+    let keys = crate::callbacks::webhook_keys::keys(state, tenant).await?;
+    let mut out = format!(
+        r#"<h2>Webhook signing key</h2><p>Callbacks relayed to your <code>callback_url</code> are signed with this key (Standard Webhooks); verify them with it.</p>
+<p><code data-webhook-secret>{}</code> (made {})</p>"#,
+        esc(&keys.current.secret),
+        esc(&time_text(keys.current.created_ms))
+    );
+    if viewer.caller.has_role(crate::auth::ROLE_TENANT_ADMIN) || viewer.caller.is_admin() {
+        let _ = write!(
+            out,
+            r#"<form class="edit" data-js-rotate="{}"><p><button type="submit">Rotate the key</button> For 24 h every delivery carries both signatures.</p><p class="status" role="status" aria-live="polite"></p></form>"#,
+            esc(tenant)
+        );
+    }
+    Ok(out)
 }
 
 /// `/console/team`: the viewer's own tenant: its usage this period and its tasks.
@@ -414,6 +489,7 @@ pub async fn team(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse 
                 q(&next.to_string())
             );
         }
+        body.push_str(&webhook_key_section(&state, viewer, &tenant).await?);
         Ok((format!("Team {tenant}"), body))
     })
     .await

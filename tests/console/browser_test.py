@@ -265,6 +265,29 @@ def admin_pages(context, finance_jwt):
           "the admin form changed budget, caps and qualities")
     _, changes = api("/v1/admin/ledger?tenant=alpha&kind=budget_change", finance_jwt)
     check(changes["entries"][-1]["actor"] == "root", "the change is in the ledger as a budget_change by that admin")
+    # The tenant's alert webhook and API keys, from the same page.
+    page.fill("#f-alert", "https://hooks.example.com/alerts/secret-path")
+    page.click("text=Save webhook")
+    page.wait_for_selector("[data-js-webhook] .status:text('Saved')")
+    _, tenants = api("/v1/admin/tenants", token(sub="root", roles="admin"))
+    alpha = next(t for t in tenants["tenants"] if t["id"] == "alpha")
+    check(alpha.get("alert_webhook_url", "").startswith("https://hooks.example.com/"),
+          "the admin page sets the tenant's alert webhook")
+    page.fill("#f-key-name", "console-made")
+    page.click("text=Issue key")
+    page.wait_for_selector("[data-new-key-box]:not([hidden])")
+    key = page.inner_text("[data-new-key]")
+    check(key.startswith("vgk_"), "an API key issued on the page is shown once")
+    status, _ = api("/v1/usage", key)
+    check(status == 200, "the issued key authenticates as its tenant")
+    page.reload()
+    check("console-made" in page.inner_text("table") and key not in page.content(),
+          "the key is listed by name, never with the key itself")
+    shot(page, "07b-admin-keys")
+    page.click("button[aria-label='Revoke console-made']")
+    page.wait_for_selector("button[aria-label='Revoke console-made']", state="detached")
+    status, _ = api("/v1/usage", key)
+    check(status == 401, "a key revoked on the page is refused at once")
     # Sign-out ends the session in the store: the old cookie no longer works, anywhere.
     cookie = next(c for c in context.cookies() if c["name"] == "vidgate_session")["value"]
     status, _ = api("/v1/usage", headers={"Cookie": f"vidgate_session={cookie}"})
@@ -294,6 +317,20 @@ def team_pages(context):
     check(shown == [t["id"] or "(outcome unknown)" for t in tasks["data"]], "the team page lists the tenant's tasks, as /v1/tasks")
     charged = [r[6] for r in cells(page, "table tbody tr")]
     check(charged == [t["vidgate"].get("charged", "–") for t in tasks["data"]], "each task's cost equals /v1/tasks")
+    _, secret = api("/v1/webhooks/secret", jwt)
+    check(page.inner_text("[data-webhook-secret]") == secret["secret"],
+          "the team page shows the tenant's webhook key, as /v1/webhooks/secret")
+    check(page.locator("[data-js-rotate]").count() == 0, "a member without tenant_admin is offered no rotation")
+    lead = fresh(context)
+    lead.goto(link("lead", tenant="alpha", roles="tenant_admin"))
+    lead.goto(f"{GATEWAY}/console/team")
+    lead.click("text=Rotate the key")
+    lead.wait_for_selector("[data-js-rotate] .status:text('Rotated')")
+    _, rotated = api("/v1/webhooks/secret", jwt)
+    check(rotated["secret"] != secret["secret"] and lead.inner_text("[data-webhook-secret]") == rotated["secret"],
+          "a tenant_admin rotates the webhook key from the team page")
+    shot(lead, "09b-team-rotated")
+    lead.close()
     for path in ["/console/tenants/beta", "/console/ledger", "/console/tenants/alpha"]:
         response = page.goto(GATEWAY + path)
         check(response.status == 403, f"a team member cannot open {path}")

@@ -55,4 +55,94 @@
       });
     });
   });
+
+  function report(status, response, done) {
+    return response.text().then(function (text) {
+      var answer = text ? JSON.parse(text) : {};
+      if (response.ok) {
+        status.className = "status";
+        done(answer);
+      } else {
+        status.className = "status error";
+        status.textContent = "Not done: " + ((answer.error && answer.error.message) || response.status);
+      }
+    });
+  }
+
+  function failed(status) {
+    return function () {
+      status.className = "status error";
+      status.textContent = "Not done: the gateway did not answer.";
+    };
+  }
+
+  document.querySelectorAll("[data-js-webhook]").forEach(function (form) {
+    var status = form.querySelector(".status");
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var id = form.getAttribute("data-js-webhook");
+      var url = form.querySelector("input[name=alert_webhook_url]").value.trim();
+      status.textContent = "Saving…";
+      send("PUT", "/v1/admin/tenants/" + encodeURIComponent(id), { alert_webhook_url: url })
+        .then(function (response) {
+          return report(status, response, function () {
+            status.textContent = url ? "Saved: alerts also go there now." : "Removed.";
+            var shown = document.querySelector("[data-alert-webhook]");
+            if (shown) shown.textContent = url ? url.replace(/^(https?:\/\/[^\/]+).*$/, "$1/********") : "none";
+          });
+        }).catch(failed(status));
+    });
+  });
+
+  document.querySelectorAll("[data-js-issue]").forEach(function (form) {
+    var status = form.querySelector(".status");
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var tenant = form.getAttribute("data-js-issue");
+      var body = { name: form.querySelector("input[name=name]").value.trim() };
+      var expires = form.querySelector("input[name=expires]").value;
+      if (expires) body.expires_at = expires + "T00:00:00Z";
+      status.textContent = "Issuing…";
+      send("POST", "/v1/admin/tenants/" + encodeURIComponent(tenant) + "/keys", body).then(function (response) {
+        return report(status, response, function (answer) {
+          status.textContent = "Issued " + answer.name + " (" + answer.id + "). Reload to see it listed.";
+          form.querySelector("[data-new-key]").textContent = answer.key;
+          form.querySelector("[data-new-key-box]").hidden = false;
+        });
+      }).catch(failed(status));
+    });
+  });
+
+  document.querySelectorAll("[data-js-revoke]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      var parts = button.getAttribute("data-js-revoke").split("/");
+      button.disabled = true;
+      send("DELETE", "/v1/admin/tenants/" + encodeURIComponent(parts[0]) + "/keys/" + encodeURIComponent(parts[1]))
+        .then(function (response) {
+          if (response.status === 204) {
+            var row = button.closest("tr");
+            if (row) row.remove();
+          } else {
+            button.disabled = false;
+            button.textContent = "Revoke (failed: " + response.status + ")";
+          }
+        });
+    });
+  });
+
+  document.querySelectorAll("[data-js-rotate]").forEach(function (form) {
+    var status = form.querySelector(".status");
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var tenant = form.getAttribute("data-js-rotate");
+      status.textContent = "Rotating…";
+      send("POST", "/v1/webhooks/secret/rotate?tenant=" + encodeURIComponent(tenant)).then(function (response) {
+        return report(status, response, function (answer) {
+          document.querySelector("[data-webhook-secret]").textContent = answer.secret;
+          status.textContent = "Rotated: configure the new key; the old one also signs until " +
+            answer.previous_expires_at + ".";
+        });
+      }).catch(failed(status));
+    });
+  });
 })();
