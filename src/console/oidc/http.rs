@@ -15,7 +15,7 @@ const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Why a request to the IdP failed, without the URL's query (never a code or secret).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct HttpError(String);
+pub struct HttpError(pub(super) String);
 
 #[derive(Clone)]
 pub struct IdpHttp {

@@ -19,7 +19,7 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AdditionalClaims, AuthType, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields, IssuerUrl, Nonce, PkceCodeChallenge,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenClaims, IdTokenFields, IssuerUrl, Nonce, PkceCodeChallenge,
     PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope, SignatureVerificationError, StandardErrorResponse,
     StandardTokenResponse,
 };
@@ -214,10 +214,7 @@ impl Idp {
             other => other,
         }
         .map_err(|e| IdpError::BadIdToken(e.to_string()))?;
-        match serde_json::to_value(&claims) {
-            Ok(Value::Object(map)) => Ok(map),
-            _ => Err(IdpError::Unusable("its ID token's claims cannot be read".into())),
-        }
+        claims_map(&claims)
     }
 
     fn client(&self, metadata: &CoreProviderMetadata) -> IdpClient {
@@ -308,6 +305,15 @@ impl Idp {
     }
 }
 
+/// Every claim of a verified ID token, standard or not, in one map: what `auth.tenant_claim`
+/// and `auth.roles_claim` are looked up in, as in an API JWT's claims.
+fn claims_map(claims: &IdTokenClaims<OtherClaims, CoreGenderClaim>) -> Result<Map<String, Value>, IdpError> {
+    match serde_json::to_value(claims) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(IdpError::Unusable("its ID token's claims cannot be read".into())),
+    }
+}
+
 fn key_ids(keys: &CoreJsonWebKeySet) -> Vec<String> {
     use openidconnect::JsonWebKey;
     keys.keys()
@@ -347,5 +353,138 @@ fn token_error(error: RequestTokenError<HttpError, StandardErrorResponse<CoreErr
         RequestTokenError::Request(e) => IdpError::Unreachable(e.to_string()),
         RequestTokenError::Parse(e, _) => IdpError::Unusable(format!("its token response is not valid: {e}")),
         RequestTokenError::Other(e) => IdpError::Unusable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openidconnect::http::StatusCode;
+    use serde_json::json;
+
+    use super::*;
+    use crate::auth::{AuthError, Caller, caller_from_claims};
+
+    /// The claims of an ID token as the IdP signed them, read as the gateway reads them.
+    fn caller(claims: Value, tenant_claim: &str, roles_claim: &str) -> Result<Caller, AuthError> {
+        let claims: IdTokenClaims<OtherClaims, CoreGenderClaim> = serde_json::from_value(claims).unwrap();
+        caller_from_claims(&claims_map(&claims).unwrap(), tenant_claim, roles_claim)
+    }
+
+    fn id_token(extra: Value) -> Value {
+        let mut claims = json!({
+            "iss": "https://idp.example.com", "aud": "vidgate", "sub": "jane",
+            "exp": 1_900_000_000, "iat": 1_800_000_000, "nonce": "n", "name": "Jane",
+        });
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        claims
+    }
+
+    #[test]
+    fn tenant_and_roles_come_from_the_configured_claims() {
+        let jane = caller(
+            id_token(json!({"tenant": "alpha", "roles": ["finance"]})),
+            "tenant",
+            "roles",
+        )
+        .unwrap();
+        assert_eq!(
+            jane,
+            Caller {
+                tenant: Some("alpha".into()),
+                user: "jane".into(),
+                roles: vec!["finance".into()],
+            }
+        );
+        // Other names, as Entra ID's extension claims or namespaced claims; a space-separated string.
+        let claims = id_token(json!({"extension_abc_team": "beta", "https://example.com/roles": "admin ops"}));
+        let jane = caller(claims, "extension_abc_team", "https://example.com/roles").unwrap();
+        assert_eq!(jane.tenant.as_deref(), Some("beta"));
+        assert_eq!(jane.roles, ["admin", "ops"]);
+    }
+
+    #[test]
+    fn a_standard_claim_can_carry_the_tenant() {
+        let jane = caller(id_token(json!({"locale": "gamma"})), "locale", "roles").unwrap();
+        assert_eq!(jane.tenant.as_deref(), Some("gamma"));
+    }
+
+    #[test]
+    fn neither_tenant_nor_role_names_no_caller() {
+        let error = caller(id_token(json!({})), "tenant", "roles").unwrap_err();
+        assert_eq!(error, AuthError::MissingClaim("tenant".into()));
+        let error = caller(id_token(json!({"roles": ["viewer"]})), "tenant", "roles").unwrap_err();
+        assert_eq!(error, AuthError::MissingClaim("tenant".into()));
+        let finance = caller(id_token(json!({"roles": ["finance"]})), "tenant", "roles").unwrap();
+        assert_eq!(finance.tenant, None);
+    }
+
+    #[test]
+    fn token_endpoint_refusals_are_told_apart() {
+        let refused = |kind: CoreErrorResponseType| {
+            token_error(RequestTokenError::ServerResponse(StandardErrorResponse::new(
+                kind,
+                Some("grant request is invalid".into()),
+                None,
+            )))
+        };
+        assert_eq!(
+            refused(CoreErrorResponseType::InvalidGrant),
+            IdpError::CodeRefused {
+                error: "invalid_grant".into(),
+                description: "grant request is invalid".into()
+            }
+        );
+        assert!(matches!(
+            refused(CoreErrorResponseType::InvalidClient),
+            IdpError::ClientRefused(_)
+        ));
+        assert!(matches!(
+            token_error(RequestTokenError::Request(HttpError("cannot connect".into()))),
+            IdpError::Unreachable(_)
+        ));
+    }
+
+    #[test]
+    fn an_idp_that_is_down_reads_as_unreachable_and_a_wrong_one_as_unusable() {
+        use openidconnect::DiscoveryError;
+        let down = discovery_error(DiscoveryError::Request(HttpError("cannot connect".into())));
+        assert_eq!(down, IdpError::Unreachable("cannot connect".into()));
+        let busy = discovery_error(DiscoveryError::Response(
+            StatusCode::BAD_GATEWAY,
+            Vec::new(),
+            String::new(),
+        ));
+        assert!(matches!(busy, IdpError::Unreachable(_)));
+        let missing = discovery_error(DiscoveryError::Response(
+            StatusCode::NOT_FOUND,
+            Vec::new(),
+            String::new(),
+        ));
+        assert!(matches!(missing, IdpError::Unusable(_)));
+        let other = discovery_error(DiscoveryError::Validation("unexpected issuer URI".into()));
+        assert_eq!(other, IdpError::Unusable("unexpected issuer URI".into()));
+    }
+
+    #[test]
+    fn the_redirect_uri_is_under_the_public_base_url() {
+        let mut config = Config::default();
+        config.console.oidc_issuer = "https://idp.example.com/realms/company".into();
+        config.console.oidc_client_id = "vidgate".into();
+        for base in ["https://vidgate.example.com", "https://vidgate.example.com/"] {
+            config.server.public_base_url = base.into();
+            let idp = Idp::from_config(&config).unwrap().unwrap();
+            assert_eq!(
+                idp.redirect.as_str(),
+                "https://vidgate.example.com/console/auth/callback"
+            );
+            assert!(idp.client_secret.is_none(), "no secret: a public client");
+        }
+        config.console.oidc_client_secret = SecretString::from("s3cret".to_string());
+        assert!(Idp::from_config(&config).unwrap().unwrap().client_secret.is_some());
+        config.console.oidc_issuer = String::new();
+        assert!(Idp::from_config(&config).unwrap().is_none());
     }
 }
