@@ -31,6 +31,8 @@ CHROMIUM_FLAGS = [
 # The provider's authorization codes live this long (provider.mjs).
 CODE_TTL_SECS = 10
 CALLBACK = re.compile(r".*/console/auth/callback.*")
+# What must never reach the gateway's log: its client secret, codes, flow cookies (verifiers).
+SECRETS = {"the client secret": os.environ["CONSOLE_SECRET"]}
 checks = []
 
 
@@ -120,7 +122,12 @@ def capture_callback(browser, login):
         page.wait_for_timeout(100)
     page.unroute(f"{IDP}/interaction/**")
     check(len(captured) == 1, f"the IdP sent {login} back to the callback once")
-    return context, page, captured[0], cookie(context, "vidgate_oidc")
+    flow = cookie(context, "vidgate_oidc")
+    code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(captured[0]).query))["code"]
+    attempt = len(SECRETS)
+    SECRETS[f"the code of attempt {attempt}"] = code
+    SECRETS[f"the flow cookie of attempt {attempt}"] = flow["value"].split(".")[0]
+    return context, page, captured[0], flow
 
 
 def error_page(page, response, status, title, text, shot):
@@ -293,6 +300,13 @@ def run(browser, provider):
     check(len(refreshed) == 1 and second_key in refreshed[0],
           "the gateway refreshed the IdP's keys once, on the key id miss")
     context.close()
+
+    # The gateway logged at debug level throughout: no secret, code or verifier in it.
+    with open(GATEWAY_LOG) as log:
+        text = log.read()
+    check(" DEBUG " in text or '"DEBUG"' in text, "the gateway's log is at debug level")
+    for what, value in SECRETS.items():
+        check(value not in text, f"{what} is not in the gateway's debug log")
 
 
 if __name__ == "__main__":
