@@ -6,7 +6,8 @@ starts and says so while the IdP is down; the authorization request (PKCE S256, 
 redirect URI); the landing page of finance, an admin (public client) and a team member;
 sign-out; an account with neither tenant nor role; a tampered state; a used code; an expired
 code; an ID token for another audience; keys rotated by the IdP (refreshed on the key id
-miss). Saves a screenshot of each page under OUT.
+miss, not within the cooldown); no secret in the gateway's debug log. Saves a screenshot of
+each page under OUT.
 """
 import os
 import re
@@ -299,6 +300,16 @@ def run(browser, provider):
         refreshed = [line for line in log if "IdP keys refreshed" in line]
     check(len(refreshed) == 1 and second_key in refreshed[0],
           "the gateway refreshed the IdP's keys once, on the key id miss")
+    context.close()
+
+    # The public client's gateway fetched the keys less than its cooldown (an hour) ago: it
+    # does not fetch them again, and the new key is refused until the cooldown passes.
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{PUBLIC_GATEWAY}/console/auth/login")
+    with page.expect_navigation(url=CALLBACK) as navigation:
+        idp_login(page, "adm")
+    error_page(page, navigation.value, 401, "Sign-in not accepted", "No matching key found", "key-within-cooldown")
     context.close()
 
     # The gateway logged at debug level throughout: no secret, code or verifier in it.

@@ -213,7 +213,7 @@ impl Idp {
             }
             other => other,
         }
-        .map_err(|e| IdpError::BadIdToken(e.to_string()))?;
+        .map_err(|e| IdpError::BadIdToken(id_token_problem(&e)))?;
         claims_map(&claims)
     }
 
@@ -311,6 +311,17 @@ fn claims_map(claims: &IdTokenClaims<OtherClaims, CoreGenderClaim>) -> Result<Ma
     match serde_json::to_value(claims) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(IdpError::Unusable("its ID token's claims cannot be read".into())),
+    }
+}
+
+/// What failed in an ID token, with the cause a signature failure wraps (an unknown key id
+/// reads "No matching key found").
+fn id_token_problem(error: &openidconnect::ClaimsVerificationError) -> String {
+    match error {
+        openidconnect::ClaimsVerificationError::SignatureVerification(cause) => {
+            format!("signature verification failed: {cause}")
+        }
+        other => other.to_string(),
     }
 }
 
