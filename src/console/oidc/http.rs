@@ -2,10 +2,12 @@
 //! redirects (a redirected token request could carry the code and secret elsewhere), with
 //! short timeouts and a cap on what the IdP may send back.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use openidconnect::http;
-use openidconnect::{HttpRequest, HttpResponse};
+use openidconnect::{AsyncHttpClient, HttpRequest, HttpResponse};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -17,7 +19,6 @@ const MAX_RESPONSE_BYTES: usize = 1 << 20;
 #[error("{0}")]
 pub struct HttpError(pub(super) String);
 
-#[derive(Clone)]
 pub struct IdpHttp {
     client: reqwest::Client,
 }
@@ -37,9 +38,8 @@ impl IdpHttp {
         Ok(Self { client })
     }
 
-    /// One request, as `openidconnect` hands it over (its `AsyncHttpClient` is implemented
-    /// for closures of this shape).
-    pub async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+    /// One request, as `openidconnect` hands it over.
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
         let request = reqwest::Request::try_from(request).map_err(|e| HttpError(e.without_url().to_string()))?;
         let mut response = self
             .client
@@ -68,6 +68,15 @@ impl IdpHttp {
             body.extend_from_slice(&chunk);
         }
         answer.body(body).map_err(|e| HttpError(e.to_string()))
+    }
+}
+
+impl<'c> AsyncHttpClient<'c> for IdpHttp {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.send(request))
     }
 }
 

@@ -183,16 +183,11 @@ impl Idp {
     pub async fn finish(&self, code: &str, flow: &Flow, now: DateTime<Utc>) -> Result<Map<String, Value>, IdpError> {
         let provider = self.provider().await?;
         let client = self.client(&provider.metadata);
-        let http = self.http.clone();
-        let call = move |request| {
-            let http = http.clone();
-            async move { http.call(request).await }
-        };
         let request = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|_| IdpError::Unusable("its discovery document names no token_endpoint".into()))?
             .set_pkce_verifier(PkceCodeVerifier::new(flow.pkce_verifier.clone()));
-        let response = request.request_async(&call).await.map_err(token_error)?;
+        let response = request.request_async(&self.http).await.map_err(token_error)?;
         let Some(id_token) = openidconnect::TokenResponse::id_token(&response) else {
             return Err(IdpError::Unusable("its token response carries no ID token".into()));
         };
@@ -244,12 +239,7 @@ impl Idp {
         if let Some(provider) = discovered.as_ref() {
             return Ok(Arc::clone(provider));
         }
-        let http = self.http.clone();
-        let call = move |request| {
-            let http = http.clone();
-            async move { http.call(request).await }
-        };
-        let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &call)
+        let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
             .await
             .map_err(|e| {
                 let error = discovery_error(e);
@@ -280,13 +270,8 @@ impl Idp {
             tracing::debug!(issuer = %self.issuer.as_str(), "IdP key refresh skipped: within the cooldown");
             return current;
         }
-        let http = self.http.clone();
-        let call = move |request| {
-            let http = http.clone();
-            async move { http.call(request).await }
-        };
         let mut metadata = current.metadata.clone();
-        match CoreJsonWebKeySet::fetch_async(metadata.jwks_uri(), &call).await {
+        match CoreJsonWebKeySet::fetch_async(metadata.jwks_uri(), &self.http).await {
             Ok(keys) => {
                 tracing::info!(issuer = %self.issuer.as_str(), kids = ?key_ids(&keys), "IdP keys refreshed");
                 metadata = metadata.set_jwks(keys);
