@@ -106,6 +106,13 @@ impl Application {
             prelimit: Arc::default(),
             completion: Arc::new(completion),
         };
+        // Built without contacting the IdP: discovery waits for the first sign-in.
+        let idp = console::Idp::from_config(&state.config)
+            .map_err(|reason| ConfigError::Invalid {
+                key: "console.oidc_issuer".into(),
+                reason,
+            })?
+            .map(web::Data::new);
         let listen = state.config.server.listen.clone();
         let listener = TcpListener::bind(&listen).map_err(|source| StartError::Listen {
             addr: listen.clone(),
@@ -116,7 +123,7 @@ impl Application {
             source,
         })?;
         let server =
-            http_server(state.clone(), listener).map_err(|source| StartError::Listen { addr: listen, source })?;
+            http_server(state.clone(), idp, listener).map_err(|source| StartError::Listen { addr: listen, source })?;
         let metrics = match state.config.metrics.listen.as_str() {
             "" => None,
             listen => {
@@ -178,7 +185,11 @@ impl Application {
     }
 }
 
-fn http_server(state: AppState, listener: TcpListener) -> std::io::Result<Server> {
+fn http_server(
+    state: AppState,
+    idp: Option<web::Data<console::Idp>>,
+    listener: TcpListener,
+) -> std::io::Result<Server> {
     let serve_metrics = state.config.metrics.listen.is_empty();
     let console_on = state.config.console.is_on();
     let data = web::Data::new(state);
@@ -192,7 +203,7 @@ fn http_server(state: AppState, listener: TcpListener) -> std::io::Result<Server
             .configure(|cfg| routes::configure(cfg, serve_metrics))
             .configure(|cfg| {
                 if console_on {
-                    console::configure(cfg);
+                    console::configure(cfg, idp.clone());
                 }
             })
             .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document.clone()))

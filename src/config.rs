@@ -384,8 +384,8 @@ pub struct MetricsConfig {
     pub listen: String,
 }
 
-/// The web console at `/console/`. OIDC sign-in is parsed and documented but not served yet:
-/// today sessions start from `vidgate console-link` tickets only.
+/// The web console at `/console/`. Sessions start from a sign-in with the company IdP
+/// (`oidc_*`, when `oidc_issuer` is set) or a `vidgate console-link` ticket.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsoleConfig {
@@ -446,6 +446,12 @@ impl ConsoleConfig {
                 return Err(ConfigError::invalid(
                     "console.oidc_issuer",
                     "needs server.public_base_url (the redirect URI is {public_base_url}/console/auth/callback)",
+                ));
+            }
+            if self.oidc_client_id.is_empty() {
+                return Err(ConfigError::invalid(
+                    "console.oidc_client_id",
+                    "needs the client id registered at the IdP (console.oidc_issuer is set)",
                 ));
             }
         }
@@ -1134,5 +1140,24 @@ mod tests {
                 assert_eq!(key, "server.public_base_url");
             }
         }
+    }
+
+    #[test]
+    fn sign_in_with_an_idp_needs_a_public_base_url_and_a_client_id() {
+        let mut config = valid();
+        config.console.oidc_issuer = "https://idp.example.com/realms/company".into();
+        config.console.oidc_client_id = "vidgate".into();
+        let Err(ConfigError::Invalid { key, reason }) = config.validate() else {
+            panic!("an IdP without server.public_base_url was accepted")
+        };
+        assert_eq!(key, "console.oidc_issuer");
+        assert!(reason.contains("server.public_base_url"), "{reason}");
+        config.server.public_base_url = "https://vidgate.example.com".into();
+        assert_eq!(refused_key(&config), None);
+        config.console.oidc_client_id = String::new();
+        assert_eq!(refused_key(&config).as_deref(), Some("console.oidc_client_id"));
+        config.console.oidc_client_id = "vidgate".into();
+        config.console.oidc_issuer = "idp.example.com".into();
+        assert_eq!(refused_key(&config).as_deref(), Some("console.oidc_issuer"));
     }
 }

@@ -65,6 +65,7 @@ def deployment_env(rendered) -> dict[str, str]:
         "VIDGATE_CALLBACKS__SIGNING_SECRET": "whsec_c2VjcmV0LXNpZ25pbmcta2V5LWZvci10ZXN0cw==",
         "VIDGATE_METRICS__BEARER_TOKEN": "metrics-token",
         "VIDGATE_CONSOLE__SESSION_SECRET": "s" * 40,
+        "VIDGATE_CONSOLE__OIDC_CLIENT_SECRET": "oidc-client-secret",
         "VIDGATE_STORE__REDIS_URL": "rediss://:pw@redis.internal:6380/0",
     }
     env = {}

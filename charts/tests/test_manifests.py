@@ -153,6 +153,8 @@ def test_gateway_secrets_come_from_the_secret_as_environment():
     assert refs["VIDGATE_UPSTREAM__API_KEY"] == {"name": "vidgate-secrets", "key": "upstream-api-key"}
     assert refs["VIDGATE_AUTH__HS256_SECRET"]["optional"] is True  # RS256 only
     assert refs["VIDGATE_CALLBACKS__SIGNING_SECRET"]["optional"] is True
+    assert refs["VIDGATE_CONSOLE__OIDC_CLIENT_SECRET"] == {"name": "vidgate-secrets", "key": "oidc-client-secret",
+                                                         "optional": True}  # empty: a public client
     assert refs["VIDGATE_METRICS__BEARER_TOKEN"] == {"name": "vidgate-secrets", "key": "metrics-bearer-token"}
     assert refs["VIDGATE_STORE__REDIS_URL"] == {"name": "vidgate-redis", "key": "redis-url"}
     assert all("value" not in e for e in env.values())

@@ -43,8 +43,9 @@ impl Caller {
     }
 }
 
-/// Builds the caller from claims whose signature and time/issuer/audience checks passed.
-pub(super) fn caller_from_claims(
+/// Builds the caller from claims whose signature and time/issuer/audience checks passed (an
+/// API JWT's, or the ID token of a console sign-in).
+pub fn caller_from_claims(
     claims: &Map<String, Value>,
     tenant_claim: &str,
     roles_claim: &str,

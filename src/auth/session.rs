@@ -173,6 +173,25 @@ pub fn csrf_matches(session_id: &str, secret: &[u8], presented: &str) -> bool {
     check.verify_slice(&presented).is_ok()
 }
 
+/// `payload.signature` (base64url) for a value the browser keeps for the gateway, such as the
+/// sign-in flow's cookie; `purpose` keeps one kind from passing as another.
+pub fn sign_value(secret: &[u8], purpose: &str, payload: &str) -> String {
+    format!(
+        "{payload}.{}",
+        URL_SAFE_NO_PAD.encode(mac(secret, purpose, payload.as_bytes()))
+    )
+}
+
+/// The payload of a `sign_value` text whose signature matches (checked in constant time).
+pub fn verified_value<'a>(secret: &[u8], purpose: &str, text: &'a str) -> Option<&'a str> {
+    let (payload, signature) = text.rsplit_once('.')?;
+    let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+    let mut check = keyed(secret, purpose);
+    check.update(payload.as_bytes());
+    check.verify_slice(&signature).ok()?;
+    Some(payload)
+}
+
 /// One HMAC key per purpose, so a signature of one kind never passes as another.
 fn keyed(secret: &[u8], purpose: &str) -> HmacSha256 {
     // HMAC takes keys of any length.

@@ -5,8 +5,11 @@
 //! Route handlers never import this module; `app.rs` mounts it when the console is on.
 
 mod html;
+mod oidc;
 mod pages;
 mod signin;
+
+pub use oidc::Idp;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -18,8 +21,12 @@ use crate::auth::session::{SESSION_COOKIE, cookie_in_header, csrf_token, session
 use crate::state::AppState;
 use crate::store::StoreError;
 
-/// Mounts the console's routes (only when `console.enabled` and a session secret are set).
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Mounts the console's routes (only when `console.enabled` and a session secret are set),
+/// with sign-in through `idp` when `console.oidc_issuer` is set.
+pub fn configure(cfg: &mut web::ServiceConfig, idp: Option<web::Data<Idp>>) {
+    if let Some(idp) = idp {
+        cfg.app_data(idp);
+    }
     cfg.service(web::resource("/console").route(web::get().to(to_console)))
         .service(web::resource("/console/").route(web::get().to(pages::home)))
         .service(web::resource("/console/tenants/{id}").route(web::get().to(pages::tenant)))
@@ -27,6 +34,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/console/admin/tenants/{id}").route(web::get().to(pages::edit_tenant)))
         .service(web::resource("/console/team").route(web::get().to(pages::team)))
         .service(web::resource("/console/link").route(web::get().to(signin::link)))
+        .service(web::resource("/console/auth/login").route(web::get().to(signin::idp_login)))
+        .service(web::resource("/console/auth/callback").route(web::get().to(signin::idp_callback)))
         .service(web::resource("/console/logout").route(web::post().to(signin::logout)))
         .service(web::resource("/console/assets/{name}").route(web::get().to(asset)));
 }

@@ -31,6 +31,7 @@ type PageResult = Result<(String, String), PageError>;
 async fn render(state: &AppState, req: &HttpRequest, body: impl AsyncFnOnce(&Viewer) -> PageResult) -> HttpResponse {
     let viewer = match Viewer::of(req, state) {
         Ok(viewer) => viewer,
+        Err(PageError::NoSession) => return super::signin::sign_in_page(req),
         Err(error) => return error.into_response(None),
     };
     match body(&viewer).await {

@@ -8,6 +8,7 @@ mod chaos;
 mod cli;
 mod completion;
 mod console;
+mod console_idp;
 mod contract;
 mod crash;
 mod drift;
