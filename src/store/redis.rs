@@ -252,14 +252,14 @@ impl RedisStore {
 
     /// A connection to the current primary, for pipelines (a failed one makes the next
     /// single command look for the primary again).
-    async fn connection(&self) -> ConnectionManager {
-        self.links.connection().await.1
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        self.links.connection().await.map(|(_, conn)| conn).map_err(no_primary)
     }
 
     async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
         let mut retried = false;
         loop {
-            let (generation, mut conn) = self.links.connection().await;
+            let (generation, mut conn) = self.links.connection().await.map_err(no_primary)?;
             match command.query_async(&mut conn).await {
                 Ok(value) => return Ok(value),
                 Err(error) => {
@@ -286,7 +286,7 @@ impl RedisStore {
     ) -> Result<(T, ConnectionManager), StoreError> {
         let mut retried = false;
         loop {
-            let (generation, mut conn) = self.links.connection().await;
+            let (generation, mut conn) = self.links.connection().await.map_err(no_primary)?;
             match invocation.invoke_async(&mut conn).await {
                 Ok(value) => return Ok((value, conn)),
                 Err(error) => {
@@ -814,7 +814,7 @@ impl Store for RedisStore {
             }
         }
         let replies: Vec<Fields64> = pipe
-            .query_async(&mut self.connection().await)
+            .query_async(&mut self.connection().await?)
             .await
             .map_err(unavailable)?;
         let (mut by_kind, mut by_users) = (Vec::new(), Vec::new());
@@ -905,7 +905,7 @@ impl Store for RedisStore {
             pipe.cmd("HGETALL").arg(self.key("res", id));
         }
         let replies: Vec<Fields> = pipe
-            .query_async(&mut self.connection().await)
+            .query_async(&mut self.connection().await?)
             .await
             .map_err(unavailable)?;
         replies
@@ -996,7 +996,7 @@ impl Store for RedisStore {
         for item in &items {
             self.import_one(&mut pipe, item, now_ms)?;
         }
-        pipe.query_async::<()>(&mut self.connection().await)
+        pipe.query_async::<()>(&mut self.connection().await?)
             .await
             .map_err(unavailable)
     }
@@ -1014,7 +1014,7 @@ impl Store for RedisStore {
                 read.cmd("HMGET").arg(key).arg("tenant").arg("created_ms");
             }
             let found: Vec<(Option<String>, Option<String>)> = read
-                .query_async(&mut self.connection().await)
+                .query_async(&mut self.connection().await?)
                 .await
                 .map_err(unavailable)?;
             let mut write = ::redis::pipe();
@@ -1036,7 +1036,7 @@ impl Store for RedisStore {
                     .ignore();
             }
             write
-                .query_async::<()>(&mut self.connection().await)
+                .query_async::<()>(&mut self.connection().await?)
                 .await
                 .map_err(unavailable)?;
         }
@@ -1288,6 +1288,10 @@ fn ledger_row(id: &str, fields: Vec<(String, String)>) -> Result<LedgerRow, Stor
         .ok_or_else(|| corrupt("no field e"))?;
     let entry = serde_json::from_str(&json).map_err(|e| corrupt(&e.to_string()))?;
     Ok(LedgerRow { position, entry })
+}
+
+fn no_primary(reason: String) -> StoreError {
+    StoreError::Unavailable(format!("redis: {reason}"))
 }
 
 fn unavailable(error: RedisError) -> StoreError {

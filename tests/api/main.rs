@@ -12,6 +12,7 @@ mod contract;
 mod crash;
 mod drift;
 mod egress;
+mod failover;
 mod helpers;
 mod idempotency;
 mod limits;

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -177,6 +178,8 @@ pub(super) struct Link {
     // Without it every call went to the runtime thread driving the one connection and back:
     // two context switches, 19 % of a create's CPU. Bounded by the threads that call the store.
     per_thread: Mutex<HashMap<ThreadId, ConnectionManager>>,
+    /// Lost its connection (Sentinel only): not used until the primary is found again.
+    stale: AtomicBool,
 }
 
 impl Link {
@@ -221,6 +224,7 @@ impl Links {
                 conn,
                 client,
                 per_thread: Mutex::default(),
+                stale: AtomicBool::new(false),
             })),
             resolver: tokio::sync::Mutex::new(resolver),
         })
@@ -231,12 +235,21 @@ impl Links {
     }
 
     /// This thread's connection to the current primary (made on first use; the link's
-    /// first one if that fails in time), and the link's generation.
-    pub async fn connection(&self) -> (u64, ConnectionManager) {
-        let link = self.link();
+    /// first one if that fails in time), and the link's generation. With Sentinel, a link
+    /// that lost its connection is not used again until the primary is found anew: its
+    /// address may come back as an empty, restarted old primary that still calls itself one.
+    pub async fn connection(&self) -> Result<(u64, ConnectionManager), String> {
+        let mut link = self.link();
+        if link.stale.load(Ordering::SeqCst) {
+            self.relink(link.generation, false).await;
+            link = self.link();
+            if link.stale.load(Ordering::SeqCst) {
+                return Err("the primary was lost and the sentinels name no reachable one yet".into());
+            }
+        }
         let thread = std::thread::current().id();
         if let Some(conn) = link.connections().get(&thread) {
-            return (link.generation, conn.clone());
+            return Ok((link.generation, conn.clone()));
         }
         let made = tokio::time::timeout(
             self.attempt_timeout,
@@ -247,12 +260,12 @@ impl Links {
             Ok(Ok(conn)) => link.connections().entry(thread).or_insert(conn).clone(),
             _ => link.conn.clone(),
         };
-        (link.generation, conn)
+        Ok((link.generation, conn))
     }
 
     /// After a failed call on link `generation`: whether to look for the primary again, and
-    /// if so, does it (once at a time; callers meanwhile just fail). True when the call is
-    /// safe to repeat on the new link: `READONLY` means nothing was written.
+    /// if so, does it. True when the call is safe to repeat on the new link: `READONLY` means
+    /// nothing was written.
     pub async fn after_error(&self, error: &RedisError, generation: u64) -> bool {
         let read_only = is_read_only(error);
         let lost = self.target.is_sentinel()
@@ -260,15 +273,30 @@ impl Links {
                 || error.is_timeout()
                 || error.is_connection_dropped()
                 || error.is_connection_refusal());
+        if lost {
+            let link = self.link();
+            if link.generation == generation {
+                link.stale.store(true, Ordering::SeqCst);
+            }
+        }
         if !(read_only || lost) {
             return false;
         }
+        self.relink(generation, read_only).await && read_only
+    }
+
+    /// Finds the primary and links to it, once at a time (callers meanwhile go on with what
+    /// they have), at most every `RESOLVE_PAUSE`; true when a newer link than `generation`
+    /// exists afterwards.
+    async fn relink(&self, generation: u64, read_only: bool) -> bool {
         let Ok(mut resolver) = self.resolver.try_lock() else {
             return false;
         };
-        if self.link().generation != generation || resolver.last_attempt.is_some_and(|at| at.elapsed() < RESOLVE_PAUSE)
-        {
-            return read_only && self.link().generation != generation;
+        if self.link().generation != generation {
+            return true;
+        }
+        if resolver.last_attempt.is_some_and(|at| at.elapsed() < RESOLVE_PAUSE) {
+            return false;
         }
         resolver.last_attempt = Some(Instant::now());
         let found = tokio::time::timeout(RESOLVE_TIMEOUT, async {
@@ -285,13 +313,14 @@ impl Links {
                     conn,
                     client,
                     per_thread: Mutex::default(),
+                    stale: AtomicBool::new(false),
                 });
                 tracing::warn!(
                     primary = %address,
-                    "redis: reconnected to the primary after {}",
+                    "redis: linked to the primary after {}",
                     if read_only { "a write was refused as READONLY" } else { "losing the connection" }
                 );
-                read_only
+                true
             }
             Ok(Err(e)) => {
                 tracing::warn!("redis: no primary found yet: {e}");
