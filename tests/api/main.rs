@@ -22,6 +22,7 @@ mod newcomer;
 mod overspend;
 mod quotes;
 mod references;
+mod replication;
 mod reports;
 mod secrets_in_logs;
 mod soak;
