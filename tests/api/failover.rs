@@ -433,6 +433,21 @@ async fn scenario(acked: u32, tasks: usize) -> Figures {
             break (ran, now.unwrap_or_default());
         }
     };
+    // Money steps too few replicas acknowledged, by step, over both gateways.
+    let mut shortfalls: BTreeMap<String, u64> = BTreeMap::new();
+    for port in ports {
+        let Ok(response) = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await else {
+            continue;
+        };
+        for line in response.text().await.unwrap_or_default().lines() {
+            let Some(rest) = line.strip_prefix(r#"vidgate_store_replica_ack_shortfall_total{operation=""#) else {
+                continue;
+            };
+            if let Some((operation, count)) = rest.split_once(r#""} "#) {
+                *shortfalls.entry(operation.to_string()).or_default() += count.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
     if std::env::var("FAILOVER_DEBUG").is_ok() {
         for log in &logs {
             eprintln!("LOG {log:?}:\n{}", std::fs::read_to_string(log).unwrap_or_default());
@@ -469,7 +484,8 @@ async fn scenario(acked: u32, tasks: usize) -> Figures {
     assert_eq!(never_ran, 0, "charged but never run (acked {acked})");
     let lost = ran.iter().filter(|t| !charged.contains_key(*t)).count();
     println!(
-        "failover acked={acked}: promoted after {:.1} s of load; load {load_secs:.1} s",
+        "failover acked={acked}: promoted after {:.1} s of load; load {load_secs:.1} s; \
+         steps too few replicas acknowledged {shortfalls:?}",
         promoted_after.as_secs_f64()
     );
     Figures {

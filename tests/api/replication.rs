@@ -190,3 +190,56 @@ async fn sentinel_and_primary_passwords_come_from_the_url() {
         assert!(refused.is_err(), "{primary_pw}/{sentinel_pw}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_no_replica_acknowledges_is_counted_and_the_create_goes_on() {
+    let (primary_port, replica_port) = (free_port(), free_port());
+    let _primary = node(primary_port, &[]);
+    let replica = node(replica_port, &["--replicaof", "127.0.0.1", &primary_port.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !redis_cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up") {
+        assert!(Instant::now() < deadline, "the replica never synced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let app = spawn_app_with(Backend::Redis, crate::helpers::quick_mock(), |config| {
+        config.store.redis_url = format!("redis://127.0.0.1:{primary_port}");
+        config.store.min_replicas_acked = 1;
+        config.store.replica_ack_timeout_ms = 200;
+    })
+    .await;
+    // The upstream answers after 1 s; meanwhile the replica freezes: the reserve was
+    // acknowledged, the bind after the upstream call is not.
+    let create = {
+        let body = app.create_body("character1 waves [mock:hang=1]");
+        let (client, url, token) = (
+            app.client.clone(),
+            format!("{}/v1/videos/generations", app.base),
+            app.token("team-a"),
+        );
+        tokio::spawn(async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap() })
+    };
+    while app.mock.stats().creates == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    replica.pause();
+    let response = create.await.unwrap();
+    replica.resume();
+    assert_eq!(response.status(), StatusCode::OK, "the task exists: the create goes on");
+    let task: serde_json::Value = response.json().await.unwrap();
+    let bound = app.state.store.task(task["id"].as_str().unwrap()).await.unwrap();
+    assert!(bound.is_some(), "bound on the primary");
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"vidgate_store_replica_ack_shortfall_total{operation="bind"} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"vidgate_store_replica_ack_shortfall_total{operation="reserve"}"#));
+}
