@@ -199,3 +199,30 @@ async fn a_lost_reservation_older_than_retention_is_an_anomaly_and_never_charged
     let usage = app.state.store.period_usage("team-a", &period).await.unwrap();
     assert_eq!((usage.spent, usage.reserved, usage.in_flight), (0, 0, 0));
 }
+
+#[tokio::test]
+async fn the_longest_user_fits_the_callback_url_and_a_longer_sub_is_refused() {
+    let mock = MockOptions {
+        allow_local_callbacks: true,
+        ..quick_mock()
+    };
+    let app = spawn_app_with(Backend::Embedded, mock, own_callbacks).await;
+    let body = app.create_body("character1 waves");
+    let too_long = app.token_for("team-a", &"u".repeat(256));
+    let response = app.post_create(&too_long, &body).await;
+    assert_error(response, StatusCode::UNAUTHORIZED, "unauthenticated", None).await;
+    assert_eq!(app.mock.stats().creates, 0);
+
+    // 255 bytes of 4-byte characters: the most a token's user can take.
+    let user = "😀".repeat(63) + "abc";
+    let response = app.post_create(&app.token_for("team-a", &user), &body).await;
+    assert_eq!(response.status(), StatusCode::OK, "{:?}", response.text().await);
+    let sent = app.mock.stats().last_create_body.unwrap();
+    let url = sent["callback_url"].as_str().unwrap();
+    assert!(url.len() <= 2048, "{} characters", url.len());
+    let token = url.rsplit_once('/').unwrap().1;
+    match app.state.completion.verify_token(token) {
+        Some(vidgate::callbacks::token::Verified::Sealed(payload)) => assert_eq!(payload.user, user),
+        other => panic!("{other:?}"),
+    }
+}
