@@ -253,13 +253,17 @@ impl RedisStore {
     /// A connection to the current primary, for pipelines (a failed one makes the next
     /// single command look for the primary again).
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        self.links.connection().await.map(|(_, conn)| conn).map_err(no_primary)
+        self.links
+            .connection(false)
+            .await
+            .map(|(_, conn)| conn)
+            .map_err(no_primary)
     }
 
     async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
         let mut retried = false;
         loop {
-            let (generation, mut conn) = self.links.connection().await.map_err(no_primary)?;
+            let (generation, mut conn) = self.links.connection(false).await.map_err(no_primary)?;
             match command.query_async(&mut conn).await {
                 Ok(value) => return Ok(value),
                 Err(error) => {
@@ -274,7 +278,7 @@ impl RedisStore {
     }
 
     async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, StoreError> {
-        self.invoke_on(invocation).await.map(|(value, _)| value)
+        self.invoke_on(invocation, false).await.map(|(value, _)| value)
     }
 
     /// A script (reloaded by the redis crate on NOSCRIPT, as after a failover), and the
@@ -283,10 +287,11 @@ impl RedisStore {
     async fn invoke_on<T: FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,
+        waits: bool,
     ) -> Result<(T, ConnectionManager), StoreError> {
         let mut retried = false;
         loop {
-            let (generation, mut conn) = self.links.connection().await.map_err(no_primary)?;
+            let (generation, mut conn) = self.links.connection(waits).await.map_err(no_primary)?;
             match invocation.invoke_async(&mut conn).await {
                 Ok(value) => return Ok((value, conn)),
                 Err(error) => {
@@ -307,7 +312,7 @@ impl RedisStore {
         operation: &'static str,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<(T, Acked), StoreError> {
-        let (value, mut conn) = self.invoke_on(invocation).await?;
+        let (value, mut conn) = self.invoke_on(invocation, self.acks.min > 0).await?;
         Ok((value, self.acks.wait(operation, &mut conn).await))
     }
 

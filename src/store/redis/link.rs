@@ -177,13 +177,15 @@ pub(super) struct Link {
     /// One connection per calling thread, driven by its runtime: a call never hops threads.
     // Without it every call went to the runtime thread driving the one connection and back:
     // two context switches, 19 % of a create's CPU. Bounded by the threads that call the store.
-    per_thread: Mutex<HashMap<ThreadId, ConnectionManager>>,
+    /// Keyed also by whether the connection carries money steps that `WAIT` for replicas: a
+    /// `WAIT` holds up every later command on its connection, so reads never queue behind one.
+    per_thread: Mutex<HashMap<(ThreadId, bool), ConnectionManager>>,
     /// Lost its connection (Sentinel only): not used until the primary is found again.
     stale: AtomicBool,
 }
 
 impl Link {
-    fn connections(&self) -> MutexGuard<'_, HashMap<ThreadId, ConnectionManager>> {
+    fn connections(&self) -> MutexGuard<'_, HashMap<(ThreadId, bool), ConnectionManager>> {
         // Every update is one insert: a panic elsewhere cannot leave the map inconsistent.
         self.per_thread.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -235,10 +237,11 @@ impl Links {
     }
 
     /// This thread's connection to the current primary (made on first use; the link's
-    /// first one if that fails in time), and the link's generation. With Sentinel, a link
+    /// first one if that fails in time), and the link's generation; `waits`: one for money
+    /// steps followed by `WAIT`. With Sentinel, a link
     /// that lost its connection is not used again until the primary is found anew: its
     /// address may come back as an empty, restarted old primary that still calls itself one.
-    pub async fn connection(&self) -> Result<(u64, ConnectionManager), String> {
+    pub async fn connection(&self, waits: bool) -> Result<(u64, ConnectionManager), String> {
         let mut link = self.link();
         if link.stale.load(Ordering::SeqCst) {
             self.relink(link.generation, false).await;
@@ -247,7 +250,7 @@ impl Links {
                 return Err("the primary was lost and the sentinels name no reachable one yet".into());
             }
         }
-        let thread = std::thread::current().id();
+        let thread = (std::thread::current().id(), waits);
         if let Some(conn) = link.connections().get(&thread) {
             return Ok((link.generation, conn.clone()));
         }
