@@ -22,7 +22,10 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-fn node(port: u16, extra: &[&str]) -> RedisServer {
+/// A data node in its own directory (a replica's full sync writes an RDB file there).
+fn node(port: u16, dir: &tempfile::TempDir, extra: &[&str]) -> RedisServer {
+    let dir = dir.path().join(port.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
     let mut args: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -32,6 +35,8 @@ fn node(port: u16, extra: &[&str]) -> RedisServer {
         "",
         "--appendonly",
         "no",
+        "--dir",
+        dir.to_str().unwrap(),
     ]
     .iter()
     .map(|a| a.to_string())
@@ -82,8 +87,9 @@ fn settings() -> TenantSettings {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_primary_refuses_writes_and_the_store_reconnects_when_it_is_primary_again() {
     let (pa, pb) = (free_port(), free_port());
-    let _a = node(pa, &[]);
-    let _b = node(pb, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _a = node(pa, &dir, &[]);
+    let _b = node(pb, &dir, &[]);
     let store = RedisStore::connect(&format!("redis://127.0.0.1:{pa}"), "t:")
         .await
         .unwrap();
@@ -161,8 +167,8 @@ async fn a_hold_no_replica_acknowledges_is_undone_and_the_create_refused() {
 async fn sentinel_and_primary_passwords_come_from_the_url() {
     let (primary, sentinel_port) = (free_port(), free_port());
     // Passwords set once the servers answer (the readiness check pings without one).
-    let _node = node(primary, &[]);
     let dir = tempfile::tempdir().unwrap();
+    let _node = node(primary, &dir, &[]);
     let conf = dir.path().join("sentinel.conf");
     std::fs::write(
         &conf,
@@ -194,8 +200,13 @@ async fn sentinel_and_primary_passwords_come_from_the_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bind_no_replica_acknowledges_is_counted_and_the_create_goes_on() {
     let (primary_port, replica_port) = (free_port(), free_port());
-    let _primary = node(primary_port, &[]);
-    let replica = node(replica_port, &["--replicaof", "127.0.0.1", &primary_port.to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let _primary = node(primary_port, &dir, &[]);
+    let replica = node(
+        replica_port,
+        &dir,
+        &["--replicaof", "127.0.0.1", &primary_port.to_string()],
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !redis_cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up") {
         assert!(Instant::now() < deadline, "the replica never synced");
