@@ -1161,4 +1161,23 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn sentinel_urls_and_replica_acks_are_checked() {
+        let mut config = valid();
+        config.store.backend = StoreBackend::Redis;
+        config.store.redis_url = "redis+sentinel://:pw@h1:26379,h2:26379/mymaster".into();
+        config.store.min_replicas_acked = 1;
+        assert!(config.validate().is_ok());
+        for timeout in [0, 1501] {
+            config.store.replica_ack_timeout_ms = timeout;
+            assert!(
+                matches!(config.validate(), Err(ConfigError::Invalid { key, .. }) if key == "store.replica_ack_timeout_ms"),
+                "{timeout}"
+            );
+        }
+        config.store.replica_ack_timeout_ms = 500;
+        config.store.redis_url = "redis+sentinel://h1:26379".into();
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { key, .. }) if key == "store.redis_url"));
+    }
 }
