@@ -318,6 +318,17 @@ impl RedisStore {
 
     /// Settle or refund: one `finish.lua` call.
     async fn finish(&self, reservation_id: &str, finish: &Finish) -> Result<FinalizeOutcome, StoreError> {
+        self.finish_acked(reservation_id, finish, true).await
+    }
+
+    /// `finish`; `acked`: wait for the replicas when the step moved money (a step that
+    /// found the record final wrote nothing to wait for).
+    async fn finish_acked(
+        &self,
+        reservation_id: &str,
+        finish: &Finish,
+        acked: bool,
+    ) -> Result<FinalizeOutcome, StoreError> {
         let mut invocation = self.scripts.finish.key(self.key("res", reservation_id));
         invocation
             .arg(&self.prefix)
@@ -328,8 +339,30 @@ impl RedisStore {
             .arg(finish.anomaly.unwrap_or(""))
             .arg(self.retention_ms)
             .arg(json_fields(finish)?);
-        let (reply, _) = self.invoke_money(finish.kind.as_str(), &invocation).await?;
-        finalized("finish", reply)
+        let (reply, mut conn) = self.invoke_on(&invocation, self.acks.min > 0).await?;
+        let outcome = finalized("finish", reply)?;
+        if acked && matches!(outcome, FinalizeOutcome::Applied(_)) {
+            self.acks.wait(finish.kind.as_str(), &mut conn).await;
+        }
+        Ok(outcome)
+    }
+
+    /// `release_unsent`; `acked` as for `finish_acked`.
+    async fn release_unsent_acked(
+        &self,
+        reservation_id: &str,
+        now_ms: i64,
+        acked: bool,
+    ) -> Result<FinalizeOutcome, StoreError> {
+        let mut invocation = self.scripts.mark_unsent.key(self.key("res", reservation_id));
+        invocation.key(self.key("unsent", reservation_id)).arg(UNSENT_MARK_MS);
+        match self.invoke::<i64>(&invocation).await? {
+            0 => Ok(FinalizeOutcome::NotFound),
+            _ => match self.reservation(reservation_id).await? {
+                Some(record) if record.task_id.is_some() => Ok(FinalizeOutcome::AlreadyFinal(record)),
+                _ => self.finish_acked(reservation_id, &Finish::refund(now_ms), acked).await,
+            },
+        }
     }
 
     /// What the reserve script needs to expire user counters: the retention and the end of
@@ -472,8 +505,12 @@ impl Store for RedisStore {
         let status: String = parse(reply.next())?;
         let (refusal, rate) = match status.as_str() {
             "held" if acked == Acked::Short => {
-                // Too few replicas have the hold: undone before anything goes upstream.
-                if let Err(error) = self.release_unsent(&request.reservation_id, request.now_ms).await {
+                // Too few replicas have the hold: undone before anything goes upstream (not
+                // waited for: the replicas are what is missing).
+                if let Err(error) = self
+                    .release_unsent_acked(&request.reservation_id, request.now_ms, false)
+                    .await
+                {
                     tracing::warn!(reservation_id = %request.reservation_id, "undoing an unreplicated hold failed: {error}");
                 }
                 return Err(StoreError::Unavailable(format!(
@@ -682,15 +719,7 @@ impl Store for RedisStore {
     }
 
     async fn release_unsent(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
-        let mut invocation = self.scripts.mark_unsent.key(self.key("res", reservation_id));
-        invocation.key(self.key("unsent", reservation_id)).arg(UNSENT_MARK_MS);
-        match self.invoke::<i64>(&invocation).await? {
-            0 => Ok(FinalizeOutcome::NotFound),
-            _ => match self.reservation(reservation_id).await? {
-                Some(record) if record.task_id.is_some() => Ok(FinalizeOutcome::AlreadyFinal(record)),
-                _ => self.refund(reservation_id, now_ms).await,
-            },
-        }
+        self.release_unsent_acked(reservation_id, now_ms, true).await
     }
 
     async fn due(&self, queue: Queue, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
