@@ -75,7 +75,13 @@ impl Application {
             key: "probe".into(),
             reason,
         })?;
-        let store = store::Instrumented::wrap(store::open(&config.store).await?, metrics.clone());
+        let shortfalls = metrics.replica_ack_shortfall.clone();
+        let on_shortfall: store::redis::ShortfallHook =
+            Arc::new(move |operation| shortfalls.with_label_values(&[operation]).inc());
+        let store = store::Instrumented::wrap(
+            store::open_observed(&config.store, on_shortfall).await?,
+            metrics.clone(),
+        );
         seed_tenants(&config, store.as_ref(), clock.now().timestamp_millis()).await?;
         let indexed = store.index_earlier_tasks().await?;
         if indexed > 0 {

@@ -144,6 +144,10 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     pub path: PathBuf,
     pub redis_url: String,
+    /// ≥ 1: every money step waits (`WAIT`) until this many replicas have it.
+    pub min_replicas_acked: u32,
+    /// How long a money step waits for its replicas.
+    pub replica_ack_timeout_ms: u64,
     pub key_prefix: String,
     /// A final task's record and task-index entry go this long after the task ended.
     pub retention_secs: Seconds,
@@ -155,6 +159,8 @@ impl Default for StoreConfig {
             backend: StoreBackend::Embedded,
             path: "data/vidgate.redb".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
+            min_replicas_acked: 0,
+            replica_ack_timeout_ms: 500,
             key_prefix: "vidgate:".into(),
             retention_secs: Seconds::from_secs(35 * 86_400),
         }
@@ -557,8 +563,9 @@ pub fn mask_url_password(text: &str) -> String {
         return MASK.into();
     };
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let rest = mask_query_passwords(rest);
     let Some(at) = authority.rfind('@') else {
-        return text.to_string();
+        return format!("{scheme}://{rest}");
     };
     let user = match authority[..at].split_once(':') {
         Some((user, _)) => format!("{user}:{MASK}"),
@@ -566,6 +573,21 @@ pub fn mask_url_password(text: &str) -> String {
         None => MASK.into(),
     };
     format!("{scheme}://{user}{}", &rest[at..])
+}
+
+/// The value of every `…password=` query parameter masked (Sentinel's `sentinel_password`).
+fn mask_query_passwords(rest: &str) -> String {
+    let Some((before, query)) = rest.split_once('?') else {
+        return rest.to_string();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if name.ends_with("password") => format!("{name}={MASK}"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{before}?{}", query.join("&"))
 }
 
 /// A webhook URL shown as scheme, host and port only: Slack-style URLs carry their token
@@ -686,12 +708,12 @@ impl Config {
             return Err(ConfigError::invalid("store.key_prefix", "must not be empty"));
         }
         if self.store.backend == StoreBackend::Redis {
-            let url = url::Url::parse(&self.store.redis_url)
-                .map_err(|e| ConfigError::invalid("store.redis_url", format!("not a URL: {e}")))?;
-            if !matches!(url.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
+            crate::store::redis::Target::parse(&self.store.redis_url)
+                .map_err(|e| ConfigError::invalid("store.redis_url", e))?;
+            if self.store.min_replicas_acked > 0 && !(1..=1500).contains(&self.store.replica_ack_timeout_ms) {
                 return Err(ConfigError::invalid(
-                    "store.redis_url",
-                    "must be a redis://, rediss:// or unix:// URL",
+                    "store.replica_ack_timeout_ms",
+                    "must be 1 to 1500 when store.min_replicas_acked >= 1 (a store command times out after 2 s)",
                 ));
             }
         }
@@ -1076,6 +1098,10 @@ mod tests {
         assert_eq!(mask_webhook_url("https://h.example"), "https://h.example/");
         let mut config = valid();
         config.store.redis_url = "redis://:hunter2@redis:6379".into();
+        assert_eq!(
+            mask_url_password("redis+sentinel://:pw1@h1:26379,h2:26379/m?sentinel_password=pw2&x=1"),
+            "redis+sentinel://:********@h1:26379,h2:26379/m?sentinel_password=********&x=1"
+        );
         config.alerts.webhook_url = "https://hooks.slack.com/services/T0/B0/tok3n".into();
         config.tenants = vec![TenantConfig {
             id: "t".into(),
@@ -1159,5 +1185,24 @@ mod tests {
         config.console.oidc_client_id = "vidgate".into();
         config.console.oidc_issuer = "idp.example.com".into();
         assert_eq!(refused_key(&config).as_deref(), Some("console.oidc_issuer"));
+    }
+
+    #[test]
+    fn sentinel_urls_and_replica_acks_are_checked() {
+        let mut config = valid();
+        config.store.backend = StoreBackend::Redis;
+        config.store.redis_url = "redis+sentinel://:pw@h1:26379,h2:26379/mymaster".into();
+        config.store.min_replicas_acked = 1;
+        assert!(config.validate().is_ok());
+        for timeout in [0, 1501] {
+            config.store.replica_ack_timeout_ms = timeout;
+            assert!(
+                matches!(config.validate(), Err(ConfigError::Invalid { key, .. }) if key == "store.replica_ack_timeout_ms"),
+                "{timeout}"
+            );
+        }
+        config.store.replica_ack_timeout_ms = 500;
+        config.store.redis_url = "redis+sentinel://h1:26379".into();
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { key, .. }) if key == "store.redis_url"));
     }
 }

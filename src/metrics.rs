@@ -36,6 +36,7 @@ pub struct Metrics {
     pub callback_deliveries: IntCounterVec,
     pub store_duration: HistogramVec,
     pub store_errors: IntCounterVec,
+    pub replica_ack_shortfall: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -186,6 +187,12 @@ impl Metrics {
                 &r,
                 "vidgate_store_errors_total",
                 "Store operations that failed",
+                &["operation"],
+            ),
+            replica_ack_shortfall: counter(
+                &r,
+                "vidgate_store_replica_ack_shortfall_total",
+                "Money steps fewer than store.min_replicas_acked replicas acknowledged in time",
                 &["operation"],
             ),
             registry: r,

@@ -31,7 +31,7 @@ def test_default_config_mirrors_the_repository_defaults():
     assert chart["server"]["listen"] == "0.0.0.0:8080"
     assert chart["metrics"]["listen"] == "0.0.0.0:9090"
     assert chart["store"] == {"backend": "embedded", "path": "/var/lib/vidgate/vidgate.redb", "key_prefix": "vidgate:",
-                              "retention_secs": 3024000}
+                              "retention_secs": 3024000, "min_replicas_acked": 0, "replica_ack_timeout_ms": 500}
     assert chart["tenants"] == []
     for section, key in secrets:
         assert key not in chart.get(section, {}), "a secret in the ConfigMap"
@@ -67,24 +67,39 @@ def deployment_env(rendered) -> dict[str, str]:
         "VIDGATE_CONSOLE__SESSION_SECRET": "s" * 40,
         "VIDGATE_CONSOLE__OIDC_CLIENT_SECRET": "oidc-client-secret",
         "VIDGATE_STORE__REDIS_URL": "rediss://:pw@redis.internal:6380/0",
+        "REDIS_PRIMARY_PASSWORD": "primary-pw",
+        "REDIS_SENTINEL_PASSWORD": "sentinel-pw",
     }
     env = {}
     for item in rendered.deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
-        env[item["name"]] = item.get("value", stand_ins[item["name"]])
+        value = item.get("value", stand_ins[item["name"]])
+        # As Kubernetes does: $(NAME) of a variable defined before is substituted.
+        for name, known in env.items():
+            value = value.replace(f"$({name})", known)
+        env[item["name"]] = value
     return env
 
 
 @pytest.mark.parametrize(
     "values",
-    ["default", "trial-redis", "production", "pem-keys"],
+    ["default", "trial-redis", "production", "pem-keys", "sentinel"],
 )
 def test_gateway_accepts_the_rendered_configuration(values, tmp_path):
+    scenario = values
     if values == "default":
         values = {"config": {"tenants": [{"id": "marketing", "budget": "500.00"}]}}
     elif values == "trial-redis":
         values = TRIAL_REDIS
     elif values == "production":
         values = production_values()
+    elif values == "sentinel":
+        values = production_values()
+        values["redis"] = {"sentinel": {
+            "addresses": ["s0.redis:26379", "s1.redis:26379", "s2.redis:26379"],
+            "passwordFromSecret": {"name": "redis-auth", "key": "password"},
+            "sentinelPasswordFromSecret": {"name": "redis-auth", "key": "sentinel-password"},
+        }}
+        values["config"] = deep_merge(values.get("config", {}), {"store": {"min_replicas_acked": 1}})
     else:
         values = deep_merge(production_values(), {"jwtPublicKeys": {"keys": {"a.pem": "-----BEGIN PUBLIC KEY-----\nx\n-----END PUBLIC KEY-----"}}})
     rendered = render(values)
@@ -100,3 +115,11 @@ def test_gateway_accepts_the_rendered_configuration(values, tmp_path):
     effective = tomllib.loads(result.stdout)
     assert effective["server"]["listen"] == "0.0.0.0:8080"
     assert effective["upstream"]["api_key"] == "********"
+    if scenario == "sentinel":
+        # The Sentinel URL with both passwords substituted, and neither shown.
+        assert effective["store"]["redis_url"] == (
+            "redis+sentinel://:********@s0.redis:26379,s1.redis:26379,s2.redis:26379/mymaster/0"
+            "?sentinel_password=********"
+        )
+        assert "primary-pw" not in result.stdout and "sentinel-pw" not in result.stdout
+        assert effective["store"]["min_replicas_acked"] == 1

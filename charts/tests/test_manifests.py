@@ -290,6 +290,61 @@ def test_external_redis_url_lands_in_the_configuration():
     assert "VIDGATE_STORE__REDIS_URL" not in env
 
 
+SENTINELS = ["redis-node-0.redis-headless:26379", "redis-node-1.redis-headless:26379", "redis-node-2.redis-headless:26379"]
+
+
+def test_an_external_redis_with_sentinel_without_passwords_lands_in_the_configuration():
+    r = render({"store": {"backend": "redis"}, "redis": {"sentinel": {"addresses": SENTINELS}}, "replicaCount": 3})
+    assert f'redis_url = "redis+sentinel://{",".join(SENTINELS)}/mymaster/0"' in r.toml
+    assert r.maybe("StatefulSet") is None
+    env = [e["name"] for e in r.deployment["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert "VIDGATE_STORE__REDIS_URL" not in env
+
+
+def test_sentinel_passwords_come_from_secrets_and_never_reach_the_config_map():
+    r = render({
+        "store": {"backend": "redis"},
+        "replicaCount": 3,
+        "config": {"store": {"min_replicas_acked": 1}},
+        "redis": {"sentinel": {
+            "addresses": SENTINELS, "masterName": "money", "db": 2, "username": "vidgate",
+            "passwordFromSecret": {"name": "redis-auth", "key": "password"},
+            "sentinelPasswordFromSecret": {"name": "redis-auth", "key": "sentinel-password"},
+        }},
+    })
+    assert "redis_url" not in r.toml and "min_replicas_acked = 1" in r.toml
+    env = {e["name"]: e for e in r.deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["REDIS_PRIMARY_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "password"}
+    assert env["REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "sentinel-password"}
+    names = list(env)
+    # Kubernetes substitutes $(NAME) only from variables defined before.
+    assert names.index("REDIS_PRIMARY_PASSWORD") < names.index("VIDGATE_STORE__REDIS_URL")
+    assert names.index("REDIS_SENTINEL_PASSWORD") < names.index("VIDGATE_STORE__REDIS_URL")
+    assert env["VIDGATE_STORE__REDIS_URL"]["value"] == (
+        f"redis+sentinel://vidgate:$(REDIS_PRIMARY_PASSWORD)@{','.join(SENTINELS)}/money/2"
+        "?sentinel_password=$(REDIS_SENTINEL_PASSWORD)"
+    )
+
+
+def test_sentinel_is_one_more_redis_source_and_its_port_is_let_through():
+    error = render_error({"store": {"backend": "redis"}, "redis": {"url": "redis://r:6379", "sentinel": {"addresses": SENTINELS}}})
+    assert "needs exactly one of" in error
+    r = render({
+        "store": {"backend": "redis"}, "redis": {"sentinel": {"addresses": SENTINELS}},
+        "networkPolicy": {"enabled": True, "egress": {"enabled": True, "redisTo": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]}},
+    })
+    gateway = r.one("NetworkPolicy", RELEASE)
+    ports = {p["port"] for rule in gateway["spec"]["egress"] for p in rule.get("ports", [])}
+    assert {6379, 26379} <= ports
+
+
+def test_the_chart_docs_say_its_own_redis_is_a_single_node_for_trials():
+    values = (CHART_DIR / "values.yaml").read_text()
+    assert "for trials only: a single node" in values
+    readme = (CHART_DIR / "README.md").read_text()
+    assert "Sentinel" in readme and "single node" in readme
+
+
 # --- autoscaling and disruption ---------------------------------------------------------------
 
 

@@ -43,6 +43,9 @@ impl Caller {
     }
 }
 
+/// The longest `sub` accepted.
+pub const MAX_SUB_BYTES: usize = 255;
+
 /// Builds the caller from claims whose signature and time/issuer/audience checks passed (an
 /// API JWT's, or the ID token of a console sign-in).
 pub fn caller_from_claims(
@@ -57,6 +60,11 @@ pub fn caller_from_claims(
         }
         Some(_) => return Err(invalid("sub", "must be a string")),
     };
+    // The user travels in vidgate's callback URL (sealed), which must stay within the
+    // upstream's 2048 characters.
+    if user.len() > MAX_SUB_BYTES {
+        return Err(invalid("sub", "must be at most 255 bytes"));
+    }
     if user.starts_with(API_KEY_USER_PREFIX) {
         return Err(invalid("sub", "the prefix `key:` is reserved for API keys"));
     }
@@ -183,6 +191,9 @@ mod tests {
 
     #[test]
     fn a_sub_in_the_api_key_namespace_is_refused() {
+        assert!(read(json!({"sub": "é".repeat(127) + "u", "tenant": "t"})).is_ok());
+        let err = read(json!({"sub": "u".repeat(256), "tenant": "t"})).unwrap_err();
+        assert!(err.to_string().contains("255 bytes"), "{err}");
         let err = read(json!({"sub": "key:render-ci", "tenant": "t"})).unwrap_err();
         assert!(
             matches!(err, AuthError::InvalidClaim { ref claim, .. } if claim == "sub"),

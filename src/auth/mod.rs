@@ -16,7 +16,7 @@ mod tests;
 
 pub use api_keys::{API_KEY_PREFIX, API_KEY_USER_PREFIX, ApiKeys, caller_of, issue, key_hash, valid_key_name};
 pub use authenticator::Authenticator;
-pub use claims::{Caller, ROLE_ADMIN, ROLE_FINANCE, ROLE_TENANT_ADMIN, caller_from_claims};
+pub use claims::{Caller, MAX_SUB_BYTES, ROLE_ADMIN, ROLE_FINANCE, ROLE_TENANT_ADMIN, caller_from_claims};
 pub use mint::{mint_hs256, parse_ttl};
 
 /// Why a token was refused. Messages say why, never echo the token, and quote at most a

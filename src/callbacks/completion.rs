@@ -102,7 +102,12 @@ const CREATED_SLACK_MS: i64 = 5_000;
 
 /// Why a re-fetched task must not be bound to `record`: another id than asked for, another
 /// model, or created outside [reservation − 5 s, reservation + create timeout + 5 s].
-fn recovery_refusal(record: &ReservationRecord, task_id: &str, task: &Value, timeout_ms: u64) -> Option<String> {
+pub(super) fn recovery_refusal(
+    record: &ReservationRecord,
+    task_id: &str,
+    task: &Value,
+    timeout_ms: u64,
+) -> Option<String> {
     if upstream::task_id(task) != Some(task_id) {
         return Some(format!("the upstream answered for task {task_id} with another id"));
     }

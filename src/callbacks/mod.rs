@@ -4,12 +4,14 @@
 
 mod completion;
 pub mod reapply;
+mod rebuild;
 mod reconciler;
 mod relay;
 pub mod token;
 pub mod webhook_keys;
 
 pub use completion::{observe, recover};
+pub use rebuild::lost_record;
 pub use relay::signature;
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use crate::error::ApiError;
 use crate::probe::address::AddressPolicy;
 use crate::probe::fetch::{FetchError, Resolver, SafeHttp};
 use crate::state::AppState;
+use crate::store::ReservationRecord;
 use token::Tokens;
 
 /// The path of vidgate's own callback route, before the token.
@@ -62,13 +65,19 @@ impl Completion {
         })
     }
 
-    /// The token of vidgate's own callback URL for a reservation.
-    pub fn callback_token(&self, reservation_id: &str) -> String {
-        self.tokens.token(reservation_id)
+    /// The token of vidgate's own callback URL for a reservation: its payload, sealed.
+    pub fn sealed_token(&self, record: &ReservationRecord) -> String {
+        self.tokens.seal(&token::TokenPayload::of(record))
     }
 
-    /// The reservation a callback token stands for, if genuine.
-    pub fn verify_token(&self, token: &str) -> Option<String> {
+    /// A token as minted before tokens were sealed (still accepted; it names the
+    /// reservation only): what an upstream may still hold.
+    pub fn callback_token(&self, reservation_id: &str) -> String {
+        self.tokens.legacy(reservation_id)
+    }
+
+    /// What a callback token stands for, if genuine.
+    pub fn verify_token(&self, token: &str) -> Option<token::Verified> {
         self.tokens.verify(token)
     }
 
@@ -89,16 +98,33 @@ impl Completion {
     }
 }
 
+/// The longest `callback_url` the upstream takes.
+const MAX_CALLBACK_URL: usize = 2048;
+
 /// The `callback_url` vidgate sends upstream for a reservation, when `server.public_base_url`
-/// is set (else the task is only polled).
-pub fn upstream_callback_url(state: &AppState, reservation_id: &str) -> Option<String> {
+/// is set (else the task is only polled). Within the upstream's 2048 characters: should a
+/// very long base URL push the sealed token over, the short token (reservation id only) goes.
+pub fn upstream_callback_url(state: &AppState, record: &ReservationRecord) -> Option<String> {
     let base = state.config.server.public_base_url.trim_end_matches('/');
-    (!base.is_empty()).then(|| {
-        format!(
-            "{base}{UPSTREAM_CALLBACK_PATH}{}",
-            state.completion.callback_token(reservation_id)
-        )
-    })
+    if base.is_empty() {
+        return None;
+    }
+    let sealed = format!(
+        "{base}{UPSTREAM_CALLBACK_PATH}{}",
+        state.completion.sealed_token(record)
+    );
+    if sealed.len() <= MAX_CALLBACK_URL {
+        return Some(sealed);
+    }
+    tracing::warn!(
+        reservation_id = %record.reservation_id,
+        "the sealed callback URL would exceed {MAX_CALLBACK_URL} characters: sending the short token \
+         (a lost reservation record could not be rebuilt from it)"
+    );
+    Some(format!(
+        "{base}{UPSTREAM_CALLBACK_PATH}{}",
+        state.completion.callback_token(&record.reservation_id)
+    ))
 }
 
 /// Refuses a caller's callback URL at create time (its length is checked with the body):

@@ -1,5 +1,5 @@
-//! vidgate's own callback route for the upstream: authenticated by the HMAC token in the
-//! path, answered at once; of the body only the task `id` is read, and only for a
+//! vidgate's own callback route for the upstream: authenticated by the sealed token in the
+//! path (or a pre-AEAD HMAC token), answered at once; of the body only the task `id` is read, and only for a
 //! reservation that has no task id yet (the task's state always comes from a re-fetch).
 
 use actix_web::{HttpResponse, web};
@@ -20,12 +20,12 @@ use crate::upstream;
     path = "/v1/upstream/callbacks/{token}",
     tag = "callbacks",
     security(()),
-    params(("token" = String, Path, description = "`{reservation_id}.{base64url HMAC}`, minted by the gateway for each create")),
+    params(("token" = String, Path, description = "base64url of an XChaCha20-Poly1305-sealed payload (the reservation and what charges it), minted by the gateway for each create; `{reservation_id}.{base64url HMAC}` from before still verifies")),
     request_body(content = serde_json::Value, description = "The upstream's task object: only its `id` is read, for a reservation whose create's outcome was unknown; the task is always re-fetched"),
     responses(
         (status = 200, description = "Received; the task will be re-fetched", body = crate::openapi::CallbackAck),
         (status = 401, description = "`unauthenticated`: not a token this gateway minted", body = crate::openapi::ErrorEnvelope),
-        (status = 404, description = "`task_not_found`: a genuine token whose reservation this store does not hold", body = crate::openapi::ErrorEnvelope),
+        (status = 404, description = "`task_not_found`: a genuine token whose reservation this store does not hold and cannot rebuild (a token from before tokens were sealed, or a body without a task id)", body = crate::openapi::ErrorEnvelope),
         (status = 405, description = "`method_not_allowed`", body = crate::openapi::ErrorEnvelope),
         (status = 502, description = "`upstream_error`: the named task could not be re-fetched (the upstream retries its callback)", body = crate::openapi::ErrorEnvelope),
         (status = 503, description = "`store_unavailable`", body = crate::openapi::ErrorEnvelope),
@@ -36,22 +36,20 @@ pub async fn upstream_callback(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let reservation_id = state
+    let token = state
         .completion
         .verify_token(&path.into_inner())
         .ok_or_else(|| ApiError::Unauthenticated("not a valid callback token".into()))?;
-    recover_unbound(&state, &reservation_id, &body).await?;
+    let reservation_id = token.reservation_id();
+    recover_unbound(&state, reservation_id, &body).await?;
     let now_ms = state.clock.now().timestamp_millis();
-    match state.store.mark_due(&reservation_id, now_ms).await? {
-        Some(_) => {
-            state.completion.wake_reconciler();
-            Ok(HttpResponse::Ok().json(json!({"received": true})))
-        }
-        None => {
-            tracing::warn!(reservation_id = %reservation_id, "genuine callback token for an unknown reservation");
-            Err(ApiError::TaskNotFound(reservation_id))
-        }
+    if state.store.mark_due(reservation_id, now_ms).await?.is_some() {
+        state.completion.wake_reconciler();
+    } else {
+        // Boxed: the rebuild's future (re-fetch, store step, settlement) is large and rare.
+        Box::pin(callbacks::lost_record(&state, &token, &body)).await?;
     }
+    Ok(HttpResponse::Ok().json(json!({"received": true})))
 }
 
 /// The body's task `id`, when the reservation still waits for one.

@@ -286,7 +286,7 @@ fn refused(refusal: ReserveRefusal, caller: &TenantCaller, request: &CreateReque
 /// Sends the create once (never retried: the upstream has no idempotency key) and says
 /// what it did.
 async fn forward(state: &AppState, request: &CreateRequest, reservation: &ReservationRecord) -> CreateOutcome {
-    let body = request.upstream_body(callbacks::upstream_callback_url(state, &reservation.reservation_id).as_deref());
+    let body = request.upstream_body(callbacks::upstream_callback_url(state, reservation).as_deref());
     CreateOutcome::of(state.upstream.create_task(&body).await)
 }
 

@@ -916,6 +916,11 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn rebuild(&self, rebuild: &Rebuild) -> Result<RebuildOutcome, StoreError> {
+        let (rebuild, retention_ms) = (rebuild.clone(), self.retention_ms);
+        self.write(move |tx| rebuild_in(tx, &rebuild, retention_ms)).await
+    }
 }
 
 /// Enters a new hold in its tenant's task list.
@@ -1541,4 +1546,59 @@ fn add(table: &mut Table<&str, i64>, key: &str, delta: i64) -> Result<(), StoreE
     let value = counter(table, key)?.saturating_add(delta);
     table.insert(key, value).map_err(db_error)?;
     Ok(())
+}
+
+/// See `Store::rebuild`; every check before the first write.
+fn rebuild_in(tx: &WriteTransaction, rebuild: &Rebuild, retention_ms: i64) -> Result<RebuildOutcome, StoreError> {
+    let hold = &rebuild.hold;
+    let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
+    if let Some(existing) = get_json(&reservations, &hold.reservation_id)? {
+        return Ok(RebuildOutcome::Exists(existing));
+    }
+    let tenant: Option<TenantRecord> = get_json(&tx.open_table(TENANTS).map_err(db_error)?, &hold.tenant)?;
+    let Some(tenant) = tenant else {
+        return Ok(RebuildOutcome::UnknownTenant);
+    };
+    let period = hold.periods.for_kind(tenant.settings.period);
+    let mut tasks = tx.open_table(TASKS).map_err(db_error)?;
+    let owner = tasks
+        .get(rebuild.task_id.as_str())
+        .map_err(db_error)?
+        .map(|owner| owner.value().to_string());
+    if let Some(note) = rebuild.refusal.clone().or_else(|| owner.map(|o| rebuild.owned_by(&o))) {
+        let tombstone = rebuild.tombstone(period);
+        put_json(&mut reservations, &tombstone.reservation_id, &tombstone)?;
+        drop((reservations, tasks));
+        if let Some(until) = tombstone.kept_until_ms(retention_ms) {
+            expire_at(tx, until, "res", &tombstone.reservation_id)?;
+        }
+        append(
+            tx,
+            &recovery_anomaly(&tombstone, &rebuild.task_id, &note, rebuild.now_ms),
+        )?;
+        return Ok(RebuildOutcome::Refused(note));
+    }
+    let record = rebuild.record(period);
+    put_json(&mut reservations, &record.reservation_id, &record)?;
+    tasks
+        .insert(rebuild.task_id.as_str(), record.reservation_id.as_str())
+        .map_err(db_error)?;
+    drop((reservations, tasks));
+    let keys = CounterKeys::new(&record.tenant, &record.user, period);
+    let mut counters = tx.open_table(COUNTERS).map_err(db_error)?;
+    add(&mut counters, &keys.reserved, record.reserved)?;
+    add(&mut counters, &keys.user_reserved, record.reserved)?;
+    add(&mut counters, &keys.in_flight, 1)?;
+    drop(counters);
+    append(tx, &reserve_entry(&record))?;
+    aggregate(tx, &record, &usage::reserve_deltas(&record))?;
+    let day = format!("{}{SEP}{}", record.tenant, record.periods.day);
+    tx.open_table(DAYS)
+        .map_err(db_error)?
+        .insert(day.as_str(), ())
+        .map_err(db_error)?;
+    schedule(tx, Queue::Tasks, &record.reservation_id, rebuild.now_ms)?;
+    index_task(tx, &record)?;
+    expire_user_counters(tx, &record, retention_ms)?;
+    Ok(RebuildOutcome::Rebuilt(record))
 }

@@ -297,4 +297,8 @@ impl Store for Instrumented {
         self.timed("end_console_session", self.inner.end_console_session(key))
             .await
     }
+
+    async fn rebuild(&self, rebuild: &Rebuild) -> Result<RebuildOutcome, StoreError> {
+        self.timed("rebuild", self.inner.rebuild(rebuild)).await
+    }
 }

@@ -641,6 +641,67 @@ pub enum RecoverOutcome {
     NotFound,
 }
 
+/// A reservation whose record the store lost (a Redis failover), rebuilt from the sealed
+/// payload of its callback token once the upstream's callback named its task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebuild {
+    /// The hold as it was reserved: `now_ms` is its creation time; no idempotency key, rate
+    /// checks or caller's callback URL (the token does not carry them).
+    pub hold: ReserveRequest,
+    pub task_id: String,
+    /// The task as re-fetched from the upstream (JSON).
+    pub created_task: String,
+    pub now_ms: i64,
+    /// Why the task must not be charged (its model or creation time does not fit, or the
+    /// token is older than retention): written as an `anomaly` instead, once.
+    pub refusal: Option<String>,
+}
+
+impl Rebuild {
+    /// The record a rebuild writes, booked to `period`: the hold, bound to the task, due for
+    /// the reconciler like a recovered one.
+    pub fn record(&self, period: &str) -> ReservationRecord {
+        ReservationRecord {
+            task_id: Some(self.task_id.clone()),
+            created_task: Some(self.created_task.clone()),
+            recovered: true,
+            ..ReservationRecord::hold(&self.hold, period)
+        }
+    }
+
+    /// What a refused rebuild keeps, so that the upstream's next callback finds it and the
+    /// `anomaly` is written once: nothing held, refunded, the refused task named.
+    fn tombstone(&self, period: &str) -> ReservationRecord {
+        ReservationRecord {
+            state: ReservationState::Refunded,
+            charged: Some(0),
+            finished_ms: Some(self.now_ms),
+            refused_task: Some(self.task_id.clone()),
+            ..ReservationRecord::hold(&self.hold, period)
+        }
+    }
+
+    /// The note of a refusal because another reservation owns the task.
+    fn owned_by(&self, owner: &str) -> String {
+        format!(
+            "the upstream's callback named task {}, which belongs to reservation {owner}",
+            self.task_id
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RebuildOutcome {
+    /// Written now (its `reserve` entry too), bound and due at once: its money moves as any
+    /// task's.
+    Rebuilt(ReservationRecord),
+    /// The store holds a record with this id (never lost, or rebuilt before): nothing written.
+    Exists(ReservationRecord),
+    /// Nothing charged: an `anomaly` entry says why (written once).
+    Refused(String),
+    UnknownTenant,
+}
+
 /// A tenant's money in one period.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeriodUsage {
@@ -880,10 +941,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ends a session (sign-out); ending an unknown one changes nothing.
     async fn end_console_session(&self, key: &str) -> Result<(), StoreError>;
+
+    // Redis failover: a reservation whose record was lost comes back from its callback token.
+
+    /// Writes the reservation of `rebuild` (see `Rebuild::record`) with its hold, counters,
+    /// aggregates, task list and `reserve` entry, and binds its task, once, atomically:
+    /// unless a record with its id exists, the tenant is unknown, another reservation owns
+    /// the task, or the rebuild is refused (then `Rebuild::tombstone` and one `anomaly`).
+    /// No budget, cap or rate check: the task ran; the upstream will be paid for it.
+    async fn rebuild(&self, rebuild: &Rebuild) -> Result<RebuildOutcome, StoreError>;
 }
 
 /// Opens the configured backend.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    open_observed(config, Arc::new(|_| {})).await
+}
+
+/// Opens the configured backend; `on_shortfall` hears of each money step too few replicas
+/// acknowledged (Redis with `min_replicas_acked` ≥ 1).
+pub async fn open_observed(
+    config: &StoreConfig,
+    on_shortfall: redis::ShortfallHook,
+) -> Result<Arc<dyn Store>, StoreError> {
     let retention = config.retention_secs.as_duration();
     Ok(match config.backend {
         StoreBackend::Embedded => {
@@ -892,7 +971,12 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
         StoreBackend::Redis => Arc::new(
             redis::RedisStore::connect(&config.redis_url, &config.key_prefix)
                 .await?
-                .with_retention(retention),
+                .with_retention(retention)
+                .with_replica_acks(
+                    config.min_replicas_acked,
+                    std::time::Duration::from_millis(config.replica_ack_timeout_ms),
+                    on_shortfall,
+                ),
         ),
     })
 }

@@ -35,26 +35,29 @@
 //! The money scripts derive counter keys from stored data, so this layout is for a single
 //! Redis (or a primary with replicas), not Redis Cluster.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::thread::ThreadId;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{
-    Client, Cmd, FromRedisValue, RedisError, RedisWrite, Script, ScriptInvocation, ToRedisArgs, Value, cmd,
-    from_redis_value,
+    Cmd, FromRedisValue, RedisError, RedisWrite, Script, ScriptInvocation, ToRedisArgs, Value, cmd, from_redis_value,
 };
 use base64::Engine;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+pub use self::acks::ShortfallHook;
+use self::acks::{Acked, ReplicaAcks};
 use self::export_import::{EXPORT_CHUNK, Sink, glob_escape};
+use self::link::Links;
+pub use self::link::Target;
 use super::tenants::{self, TenantWrite};
 use super::*;
 
+mod acks;
 mod export_import;
+mod link;
 mod retention;
 
 /// How long `connect` waits for a first answer.
@@ -73,14 +76,11 @@ const MIN_VERSION: (u32, u32) = (7, 0);
 const UNSENT_MARK_MS: u64 = 3_600_000;
 
 pub struct RedisStore {
-    client: Client,
-    config: ConnectionManagerConfig,
-    /// The first connection: used by any thread whose own connection could not be made.
-    conn: ConnectionManager,
-    /// One connection per calling thread, driven by its runtime: a call never hops threads.
-    // Without it every call went to the runtime thread driving the one connection and back:
-    // two context switches, 19 % of a create's CPU. Bounded by the threads that call the store.
-    per_thread: Mutex<HashMap<ThreadId, ConnectionManager>>,
+    /// The primary and the connections to it (found again after a failover).
+    links: Links,
+    target: Target,
+    /// Replicated acknowledgement of the money steps (`store.min_replicas_acked`).
+    acks: ReplicaAcks,
     prefix: String,
     scripts: Scripts,
     /// How long a final record is kept (see `ReservationRecord::kept_until_ms`).
@@ -104,6 +104,7 @@ struct Scripts {
     recover: Script,
     mark_unsent: Script,
     note_task: Script,
+    rebuild: Script,
 }
 
 impl Scripts {
@@ -143,6 +144,7 @@ impl Scripts {
                 include_str!("lua/due.lua"),
                 include_str!("lua/recover.lua")
             )),
+            rebuild: Script::new(concat!(include_str!("lua/keys.lua"), include_str!("lua/rebuild.lua"))),
             // A reservation gone meanwhile (retention) is not brought back as a stub.
             note_task: Script::new(
                 "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'last_task', ARGV[1]) end return 1",
@@ -162,9 +164,10 @@ impl Scripts {
 
 impl RedisStore {
     /// Connects and checks Redis answers, within `CONNECT_TIMEOUT`. Later the connection
-    /// manager reconnects by itself; calls fail with `Unavailable` while Redis is away.
+    /// manager reconnects by itself, and a failover is followed (see `link`); calls fail with
+    /// `Unavailable` while no primary answers.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        let target = Target::parse(url).map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(ATTEMPT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -172,14 +175,13 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let conn = ConnectionManager::new_with_config(client.clone(), config.clone())
+            let links = Links::open(target.clone(), config, ATTEMPT_TIMEOUT)
                 .await
                 .map_err(unavailable)?;
             let store = Self {
-                client,
-                config,
-                conn,
-                per_thread: Mutex::default(),
+                links,
+                target,
+                acks: ReplicaAcks::default(),
                 prefix: prefix.to_string(),
                 scripts: Scripts::load(),
                 retention_ms: DEFAULT_RETENTION_MS,
@@ -191,6 +193,17 @@ impl RedisStore {
         })
         .await
         .map_err(|_| StoreError::Unavailable(format!("redis did not answer within {}s", CONNECT_TIMEOUT.as_secs())))?
+    }
+
+    /// Money steps wait until `min` replicas have them (at most `timeout`); a shortfall is
+    /// reported to `on_shortfall` with the step's name.
+    pub fn with_replica_acks(mut self, min: u32, timeout: Duration, on_shortfall: ShortfallHook) -> Self {
+        self.acks = ReplicaAcks {
+            min,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1),
+            on_shortfall: Some(on_shortfall),
+        };
+        self
     }
 
     /// Refuses a server older than `MIN_VERSION`: the scripts need Redis 7.0 (XADD with
@@ -237,44 +250,85 @@ impl RedisStore {
         format!("{}{kind}:{id}", self.prefix)
     }
 
-    /// This thread's connection, made on first use; the first one if that fails in time.
-    async fn connection(&self) -> ConnectionManager {
-        let thread = std::thread::current().id();
-        if let Some(conn) = self.connections().get(&thread) {
-            return conn.clone();
-        }
-        let made = tokio::time::timeout(
-            ATTEMPT_TIMEOUT,
-            ConnectionManager::new_with_config(self.client.clone(), self.config.clone()),
-        )
-        .await;
-        match made {
-            Ok(Ok(conn)) => self.connections().entry(thread).or_insert(conn).clone(),
-            _ => self.conn.clone(),
-        }
-    }
-
-    fn connections(&self) -> MutexGuard<'_, HashMap<ThreadId, ConnectionManager>> {
-        // Every update is one insert: a panic elsewhere cannot leave the map inconsistent.
-        self.per_thread.lock().unwrap_or_else(PoisonError::into_inner)
+    /// A connection to the current primary, for pipelines (a failed one makes the next
+    /// single command look for the primary again).
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        self.links
+            .connection(false)
+            .await
+            .map(|(_, conn)| conn)
+            .map_err(no_primary)
     }
 
     async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
-        command
-            .query_async(&mut self.connection().await)
-            .await
-            .map_err(unavailable)
+        let mut retried = false;
+        loop {
+            let (generation, mut conn) = self.links.connection(false).await.map_err(no_primary)?;
+            match command.query_async(&mut conn).await {
+                Ok(value) => return Ok(value),
+                Err(error) => {
+                    if self.links.after_error(&error, generation).await && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    return Err(unavailable(error));
+                }
+            }
+        }
     }
 
     async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> Result<T, StoreError> {
-        invocation
-            .invoke_async(&mut self.connection().await)
-            .await
-            .map_err(unavailable)
+        self.invoke_on(invocation, false).await.map(|(value, _)| value)
+    }
+
+    /// A script (reloaded by the redis crate on NOSCRIPT, as after a failover), and the
+    /// connection it ran on. Repeated once on the new primary after `READONLY`: a replica
+    /// wrote nothing.
+    async fn invoke_on<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+        waits: bool,
+    ) -> Result<(T, ConnectionManager), StoreError> {
+        let mut retried = false;
+        loop {
+            let (generation, mut conn) = self.links.connection(waits).await.map_err(no_primary)?;
+            match invocation.invoke_async(&mut conn).await {
+                Ok(value) => return Ok((value, conn)),
+                Err(error) => {
+                    if self.links.after_error(&error, generation).await && !retried {
+                        retried = true;
+                        continue;
+                    }
+                    return Err(unavailable(error));
+                }
+            }
+        }
+    }
+
+    /// A money step: the script, then (with `min_replicas_acked` ≥ 1) `WAIT` on the same
+    /// connection. Whether enough replicas have it is returned; a shortfall is reported.
+    async fn invoke_money<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<(T, Acked), StoreError> {
+        let (value, mut conn) = self.invoke_on(invocation, self.acks.min > 0).await?;
+        Ok((value, self.acks.wait(operation, &mut conn).await))
     }
 
     /// Settle or refund: one `finish.lua` call.
     async fn finish(&self, reservation_id: &str, finish: &Finish) -> Result<FinalizeOutcome, StoreError> {
+        self.finish_acked(reservation_id, finish, true).await
+    }
+
+    /// `finish`; `acked`: wait for the replicas when the step moved money (a step that
+    /// found the record final wrote nothing to wait for).
+    async fn finish_acked(
+        &self,
+        reservation_id: &str,
+        finish: &Finish,
+        acked: bool,
+    ) -> Result<FinalizeOutcome, StoreError> {
         let mut invocation = self.scripts.finish.key(self.key("res", reservation_id));
         invocation
             .arg(&self.prefix)
@@ -285,7 +339,30 @@ impl RedisStore {
             .arg(finish.anomaly.unwrap_or(""))
             .arg(self.retention_ms)
             .arg(json_fields(finish)?);
-        finalized("finish", self.invoke(&invocation).await?)
+        let (reply, mut conn) = self.invoke_on(&invocation, self.acks.min > 0).await?;
+        let outcome = finalized("finish", reply)?;
+        if acked && matches!(outcome, FinalizeOutcome::Applied(_)) {
+            self.acks.wait(finish.kind.as_str(), &mut conn).await;
+        }
+        Ok(outcome)
+    }
+
+    /// `release_unsent`; `acked` as for `finish_acked`.
+    async fn release_unsent_acked(
+        &self,
+        reservation_id: &str,
+        now_ms: i64,
+        acked: bool,
+    ) -> Result<FinalizeOutcome, StoreError> {
+        let mut invocation = self.scripts.mark_unsent.key(self.key("res", reservation_id));
+        invocation.key(self.key("unsent", reservation_id)).arg(UNSENT_MARK_MS);
+        match self.invoke::<i64>(&invocation).await? {
+            0 => Ok(FinalizeOutcome::NotFound),
+            _ => match self.reservation(reservation_id).await? {
+                Some(record) if record.task_id.is_some() => Ok(FinalizeOutcome::AlreadyFinal(record)),
+                _ => self.finish_acked(reservation_id, &Finish::refund(now_ms), acked).await,
+            },
+        }
     }
 
     /// What the reserve script needs to expire user counters: the retention and the end of
@@ -423,9 +500,24 @@ impl Store for RedisStore {
             .arg(rate_checks_json(&request.rate)?)
             .arg(fields)
             .arg(self.retention_json(periods));
-        let mut reply = self.invoke::<Vec<Value>>(&invocation).await?.into_iter();
+        let (reply, acked) = self.invoke_money::<Vec<Value>>("reserve", &invocation).await?;
+        let mut reply = reply.into_iter();
         let status: String = parse(reply.next())?;
         let (refusal, rate) = match status.as_str() {
+            "held" if acked == Acked::Short => {
+                // Too few replicas have the hold: undone before anything goes upstream (not
+                // waited for: the replicas are what is missing).
+                if let Err(error) = self
+                    .release_unsent_acked(&request.reservation_id, request.now_ms, false)
+                    .await
+                {
+                    tracing::warn!(reservation_id = %request.reservation_id, "undoing an unreplicated hold failed: {error}");
+                }
+                return Err(StoreError::Unavailable(format!(
+                    "fewer than {} replicas acknowledged the hold within {} ms",
+                    self.acks.min, self.acks.timeout_ms
+                )));
+            }
             "held" => {
                 let period: String = parse(reply.next())?;
                 let rate = rate_decision(parse(reply.next())?)?;
@@ -532,7 +624,7 @@ impl Store for RedisStore {
             .arg(task_json)
             .arg(reservation_id)
             .arg(created_json);
-        match status(self.invoke(&invocation).await?)? {
+        match status(self.invoke_money("bind", &invocation).await?.0)? {
             (status, None) if status == "not_found" => Ok(BindOutcome::NotFound),
             (status, None) if status == "bound" => Ok(BindOutcome::Bound),
             (status, Some(fields)) if status == "current" => record(fields).map(|r| BindOutcome::Current(Box::new(r))),
@@ -585,7 +677,7 @@ impl Store for RedisStore {
             .arg(after_refusal.anomaly.unwrap_or(""))
             .arg(self.retention_ms)
             .arg(json_fields(&finish)?);
-        finalized("late_settle", self.invoke(&invocation).await?)
+        finalized("late_settle", self.invoke_money("late_settle", &invocation).await?.0)
     }
 
     async fn note_task(&self, reservation_id: &str, task: &str) -> Result<(), StoreError> {
@@ -611,7 +703,11 @@ impl Store for RedisStore {
             .arg(json(&recovery.created_task))
             .arg(recovery.now_ms)
             .arg(recovery.refusal.as_deref().unwrap_or(""));
-        let mut reply = self.invoke::<Vec<Value>>(&invocation).await?.into_iter();
+        let mut reply = self
+            .invoke_money::<Vec<Value>>("recover", &invocation)
+            .await?
+            .0
+            .into_iter();
         let status: String = parse(reply.next())?;
         match status.as_str() {
             "not_found" => Ok(RecoverOutcome::NotFound),
@@ -623,15 +719,7 @@ impl Store for RedisStore {
     }
 
     async fn release_unsent(&self, reservation_id: &str, now_ms: i64) -> Result<FinalizeOutcome, StoreError> {
-        let mut invocation = self.scripts.mark_unsent.key(self.key("res", reservation_id));
-        invocation.key(self.key("unsent", reservation_id)).arg(UNSENT_MARK_MS);
-        match self.invoke::<i64>(&invocation).await? {
-            0 => Ok(FinalizeOutcome::NotFound),
-            _ => match self.reservation(reservation_id).await? {
-                Some(record) if record.task_id.is_some() => Ok(FinalizeOutcome::AlreadyFinal(record)),
-                _ => self.refund(reservation_id, now_ms).await,
-            },
-        }
+        self.release_unsent_acked(reservation_id, now_ms, true).await
     }
 
     async fn due(&self, queue: Queue, now_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
@@ -760,7 +848,7 @@ impl Store for RedisStore {
             }
         }
         let replies: Vec<Fields64> = pipe
-            .query_async(&mut self.connection().await)
+            .query_async(&mut self.connection().await?)
             .await
             .map_err(unavailable)?;
         let (mut by_kind, mut by_users) = (Vec::new(), Vec::new());
@@ -851,7 +939,7 @@ impl Store for RedisStore {
             pipe.cmd("HGETALL").arg(self.key("res", id));
         }
         let replies: Vec<Fields> = pipe
-            .query_async(&mut self.connection().await)
+            .query_async(&mut self.connection().await?)
             .await
             .map_err(unavailable)?;
         replies
@@ -876,7 +964,10 @@ impl Store for RedisStore {
             .lines()
             .find_map(|line| line.strip_prefix("redis_version:"))
             .map_or("(version unknown)", str::trim);
-        Ok(format!("redis {version}"))
+        Ok(match self.target.describe() {
+            Some(sentinel) => format!("redis {version} ({sentinel})"),
+            None => format!("redis {version}"),
+        })
     }
 
     async fn export(&self, sink: tokio::sync::mpsc::Sender<DumpItem>) -> Result<(), StoreError> {
@@ -939,7 +1030,7 @@ impl Store for RedisStore {
         for item in &items {
             self.import_one(&mut pipe, item, now_ms)?;
         }
-        pipe.query_async::<()>(&mut self.connection().await)
+        pipe.query_async::<()>(&mut self.connection().await?)
             .await
             .map_err(unavailable)
     }
@@ -957,7 +1048,7 @@ impl Store for RedisStore {
                 read.cmd("HMGET").arg(key).arg("tenant").arg("created_ms");
             }
             let found: Vec<(Option<String>, Option<String>)> = read
-                .query_async(&mut self.connection().await)
+                .query_async(&mut self.connection().await?)
                 .await
                 .map_err(unavailable)?;
             let mut write = ::redis::pipe();
@@ -979,7 +1070,7 @@ impl Store for RedisStore {
                     .ignore();
             }
             write
-                .query_async::<()>(&mut self.connection().await)
+                .query_async::<()>(&mut self.connection().await?)
                 .await
                 .map_err(unavailable)?;
         }
@@ -1130,6 +1221,52 @@ impl Store for RedisStore {
     async fn end_console_session(&self, key: &str) -> Result<(), StoreError> {
         self.query::<()>(cmd("DEL").arg(self.key("console_session", key))).await
     }
+
+    async fn rebuild(&self, rebuild: &Rebuild) -> Result<RebuildOutcome, StoreError> {
+        let hold = &rebuild.hold;
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+        // The script books the record to the tenant's period (as `reserve`).
+        let hold_record = rebuild.record("");
+        let tombstone = rebuild.tombstone("");
+        let anomaly = recovery_anomaly(&tombstone, &rebuild.task_id, "", rebuild.now_ms);
+        let tombstone_fields = json_fields(&tombstone)?;
+        let periods = &hold.periods;
+        let mut invocation = self.scripts.rebuild.key(self.key("tenant", &hold.tenant));
+        invocation
+            .key(self.key("res", &hold.reservation_id))
+            .key(self.key("task", &rebuild.task_id))
+            .key(self.queue_key(Queue::Tasks))
+            .arg(&self.prefix)
+            .arg(&hold.tenant)
+            .arg(&hold.user)
+            .arg(&hold.quality)
+            .arg(hold.amount)
+            .arg(&periods.month)
+            .arg(&periods.week)
+            .arg(&periods.day)
+            .arg(if hold.audio { "1" } else { "0" })
+            .arg(hold.now_ms)
+            .arg(serde_json::to_string(&reserve_entry(&hold_record)).map_err(corrupt)?)
+            .arg(&hold.reservation_id)
+            .arg(&rebuild.task_id)
+            .arg(rebuild.now_ms)
+            .arg(rebuild.refusal.as_deref().unwrap_or(""))
+            .arg(serde_json::to_string(&anomaly).map_err(corrupt)?)
+            .arg(self.retention_json(periods))
+            .arg(2 * tombstone_fields.fields.len())
+            .arg(tombstone_fields)
+            .arg(json_fields(&hold_record)?);
+        let (reply, _) = self.invoke_money::<Vec<Value>>("rebuild", &invocation).await?;
+        let mut reply = reply.into_iter();
+        let status: String = parse(reply.next())?;
+        match status.as_str() {
+            "exists" => Ok(RebuildOutcome::Exists(record(parse(reply.next())?)?)),
+            "unknown_tenant" => Ok(RebuildOutcome::UnknownTenant),
+            "refused" => Ok(RebuildOutcome::Refused(parse(reply.next())?)),
+            "rebuilt" => Ok(RebuildOutcome::Rebuilt(record(parse(reply.next())?)?)),
+            other => Err(unexpected("rebuild", other)),
+        }
+    }
 }
 
 impl RedisStore {
@@ -1185,6 +1322,10 @@ fn ledger_row(id: &str, fields: Vec<(String, String)>) -> Result<LedgerRow, Stor
         .ok_or_else(|| corrupt("no field e"))?;
     let entry = serde_json::from_str(&json).map_err(|e| corrupt(&e.to_string()))?;
     Ok(LedgerRow { position, entry })
+}
+
+fn no_primary(reason: String) -> StoreError {
+    StoreError::Unavailable(format!("redis: {reason}"))
 }
 
 fn unavailable(error: RedisError) -> StoreError {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use vidgate::callbacks::token::{TokenPayload, Verified};
 use vidgate::config::Seconds;
 use vidgate::mock_upstream::MockOptions;
 use vidgate::probe::Resolver;
@@ -246,11 +247,16 @@ async fn the_upstreams_callback_settles_a_task_without_any_query() {
     let (_, rid) = create(&app, "character1 waves").await;
     let sent = app.mock.stats().last_create_body.unwrap();
     let own = sent["callback_url"].as_str().unwrap();
-    let token = app.state.completion.callback_token(&rid);
-    assert_eq!(
-        own,
-        format!("{}/v1/upstream/callbacks/{token}", app.config.server.public_base_url)
-    );
+    let token = own
+        .strip_prefix(&format!("{}/v1/upstream/callbacks/", app.config.server.public_base_url))
+        .unwrap_or_else(|| panic!("{own} is vidgate's callback route"));
+    // A sealed payload: the reservation and what charges it, none of it readable upstream.
+    let Some(Verified::Sealed(payload)) = app.state.completion.verify_token(token) else {
+        panic!("{token} is a sealed token")
+    };
+    let record = app.state.store.reservation(&rid).await.unwrap().unwrap();
+    assert_eq!(payload, TokenPayload::of(&record));
+    assert!(!token.contains(&rid) && !token.contains("team-a"), "{token}");
     let done = wait_state(&app, &rid, ReservationState::Settled).await;
     assert_eq!(done.charged, Some(500_000));
     assert!(app.mock.stats().callbacks_sent >= 1);

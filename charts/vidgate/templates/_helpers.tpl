@@ -115,9 +115,10 @@ install or upgrade with them stops before anything is applied.
 {{- $sources := 0 }}
 {{- if .Values.redis.url }}{{ $sources = add1 $sources }}{{ end }}
 {{- if .Values.redis.urlFromSecret.name }}{{ $sources = add1 $sources }}{{ end }}
+{{- if .Values.redis.sentinel.addresses }}{{ $sources = add1 $sources }}{{ end }}
 {{- if .Values.redis.enabled }}{{ $sources = add1 $sources }}{{ end }}
 {{- if ne (int $sources) 1 }}
-{{- fail (printf "store.backend=redis needs exactly one of redis.url, redis.urlFromSecret.name, redis.enabled (got %d)." (int $sources)) }}
+{{- fail (printf "store.backend=redis needs exactly one of redis.url, redis.urlFromSecret.name, redis.sentinel.addresses, redis.enabled (got %d)." (int $sources)) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
@@ -158,6 +159,8 @@ vidgate.toml: the values' `config` plus the keys the chart manages, as one dict.
 {{- $_ := set $managed.store "redis_url" (printf "redis://%s:6379" (include "vidgate.redisName" .)) }}
 {{- else if .Values.redis.url }}
 {{- $_ := set $managed.store "redis_url" .Values.redis.url }}
+{{- else if and .Values.redis.sentinel.addresses (not (include "vidgate.sentinelSecrets" .)) }}
+{{- $_ := set $managed.store "redis_url" (include "vidgate.sentinelUrl" .) }}
 {{- end }}
 {{- end }}
 {{- if .Values.metrics.port }}
@@ -239,4 +242,31 @@ numbers), which the gateway's integer keys refuse. Integral numbers are written 
 # vidgate.toml rendered by the vidgate Helm chart from its values; see config/vidgate.toml
 # in the repository for every key. Secrets come from the environment.
 {{- include "vidgate.toml.table" (dict "path" "" "table" (include "vidgate.configDict" . | fromJson)) }}
+{{- end }}
+
+{{/*
+The Sentinel form of store.redis_url. Passwords come from Secrets as environment variables
+that Kubernetes substitutes (`$(NAME)`), so they never land in the ConfigMap.
+*/}}
+{{- define "vidgate.sentinelUrl" -}}
+{{- $s := .Values.redis.sentinel -}}
+{{- $auth := "" -}}
+{{- if $s.passwordFromSecret.name -}}
+{{- $auth = printf "%s:$(REDIS_PRIMARY_PASSWORD)@" $s.username -}}
+{{- else if $s.username -}}
+{{- $auth = printf "%s@" $s.username -}}
+{{- end -}}
+{{- $query := "" -}}
+{{- if $s.sentinelPasswordFromSecret.name -}}
+{{- $query = "?sentinel_password=$(REDIS_SENTINEL_PASSWORD)" -}}
+{{- end -}}
+{{- printf "redis+sentinel://%s%s/%s/%d%s" $auth (join "," $s.addresses) $s.masterName (int $s.db) $query -}}
+{{- end }}
+
+{{/*
+Non-empty when a Sentinel password comes from a Secret (the URL then goes in the environment).
+*/}}
+{{- define "vidgate.sentinelSecrets" -}}
+{{- $s := .Values.redis.sentinel -}}
+{{- if or $s.passwordFromSecret.name $s.sentinelPasswordFromSecret.name }}true{{ end -}}
 {{- end }}

@@ -60,7 +60,7 @@ impl RedisStore {
                 exists.cmd("EXISTS").arg(self.key("res", rid));
             }
             let found: Vec<bool> = exists
-                .query_async(&mut self.connection().await)
+                .query_async(&mut self.connection().await?)
                 .await
                 .map_err(super::unavailable)?;
             let gone: Vec<&String> = members

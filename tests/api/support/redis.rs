@@ -53,6 +53,17 @@ impl RedisServer {
             ],
             None => vec!["--appendonly".into(), "no".into()],
         };
+        let mut args: Vec<String> = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(persistence);
+        Self::start_args(port, &args)
+    }
+
+    /// `redis-server ARGS` (they must make it listen on 127.0.0.1:`port`), answering PING
+    /// before this returns; a Sentinel too (`CONFIG_FILE --sentinel ...`).
+    pub fn start_args(port: u16, args: &[String]) -> Self {
         let binary = redis_server_binary();
         // `exec` keeps the shell's pid for redis-server, so `kill` below and `Drop` reach it;
         // the background loop kills it once the test process is gone (statics never drop).
@@ -67,8 +78,7 @@ impl RedisServer {
         let child = Command::new("sh")
             .args(["-c", script, "sh", &std::process::id().to_string()])
             .arg(binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(&persistence)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -154,7 +164,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")
