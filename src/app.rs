@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::archive::Archive;
 use crate::auth::Authenticator;
 use crate::callbacks::{self, Completion, Workers};
 use crate::config::{Config, ConfigError};
@@ -89,6 +90,13 @@ impl Application {
             key: "callbacks".into(),
             reason,
         })?;
+        let archive = Archive::open(&config.archive, config.store.backend).map_err(|reason| ConfigError::Invalid {
+            key: "archive.url".into(),
+            reason,
+        })?;
+        if let Some(archive) = &archive {
+            tracing::info!(archive = %archive.describe(), "finished videos are archived");
+        }
         let state = AppState {
             auth: Arc::new(Authenticator::from_config(&config.auth).await?),
             upstream: UpstreamClient::new(&config.upstream, metrics.clone()).map_err(|reason| {
@@ -105,6 +113,7 @@ impl Application {
             prober: Arc::new(prober),
             prelimit: Arc::default(),
             completion: Arc::new(completion),
+            archive: archive.map(Arc::new),
         };
         let listen = state.config.server.listen.clone();
         let listener = TcpListener::bind(&listen).map_err(|source| StartError::Listen {

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub callback_deliveries: IntCounterVec,
     pub store_duration: HistogramVec,
     pub store_errors: IntCounterVec,
+    pub archive: IntCounterVec,
+    pub archive_bytes: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -187,6 +189,17 @@ impl Metrics {
                 "vidgate_store_errors_total",
                 "Store operations that failed",
                 &["operation"],
+            ),
+            archive: counter(
+                &r,
+                "vidgate_archive_total",
+                "Finished videos copied into the archive, or not (failed, too_large)",
+                &["outcome"],
+            ),
+            archive_bytes: register(
+                &r,
+                IntCounter::new("vidgate_archive_bytes_total", "Bytes copied into the archive")
+                    .unwrap_or_else(|e| invalid("vidgate_archive_bytes_total", e)),
             ),
             registry: r,
         }

@@ -371,6 +371,65 @@ pub(crate) fn serve_bytes(req: &HttpRequest, data: Bytes, content_type: &str) ->
     }
 }
 
+/// Serves `video` followed by a `free` box that pads the file to `total` bytes (at least 8
+/// more than the video), whole or one range of it, generated as it is sent: a 100 MB result
+/// costs the mock no memory. The padding is a fixed byte pattern, so every read of the same
+/// file gives the same bytes.
+pub(crate) fn serve_padded(req: &HttpRequest, video: Vec<u8>, total: u64, content_type: &str) -> HttpResponse {
+    let mut prefix = video;
+    let pad = u32::try_from(total - prefix.len() as u64).unwrap_or(u32::MAX);
+    prefix.extend_from_slice(&pad.to_be_bytes());
+    prefix.extend_from_slice(b"free");
+    let range = req
+        .headers()
+        .get(RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map_or(Ranged::Full, |h| parse_range(h, total));
+    let mut response = match range {
+        Ranged::Full => HttpResponse::Ok(),
+        Ranged::Part(..) => HttpResponse::PartialContent(),
+        Ranged::Unsatisfiable => HttpResponse::RangeNotSatisfiable(),
+    };
+    response
+        .insert_header((ACCEPT_RANGES, "bytes"))
+        .insert_header((CONTENT_TYPE, content_type.to_owned()));
+    let (start, end) = match range {
+        Ranged::Full => (0, total - 1),
+        Ranged::Part(start, end) => {
+            response.insert_header((CONTENT_RANGE, format!("bytes {start}-{end}/{total}")));
+            (start, end)
+        }
+        Ranged::Unsatisfiable => {
+            return response
+                .insert_header((CONTENT_RANGE, format!("bytes */{total}")))
+                .finish();
+        }
+    };
+    if req.method() == actix_web::http::Method::HEAD {
+        return response.no_chunking(end + 1 - start).finish();
+    }
+    let prefix = Bytes::from(prefix);
+    let chunks = futures_util::stream::unfold(start, move |at| {
+        let prefix = prefix.clone();
+        async move {
+            (at <= end).then(|| {
+                let stop = (at + PADDING_CHUNK).min(end + 1);
+                let chunk: Vec<u8> = (at..stop)
+                    .map(|i| match prefix.get(i as usize) {
+                        Some(byte) => *byte,
+                        None => (i % 251) as u8,
+                    })
+                    .collect();
+                (Ok::<_, std::io::Error>(Bytes::from(chunk)), stop)
+            })
+        }
+    });
+    response.no_chunking(end + 1 - start).streaming(chunks)
+}
+
+/// Bytes generated per chunk of a padded file.
+const PADDING_CHUNK: u64 = 64 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -297,4 +297,14 @@ impl Store for Instrumented {
         self.timed("end_console_session", self.inner.end_console_session(key))
             .await
     }
+
+    async fn enqueue_archive(&self, reservation_id: &str, due_ms: i64) -> Result<(), StoreError> {
+        self.timed("enqueue_archive", self.inner.enqueue_archive(reservation_id, due_ms))
+            .await
+    }
+
+    async fn mark_archived(&self, reservation_id: &str) -> Result<(), StoreError> {
+        self.timed("mark_archived", self.inner.mark_archived(reservation_id))
+            .await
+    }
 }

@@ -3,6 +3,7 @@
 mod admin;
 mod alerts;
 mod api_keys;
+mod archive;
 mod auth;
 mod chaos;
 mod cli;
