@@ -1227,4 +1227,44 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn the_archive_is_on_beside_an_embedded_store_and_off_with_redis_unless_set() {
+        let embedded = Config::from_toml_str("").unwrap();
+        assert_eq!(embedded.archive.url.as_deref(), Some("file:data/results"));
+        let redis = Config::from_toml_str("[store]\nbackend = \"redis\"\n").unwrap();
+        assert_eq!(redis.archive.url.as_deref(), Some(""));
+        assert_eq!(redis.archive.location(StoreBackend::Redis), Ok(ArchiveLocation::Off));
+        let set =
+            Config::from_toml_str("[store]\nbackend = \"redis\"\n[archive]\nurl = \"s3://videos/vidgate/prod/\"\n")
+                .unwrap();
+        assert_eq!(
+            set.archive.location(StoreBackend::Redis),
+            Ok(ArchiveLocation::S3 {
+                bucket: "videos".into(),
+                prefix: "vidgate/prod".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_archive_setting_is_refused_by_name() {
+        for (url, endpoint, max_bytes, key) in [
+            ("ftp://x", "", 1, "archive.url"),
+            ("file:", "", 1, "archive.url"),
+            ("s3://A_B", "", 1, "archive.url"),
+            ("s3://videos", "not a url", 1, "archive.s3_endpoint"),
+            ("file:/var/lib/vidgate/results", "", 0, "archive.max_bytes"),
+        ] {
+            let mut config = valid();
+            config.archive.url = Some(url.into());
+            config.archive.s3_endpoint = endpoint.into();
+            config.archive.max_bytes = max_bytes;
+            assert_eq!(
+                refused_key(&config).as_deref(),
+                Some(key),
+                "{url} {endpoint} {max_bytes}"
+            );
+        }
+    }
 }

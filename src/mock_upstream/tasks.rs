@@ -754,4 +754,14 @@ mod tests {
         assert_eq!(suffix.len(), 8);
         assert!(suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
     }
+
+    #[test]
+    fn result_markers_size_and_delay_the_result_file() {
+        let m = parse_markers("[mock:bytes=1000000] [mock:result_hang=2.5]").unwrap();
+        assert_eq!(m.bytes, Some(1_000_000));
+        assert_eq!(m.result_hang, Duration::from_millis(2500));
+        for bad in ["[mock:bytes=-1]", "[mock:bytes=5000000000]", "[mock:result_hang=x]"] {
+            assert!(parse_markers(bad).is_err(), "{bad}");
+        }
+    }
 }
