@@ -414,13 +414,7 @@ pub(crate) fn serve_padded(req: &HttpRequest, video: Vec<u8>, total: u64, conten
         async move {
             (at <= end).then(|| {
                 let stop = (at + PADDING_CHUNK).min(end + 1);
-                let chunk: Vec<u8> = (at..stop)
-                    .map(|i| match prefix.get(i as usize) {
-                        Some(byte) => *byte,
-                        None => (i % 251) as u8,
-                    })
-                    .collect();
-                (Ok::<_, std::io::Error>(Bytes::from(chunk)), stop)
+                (Ok::<_, std::io::Error>(padded_bytes(&prefix, at, stop)), stop)
             })
         }
     });
@@ -429,6 +423,29 @@ pub(crate) fn serve_padded(req: &HttpRequest, video: Vec<u8>, total: u64, conten
 
 /// Bytes generated per chunk of a padded file.
 const PADDING_CHUNK: u64 = 64 * 1024;
+/// The padding's byte at position `i` is `i % 251`: a period no power of two divides, so a
+/// misplaced chunk shows in a hash.
+const PADDING_PERIOD: u64 = 251;
+
+/// Bytes `at..stop` of `prefix` followed by the padding pattern.
+fn padded_bytes(prefix: &[u8], at: u64, stop: u64) -> Bytes {
+    static PATTERN: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        (0..PADDING_CHUNK + PADDING_PERIOD)
+            .map(|i| (i % PADDING_PERIOD) as u8)
+            .collect()
+    });
+    let mut out = Vec::with_capacity((stop - at) as usize);
+    let fixed = prefix.len() as u64;
+    if at < fixed {
+        out.extend_from_slice(&prefix[at as usize..stop.min(fixed) as usize]);
+    }
+    let from = at.max(fixed);
+    if from < stop {
+        let phase = (from % PADDING_PERIOD) as usize;
+        out.extend_from_slice(&PATTERN[phase..phase + (stop - from) as usize]);
+    }
+    Bytes::from(out)
+}
 
 #[cfg(test)]
 mod tests {
@@ -446,6 +463,19 @@ mod tests {
         assert_eq!(parse_range("bytes=5-2", 100), Ranged::Full);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Ranged::Full);
         assert_eq!(parse_range("items=0-1", 100), Ranged::Full);
+    }
+
+    #[test]
+    fn a_padded_file_is_the_video_then_the_pattern_in_any_chunking() {
+        let prefix = b"video-bytes";
+        let whole = padded_bytes(prefix, 0, 1000);
+        assert_eq!(&whole[..11], prefix);
+        assert!((11..1000).all(|i| whole[i] == (i as u64 % PADDING_PERIOD) as u8));
+        let pieces: Vec<u8> = [(0, 5), (5, 300), (300, 1000)]
+            .iter()
+            .flat_map(|(a, b)| padded_bytes(prefix, *a, *b).to_vec())
+            .collect();
+        assert_eq!(pieces, whole.to_vec());
     }
 
     #[test]

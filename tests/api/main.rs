@@ -4,6 +4,7 @@ mod admin;
 mod alerts;
 mod api_keys;
 mod archive;
+mod archive_bench;
 mod auth;
 mod chaos;
 mod cli;
