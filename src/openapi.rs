@@ -383,3 +383,8 @@ pub struct TenantPatchBody {
     /// https URL (callback egress rules) for this tenant's budget alerts; "" or null removes it.
     pub alert_webhook_url: Option<String>,
 }
+
+/// A video file's bytes (`GET /v1/tasks/{task_id}/content`).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct VideoFile(pub Vec<u8>);

@@ -47,8 +47,8 @@ enum Source {
         ("If-Range" = Option<String>, Header, description = "An `ETag`: the `Range` applies only while the video still has it"),
     ),
     responses(
-        (status = 200, description = "The video (from the archive once copied, else from the upstream's link); `ETag`, `Accept-Ranges: bytes`", body = Vec<u8>, content_type = "video/mp4"),
-        (status = 206, description = "The requested byte range, with `Content-Range`", body = Vec<u8>, content_type = "video/mp4"),
+        (status = 200, description = "The video (from the archive once copied, else from the upstream's link); `ETag`, `Accept-Ranges: bytes`", body = crate::openapi::VideoFile, content_type = "video/mp4"),
+        (status = 206, description = "The requested byte range, with `Content-Range`", body = crate::openapi::VideoFile, content_type = "video/mp4"),
         (status = 304, description = "Not modified (`If-None-Match`)"),
         (status = 401, description = "`unauthenticated`", body = crate::openapi::ErrorEnvelope),
         (status = 403, description = "`forbidden` (the token carries no tenant), `unknown_tenant`", body = crate::openapi::ErrorEnvelope),
