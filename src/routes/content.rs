@@ -102,8 +102,14 @@ pub async fn content(
 /// The caller's own task: its video's source, once the task has completed.
 async fn source_of(state: &AppState, record: ReservationRecord, task_id: &str) -> Result<Source, ApiError> {
     let record = current(state, record, task_id).await?;
-    if let Some(found) = archived(state, &record.tenant, task_id).await? {
-        return Ok(found);
+    match archived(state, &record.tenant, task_id).await {
+        Ok(Some(found)) => return Ok(found),
+        Ok(None) => {}
+        // The archive is away: the upstream's link may still serve the video.
+        Err(error) => tracing::warn!(
+            task_id,
+            "content: the archive did not answer ({error}); trying the upstream's link"
+        ),
     }
     let now_ms = state.clock.now().timestamp_millis();
     if record.result_expires_ms.is_some_and(|expires| now_ms >= expires) {

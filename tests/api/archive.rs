@@ -317,6 +317,28 @@ async fn a_copy_pending_at_a_restart_is_made_after_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relayed_callback_carries_the_content_url_without_waiting_for_the_copy() {
+    let receiver = crate::support::receiver::Receiver::start(vec![204]).await;
+    // The result host answers after 30 s, the gateway waits 0.5 s: no copy can land soon.
+    let app = spawn_app_with(Backend::Embedded, quick_mock(), |config| {
+        file_archive(config);
+        crate::helpers::relayed_callbacks(config);
+        config.probe.timeout_ms = 500;
+    })
+    .await;
+    let mut body = app.create_body("told at once [mock:result_hang=30]");
+    body["callback_url"] = json!(receiver.url);
+    let created: Value = app.post_create(&app.token("team-a"), &body).await.json().await.unwrap();
+    let id = task_id(&created);
+    app.wait_final("team-a", &id).await;
+    let delivered = receiver.wait_for(1).await[0].json();
+    assert_eq!(delivered["vidgate"]["state"], "settled");
+    assert_eq!(delivered["vidgate"]["content_url"], format!("/v1/tasks/{id}/content"));
+    assert_eq!(delivered["vidgate"]["archived"], json!(false));
+    assert_eq!(app.metric("vidgate_archive_total{outcome=\"archived\"}"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_result_host_delays_neither_the_answer_nor_the_copy_beyond_its_delay() {
     let app = spawn_app_with(Backend::Embedded, quick_mock(), |config| {
         file_archive(config);
