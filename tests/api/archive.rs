@@ -339,6 +339,46 @@ async fn the_relayed_callback_carries_the_content_url_without_waiting_for_the_co
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_result_host_is_held_to_the_probes_address_rules() {
+    let app = spawn_app_with(Backend::Embedded, quick_mock(), |config| {
+        file_archive(config);
+        config.probe.timeout_ms = 500;
+    })
+    .await;
+    let id = task_id(&app.create_task("team-a", "egress [mock:result_hang=2]").await);
+    app.wait_final("team-a", &id).await;
+    // The mock's result host is on loopback: refused once private networks are.
+    let app = app
+        .restart_with(|config| {
+            config.probe.allow_private_networks = false;
+            config.probe.timeout_ms = 10_000;
+        })
+        .await;
+    // Unrefused, the next attempt (due 2 s after the last one) would land within 4.5 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let task: Value = app.get_task(&app.token("team-a"), &id).await.json().await.unwrap();
+    assert_eq!(task["vidgate"]["archived"], json!(false));
+    assert_eq!(app.metric("vidgate_archive_total{outcome=\"archived\"}"), 0.0);
+    assert_eq!(
+        app.state.store.due(Queue::Archive, i64::MAX, 10).await.unwrap().len(),
+        1,
+        "still queued"
+    );
+    assert_error(
+        content(&app, &app.token("team-a"), &id, &[]).await,
+        StatusCode::BAD_GATEWAY,
+        "upstream_error",
+        None,
+    )
+    .await;
+
+    let app = app
+        .restart_with(|config| config.probe.allow_private_networks = true)
+        .await;
+    wait_archived(&app, "team-a", &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_result_host_delays_neither_the_answer_nor_the_copy_beyond_its_delay() {
     let app = spawn_app_with(Backend::Embedded, quick_mock(), |config| {
         file_archive(config);
