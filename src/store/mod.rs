@@ -461,8 +461,9 @@ fn relays(record: &ReservationRecord) -> bool {
 /// The work queues the background workers share across replicas: reservations to reconcile
 /// (`Tasks`, entered at reserve, left when final), callbacks to relay (`Outbox`, entered
 /// by the final money steps) and results to copy into the archive (`Archive`, by reservation
-/// id, entered when a completion is seen, left once copied or given up). Each entry has a due time; a worker claims a due entry with a
-/// lease, so one replica at a time works on it, and a dead replica's lease just runs out.
+/// id, entered when a completion is seen, left once copied or given up). Each entry has a
+/// due time; a worker claims a due entry with a lease, so one replica at a time works on it,
+/// and a dead replica's lease just runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
     Tasks,
