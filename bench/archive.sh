@@ -3,7 +3,8 @@
 # ARCHIVE_BENCH_MB MB each (100 here; CI runs 1 MB in tests/api/archive_bench.rs) completed at
 # once by the mock upstream process and copied by a real gateway process into a file: archive;
 # prints the throughput and the gateway's RSS while it copies (sampled every 100 ms).
-#   bench/archive.sh
+#   bench/archive.sh                                   # into a directory
+#   ARCHIVE_BENCH_S3=1 GARAGE_BIN=... bench/archive.sh   # into S3 (Garage on loopback)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ARCHIVE_BENCH_TASKS=${ARCHIVE_BENCH_TASKS:-50}

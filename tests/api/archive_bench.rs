@@ -3,7 +3,8 @@
 //! each (1 here; `bench/archive.sh` runs 100) completed at once by the mock upstream (its own
 //! process), copied by a real gateway process into a `file:` archive; the gateway's RSS is
 //! sampled every 100 ms while it copies. RSS staying flat as the results grow is what shows
-//! that the copies stream.
+//! that the copies stream. `ARCHIVE_BENCH_S3=1` copies into Garage (S3, see
+//! support/garage.rs) instead of a directory.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -31,7 +32,20 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn write_config(dir: &Path, mock: &str, max_bytes: u64) -> std::path::PathBuf {
+/// The archive: a directory in `dir`, or a fresh prefix in Garage's bucket.
+fn archive_section(dir: &Path, s3_prefix: Option<&str>) -> String {
+    match s3_prefix {
+        None => format!("url = \"file:{}\"", dir.join("results").display()),
+        Some(prefix) => format!(
+            "url = \"s3://{}/{prefix}\"\ns3_endpoint = \"{}\"\ns3_region = \"{}\"",
+            crate::support::garage::BUCKET,
+            crate::support::garage::shared().endpoint(),
+            crate::support::garage::REGION
+        ),
+    }
+}
+
+fn write_config(dir: &Path, mock: &str, max_bytes: u64, archive: &str) -> std::path::PathBuf {
     let path = dir.join("vidgate.toml");
     std::fs::write(
         &path,
@@ -53,7 +67,7 @@ timeout_ms = 30000
 first_poll_after_secs = 0.2
 poll_interval_secs = 0.2
 [archive]
-url = "file:{results}"
+{archive}
 max_bytes = {max_bytes}
 [[tenants]]
 id = "bench"
@@ -65,7 +79,6 @@ reads_burst = 100000
 max_concurrent_tasks = 100000
 "#,
             store = dir.join("vidgate.redb").display(),
-            results = dir.join("results").display(),
         ),
     )
     .expect("write config");
@@ -87,8 +100,23 @@ async fn archive_figures_concurrent_copies_stream_with_flat_memory() {
     ]);
     let reference = upload_reference_to(&format!("http://{mock}"), 5000).await;
     let dir = tempfile::tempdir().expect("dir");
-    let config = write_config(dir.path(), &mock, bytes + 1);
-    let (gateway, addr) = spawn(&["serve", "--config", config.to_str().unwrap()]);
+    let s3_prefix = std::env::var_os("ARCHIVE_BENCH_S3").map(|_| format!("bench-{}", ulid::Ulid::new()));
+    let archive = archive_section(dir.path(), s3_prefix.as_deref());
+    let config = write_config(dir.path(), &mock, bytes + 1, &archive);
+    let config = config.to_str().unwrap();
+    let (gateway, addr) = match &s3_prefix {
+        None => spawn(&["serve", "--config", config]),
+        Some(_) => {
+            let garage = crate::support::garage::shared();
+            crate::support::process::spawn_with_env(
+                &["serve", "--config", config],
+                &[
+                    ("AWS_ACCESS_KEY_ID", &garage.key_id),
+                    ("AWS_SECRET_ACCESS_KEY", &garage.secret),
+                ],
+            )
+        }
+    };
     let pid = gateway.pid();
     let base = format!("http://{addr}");
     let token = sign(&json!({"sub": "bench", "tenant": "bench", "aud": "vidgate", "exp": now() + 3600}));
@@ -143,9 +171,12 @@ async fn archive_figures_concurrent_copies_stream_with_flat_memory() {
 
     let mut stored = 0;
     for id in &ids {
-        stored += std::fs::metadata(dir.path().join(format!("results/bench/{id}.mp4")))
-            .expect("archived")
-            .len();
+        stored += match &s3_prefix {
+            None => std::fs::metadata(dir.path().join(format!("results/bench/{id}.mp4")))
+                .expect("archived")
+                .len(),
+            Some(prefix) => s3_size(&format!("{prefix}/bench/{id}.mp4")).await,
+        };
     }
     assert_eq!(archived, tasks);
     assert_eq!(stored, tasks * bytes, "every byte of every result");
@@ -153,8 +184,9 @@ async fn archive_figures_concurrent_copies_stream_with_flat_memory() {
     let median_kb = samples[samples.len() / 2];
     let mb = (tasks * bytes) as f64 / 1e6;
     println!(
-        "archive figures: {tasks} results x {} MB = {mb:.0} MB archived in {:.1} s ({:.1} MB/s, create to last copy); \
+        "archive figures ({}): {tasks} results x {} MB = {mb:.0} MB archived in {:.1} s ({:.1} MB/s, create to last copy); \
          gateway RSS: idle {} MB, median while copying {} MB, peak {} MB, after {} MB ({} samples)",
+        if s3_prefix.is_some() { "S3, Garage" } else { "file:" },
         bytes / 1_000_000,
         elapsed.as_secs_f64(),
         mb / elapsed.as_secs_f64(),
@@ -164,4 +196,24 @@ async fn archive_figures_concurrent_copies_stream_with_flat_memory() {
         after_kb / 1024,
         samples.len()
     );
+}
+
+/// The size of an object in Garage's bucket.
+async fn s3_size(key: &str) -> u64 {
+    use object_store::ObjectStoreExt;
+    let garage = crate::support::garage::shared();
+    let bucket = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(crate::support::garage::BUCKET)
+        .with_endpoint(garage.endpoint())
+        .with_region(crate::support::garage::REGION)
+        .with_access_key_id(&garage.key_id)
+        .with_secret_access_key(&garage.secret)
+        .with_allow_http(true)
+        .build()
+        .expect("S3 client");
+    bucket
+        .head(&object_store::path::Path::from(key))
+        .await
+        .expect("archived")
+        .size
 }
