@@ -658,6 +658,57 @@ fn spawn_with_aws_env(
     )
 }
 
+/// A copy still pending when the store moves (embedded → Redis, as `vidgate store export |
+/// import` does it) is made by the gateway on the new store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_pending_at_a_store_move_is_made_on_the_new_store() {
+    use vidgate::store::Store;
+
+    let app = spawn_app_with(Backend::Embedded, quick_mock(), |config| {
+        file_archive(config);
+        config.probe.timeout_ms = 500;
+    })
+    .await;
+    let id = task_id(&app.create_task("team-a", "moving [mock:result_hang=2]").await);
+    app.wait_final("team-a", &id).await;
+    let stopped = app.stop().await;
+
+    let embedded = vidgate::store::embedded::EmbeddedStore::open(&stopped.config.store.path, "").unwrap();
+    let (sink, mut items) = tokio::sync::mpsc::channel(16);
+    let collect = async {
+        let mut out = Vec::new();
+        while let Some(item) = items.recv().await {
+            out.push(item);
+        }
+        out
+    };
+    let (exported, items) = tokio::join!(embedded.export(sink), collect);
+    exported.unwrap();
+    drop(embedded);
+    assert!(
+        items
+            .iter()
+            .any(|item| matches!(item, vidgate::store::DumpItem::Queued { queue, .. } if queue == "archive")),
+        "the dump carries the pending copy"
+    );
+    let prefix = crate::support::random_prefix();
+    let redis_url = crate::support::redis::shared().url();
+    let redis = vidgate::store::redis::RedisStore::connect(&redis_url, &prefix)
+        .await
+        .unwrap();
+    redis.import(items).await.unwrap();
+
+    let app = stopped
+        .start(|config| {
+            config.store.backend = vidgate::config::StoreBackend::Redis;
+            config.store.redis_url = redis_url.clone();
+            config.store.key_prefix = prefix.clone();
+            config.probe.timeout_ms = 10_000;
+        })
+        .await;
+    wait_archived(&app, "team-a", &id).await;
+}
+
 /// The archive-copy queue and the `archived` mark move with `store export|import`, both ways.
 mod dumps {
     use std::sync::Arc;
