@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::archive::Archive;
 use crate::auth::Authenticator;
 use crate::callbacks::{self, Completion, Workers};
 use crate::config::{Config, ConfigError};
@@ -95,6 +96,13 @@ impl Application {
             key: "callbacks".into(),
             reason,
         })?;
+        let archive = Archive::open(&config.archive, config.store.backend).map_err(|reason| ConfigError::Invalid {
+            key: "archive.url".into(),
+            reason,
+        })?;
+        if let Some(archive) = &archive {
+            tracing::info!(archive = %archive.describe(), "finished videos are archived");
+        }
         let state = AppState {
             auth: Arc::new(Authenticator::from_config(&config.auth).await?),
             upstream: UpstreamClient::new(&config.upstream, metrics.clone()).map_err(|reason| {
@@ -111,6 +119,7 @@ impl Application {
             prober: Arc::new(prober),
             prelimit: Arc::default(),
             completion: Arc::new(completion),
+            archive: archive.map(Arc::new),
         };
         // Built without contacting the IdP: discovery waits for the first sign-in.
         let idp = console::Idp::from_config(&state.config)

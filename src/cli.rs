@@ -114,6 +114,7 @@ pub async fn demo(listen: Option<&str>, config_path: Option<&Path>) -> CommandRe
     let tokens = DemoTokens::mint(&config, &tenant.id)?;
     let summary = tenant_summary(&config, &tenant);
     let store_path = config.store.path.clone();
+    let results = demo_results_dir();
     let app = Application::build(config).await.map_err(|e| e.to_string())?;
     let base = format!("http://{}", app.addr());
     announce(app.addr());
@@ -130,7 +131,13 @@ pub async fn demo(listen: Option<&str>, config_path: Option<&Path>) -> CommandRe
     mock.stop().await;
     // The demo's store is its own temporary file: nothing in it outlives the demo.
     let _ = std::fs::remove_file(store_path);
+    let _ = std::fs::remove_dir_all(results);
     result
+}
+
+/// The demo's archive of finished videos: a temporary directory, like its store.
+fn demo_results_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("vidgate-demo-{}-results", std::process::id()))
 }
 
 /// A `console-link` URL for finance on the gateway's real address (port 0 resolved).
@@ -166,6 +173,7 @@ fn demo_config(mut config: Config, mock: &MockServer, listen: Option<&str>) -> C
         path: std::env::temp_dir().join(format!("vidgate-demo-{}.redb", std::process::id())),
         ..StoreConfig::default()
     };
+    config.archive.url = Some(format!("file:{}", demo_results_dir().display()));
     config.probe.allowed_hosts = vec![mock.addr().ip().to_string()];
     config.probe.allow_private_networks = true;
     if config.tenants.is_empty() {

@@ -49,6 +49,7 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub metrics: MetricsConfig,
     pub console: ConsoleConfig,
+    pub archive: ArchiveConfig,
     pub pricing: PricingConfig,
     pub tenants: Vec<TenantConfig>,
 }
@@ -465,6 +466,91 @@ impl ConsoleConfig {
     }
 }
 
+/// Where finished videos are copied before the upstream's 24-hour link dies (see `archive/`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// `""` (off), `file:PATH` or `s3://bucket/prefix`; unset: the store backend's default
+    /// (see `Config::archive_url`), filled in at load so `check-config` shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    /// Archived videos are deleted this long after they were copied; 0 keeps them.
+    pub retention_days: u32,
+    pub max_bytes: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
+            retention_days: 90,
+            max_bytes: 209_715_200,
+        }
+    }
+}
+
+/// Where `archive.url` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveLocation {
+    Off,
+    File(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl ArchiveConfig {
+    /// One node keeps its videos beside its store; replicas share nothing by default.
+    pub fn default_url(backend: StoreBackend) -> &'static str {
+        match backend {
+            StoreBackend::Embedded => "file:data/results",
+            StoreBackend::Redis => "",
+        }
+    }
+
+    /// `archive.url` parsed (`backend` gives the default when it is unset).
+    pub fn location(&self, backend: StoreBackend) -> Result<ArchiveLocation, String> {
+        let url = self.url.as_deref().unwrap_or(Self::default_url(backend)).trim();
+        if url.is_empty() {
+            return Ok(ArchiveLocation::Off);
+        }
+        if let Some(path) = url.strip_prefix("file:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            return match path.is_empty() {
+                true => Err("file: needs a path, e.g. file:/var/lib/vidgate/results".into()),
+                false => Ok(ArchiveLocation::File(PathBuf::from(path))),
+            };
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid = (3..=63).contains(&bucket.len())
+                && bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            if !valid {
+                return Err(format!("{bucket:?} is not an S3 bucket name (3-63 of a-z 0-9 . -)"));
+            }
+            return Ok(ArchiveLocation::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            });
+        }
+        Err(format!("{url:?}: expected \"\" (off), file:PATH or s3://bucket/prefix"))
+    }
+
+    fn validate(&self, backend: StoreBackend) -> Result<(), ConfigError> {
+        self.location(backend)
+            .map_err(|reason| ConfigError::invalid("archive.url", reason))?;
+        check_url_or_empty("archive.s3_endpoint", &self.s3_endpoint)?;
+        if self.max_bytes == 0 {
+            return Err(ConfigError::invalid("archive.max_bytes", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// Per-second prices of one quality, as decimal strings in currency units.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -646,6 +732,11 @@ impl Config {
             ConfigError::invalid(if key.is_empty() { "(file)".into() } else { key }, e.kind.to_string())
         })?;
         config.load_secret_files()?;
+        let backend = config.store.backend;
+        config
+            .archive
+            .url
+            .get_or_insert_with(|| ArchiveConfig::default_url(backend).to_string());
         Ok(config)
     }
 
@@ -730,6 +821,7 @@ impl Config {
         }
         self.validate_pricing()?;
         self.console.validate(&self.server.public_base_url)?;
+        self.archive.validate(self.store.backend)?;
         self.validate_unknown_outcomes()?;
         self.validate_tenants()
     }
@@ -1204,5 +1296,45 @@ mod tests {
         config.store.replica_ack_timeout_ms = 500;
         config.store.redis_url = "redis+sentinel://h1:26379".into();
         assert!(matches!(config.validate(), Err(ConfigError::Invalid { key, .. }) if key == "store.redis_url"));
+    }
+
+    #[test]
+    fn the_archive_is_on_beside_an_embedded_store_and_off_with_redis_unless_set() {
+        let embedded = Config::from_toml_str("").unwrap();
+        assert_eq!(embedded.archive.url.as_deref(), Some("file:data/results"));
+        let redis = Config::from_toml_str("[store]\nbackend = \"redis\"\n").unwrap();
+        assert_eq!(redis.archive.url.as_deref(), Some(""));
+        assert_eq!(redis.archive.location(StoreBackend::Redis), Ok(ArchiveLocation::Off));
+        let set =
+            Config::from_toml_str("[store]\nbackend = \"redis\"\n[archive]\nurl = \"s3://videos/vidgate/prod/\"\n")
+                .unwrap();
+        assert_eq!(
+            set.archive.location(StoreBackend::Redis),
+            Ok(ArchiveLocation::S3 {
+                bucket: "videos".into(),
+                prefix: "vidgate/prod".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_bad_archive_setting_is_refused_by_name() {
+        for (url, endpoint, max_bytes, key) in [
+            ("ftp://x", "", 1, "archive.url"),
+            ("file:", "", 1, "archive.url"),
+            ("s3://A_B", "", 1, "archive.url"),
+            ("s3://videos", "not a url", 1, "archive.s3_endpoint"),
+            ("file:/var/lib/vidgate/results", "", 0, "archive.max_bytes"),
+        ] {
+            let mut config = valid();
+            config.archive.url = Some(url.into());
+            config.archive.s3_endpoint = endpoint.into();
+            config.archive.max_bytes = max_bytes;
+            assert_eq!(
+                refused_key(&config).as_deref(),
+                Some(key),
+                "{url} {endpoint} {max_bytes}"
+            );
+        }
     }
 }

@@ -76,6 +76,12 @@ pub enum ApiError {
     },
     #[error("{0}")]
     StoreUnavailable(String),
+    /// The task's video asked for before it completed.
+    #[error("{0}")]
+    ResultNotReady(String),
+    /// Neither archived nor still at the upstream (or the task never produced one).
+    #[error("{0}")]
+    ResultGone(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -124,7 +130,8 @@ impl ApiError {
             Self::BudgetExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             Self::Forbidden(_) | Self::UnknownTenant(_) | Self::QualityNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::TaskNotFound(_) | Self::KeyNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
-            Self::KeyNameTaken(_) => StatusCode::CONFLICT,
+            Self::KeyNameTaken(_) | Self::ResultNotReady(_) => StatusCode::CONFLICT,
+            Self::ResultGone(_) => StatusCode::GONE,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -168,6 +175,8 @@ impl ApiError {
             Self::UpstreamTimeout(_) | Self::UpstreamOutcomeUnknown { timed_out: true, .. } => "upstream_timeout",
             Self::UpstreamOutcomeUnknown { .. } => "upstream_outcome_unknown",
             Self::StoreUnavailable(_) => "store_unavailable",
+            Self::ResultNotReady(_) => "result_not_ready",
+            Self::ResultGone(_) => "result_gone",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::RouteNotFound => "not_found",

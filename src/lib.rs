@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod app;
+pub mod archive;
 pub mod auth;
 pub mod billing;
 pub mod callbacks;

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub store_duration: HistogramVec,
     pub store_errors: IntCounterVec,
     pub replica_ack_shortfall: IntCounterVec,
+    pub archive: IntCounterVec,
+    pub archive_bytes: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -194,6 +196,17 @@ impl Metrics {
                 "vidgate_store_replica_ack_shortfall_total",
                 "Money steps fewer than store.min_replicas_acked replicas acknowledged in time",
                 &["operation"],
+            ),
+            archive: counter(
+                &r,
+                "vidgate_archive_total",
+                "Finished videos copied into the archive, or not (failed, too_large)",
+                &["outcome"],
+            ),
+            archive_bytes: register(
+                &r,
+                IntCounter::new("vidgate_archive_bytes_total", "Bytes copied into the archive")
+                    .unwrap_or_else(|e| invalid("vidgate_archive_bytes_total", e)),
             ),
             registry: r,
         }

@@ -19,6 +19,7 @@ headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`), signed with th
     paths(
         crate::routes::generations::create,
         crate::routes::generations::get_task,
+        crate::routes::content::content,
         crate::routes::callbacks::upstream_callback,
         crate::routes::uploads::stream,
         crate::routes::uploads::base64,
@@ -151,7 +152,8 @@ pub struct ModelParams {
     "usage": {"billing_rule": "per_second", "credits_reserved": 8.3, "user_group": "default"},
     "vidgate": {"tenant": "marketing", "reservation_id": "rsv_01JDQ8Z3V4X5Y6Z7A8B9C0D1E2", "state": "settled",
                 "currency": "USD", "reserved": "0.415000", "charged": "0.405000", "billed_input_ms": 3300,
-                "billed_output_ms": 4800, "result_expires_at": "2026-11-26T10:00:00Z"}
+                "billed_output_ms": 4800, "result_expires_at": "2026-11-26T10:00:00Z",
+                "archived": true, "content_url": "/v1/tasks/task-unified-1764064800-ab12cd34/content"}
 }))]
 pub struct TaskResponse {
     /// Unix seconds.
@@ -199,6 +201,12 @@ pub struct VidgateObject {
     /// Completion + 24 h.
     #[schema(format = DateTime)]
     pub result_expires_at: Option<String>,
+    /// Once completed: whether the video is copied into the company's archive (a relayed
+    /// callback may say false; `content_url` serves from the upstream's link meanwhile).
+    pub archived: Option<bool>,
+    /// Once completed: the gateway path of the video, `/v1/tasks/{task_id}/content`.
+    #[schema(example = "/v1/tasks/task-unified-1764064800-ab12cd34/content")]
+    pub content_url: Option<String>,
 }
 
 /// `GET /v1/tasks`: one page of the tenant's tasks, newest first; `next_cursor` fetches the
@@ -375,3 +383,8 @@ pub struct TenantPatchBody {
     /// https URL (callback egress rules) for this tenant's budget alerts; "" or null removes it.
     pub alert_webhook_url: Option<String>,
 }
+
+/// A video file's bytes (`GET /v1/tasks/{task_id}/content`).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct VideoFile(pub Vec<u8>);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use crate::archive::Archive;
 use crate::auth::Authenticator;
 use crate::callbacks::Completion;
 use crate::config::Config;
@@ -46,6 +47,8 @@ pub struct AppState {
     /// The in-process shield in front of the probe (limits set above the store's).
     pub prelimit: Arc<LocalLimiter>,
     pub completion: Arc<Completion>,
+    /// Where finished videos are copied; `None`: `archive.url` is off.
+    pub archive: Option<Arc<Archive>>,
 }
 
 /// Tenant id → the record and when it was read.

@@ -18,7 +18,8 @@ def test_default_config_mirrors_the_repository_defaults():
     """Every key of config/vidgate.toml that the chart does not manage has the same default."""
     repo = tomllib.loads((REPO / "config" / "vidgate.toml").read_text())
     chart = tomllib.loads(render().toml)
-    managed = {("server", "listen"), ("store", "path"), ("store", "backend"), ("store", "redis_url"), ("metrics", "listen")}
+    managed = {("server", "listen"), ("store", "path"), ("store", "backend"), ("store", "redis_url"), ("metrics", "listen"),
+               ("archive", "url"), ("archive", "s3_endpoint"), ("archive", "s3_region")}
     secrets = {("upstream", "api_key"), ("auth", "hs256_secret"), ("callbacks", "signing_secret"), ("metrics", "bearer_token"),
                ("console", "session_secret"), ("console", "oidc_client_secret")}
     for section, keys in repo.items():
@@ -69,6 +70,8 @@ def deployment_env(rendered) -> dict[str, str]:
         "VIDGATE_STORE__REDIS_URL": "rediss://:pw@redis.internal:6380/0",
         "REDIS_PRIMARY_PASSWORD": "primary-pw",
         "REDIS_SENTINEL_PASSWORD": "sentinel-pw",
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "secret-example",
     }
     env = {}
     for item in rendered.deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
@@ -123,3 +126,17 @@ def test_gateway_accepts_the_rendered_configuration(values, tmp_path):
         )
         assert "primary-pw" not in result.stdout and "sentinel-pw" not in result.stdout
         assert effective["store"]["min_replicas_acked"] == 1
+
+
+def test_the_archive_lives_on_the_store_volume_or_in_the_named_bucket():
+    """Embedded: the PVC; a bucket: s3:// with its endpoint and region; Redis without a bucket: off."""
+    default = tomllib.loads(render().toml)["archive"]
+    assert default == {"url": "file:/var/lib/vidgate/results", "retention_days": 90, "max_bytes": 209715200}
+    assert tomllib.loads(render(TRIAL_REDIS).toml)["archive"]["url"] == ""
+    assert "no archive" in render(TRIAL_REDIS).notes
+    production = tomllib.loads(render(production_values()).toml)["archive"]
+    assert production["url"] == "s3://vidgate-videos/prod"
+    assert production["s3_endpoint"] == "https://s3.storage.internal.example.com"
+    assert production["s3_region"] == "eu-central-1"
+    off = tomllib.loads(render({"archive": {"enabled": False}}).toml)["archive"]
+    assert off["url"] == ""

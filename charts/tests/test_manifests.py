@@ -481,3 +481,19 @@ def test_notes_guide_the_operator():
     assert "WARNING" not in notes
     default = rendered("default", 1).notes
     assert "port-forward service/vidgate" in default and "no tenants" in default
+
+
+def test_archive_credentials_come_from_their_secret_or_a_service_account_role():
+    env = {e["name"]: e for e in rendered("production", 3).deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "vidgate-archive-s3", "key": "access-key-id"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "vidgate-archive-s3", "key": "secret-access-key"}
+    role = deep_merge(production_values(), {
+        "archive": {"s3": {"credentialsSecret": {"name": ""}}},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/vidgate"}},
+    })
+    r = render(role)
+    names = [e["name"] for e in r.deployment["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert "AWS_ACCESS_KEY_ID" not in names and "AWS_SECRET_ACCESS_KEY" not in names
+    account = r.one("ServiceAccount")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("role/vidgate")
+    assert r.deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]

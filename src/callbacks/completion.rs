@@ -27,6 +27,7 @@ pub async fn observe(state: &AppState, record: ReservationRecord, task: &Value) 
     let id = record.reservation_id.as_str();
     let (outcome, late) = match status {
         TaskStatus::Completed => {
+            crate::archive::enqueue(state, id, now_ms).await?;
             let settlement = settlement_for(state, &record, task, now_ms).await;
             if settlement.anomaly {
                 tracing::warn!(reservation_id = %id, "result length not measured; billing the requested length");
@@ -143,6 +144,7 @@ pub(super) fn expired(state: &AppState, done: &ReservationRecord) {
 
 /// A final step moved money: if the caller asked for a callback, the relay has an event.
 fn ended(state: &AppState, done: &ReservationRecord) {
+    crate::archive::wake(state);
     if done.callback_url.is_some() {
         state.completion.wake_relay();
     }
@@ -230,6 +232,7 @@ mod tests {
             claim_expires_ms: None,
             period_end_ms: None,
             last_task: None,
+            archived: false,
         }
     }
 

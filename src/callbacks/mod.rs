@@ -167,6 +167,13 @@ impl Workers {
                 stopped.clone(),
             )),
         ];
+        if let Some(archive) = &state.archive {
+            tasks.push(tokio::spawn(crate::archive::worker::run(
+                state.clone(),
+                archive.clone(),
+                stopped.clone(),
+            )));
+        }
         if state.config.reconciler.enabled {
             tasks.push(tokio::spawn(reconciler::run(state.clone(), stopped)));
         }

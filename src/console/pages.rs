@@ -473,12 +473,13 @@ pub async fn team(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse 
                     task_status(r.state).into(),
                     esc(&format_money(r.reserved)),
                     r.charged.map(|c| esc(&format_money(c))).unwrap_or_else(|| "–".into()),
+                    video_cell(r),
                 ]
             })
             .collect();
         body.push_str(&html::table(
             &format!("Tasks of {tenant}, newest first"),
-            &["Created (UTC)", "Task", "User", "Quality", "Status", "Held", "Charged"],
+            &["Created (UTC)", "Task", "User", "Quality", "Status", "Held", "Charged", "Video"],
             &[5, 6],
             &rows,
         ));
@@ -494,6 +495,23 @@ pub async fn team(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse 
         Ok((format!("Team {tenant}"), body))
     })
     .await
+}
+
+/// A completed task's video, played from its `content_url` (the archive, or the upstream's
+/// link until it is copied); nothing is fetched until the viewer presses play.
+fn video_cell(record: &crate::store::ReservationRecord) -> String {
+    match (record.state, &record.task_id) {
+        (ReservationState::Settled, Some(task_id)) => format!(
+            r#"<video controls preload="none" width="240" src="{}"></video><br><small>{}</small>"#,
+            esc(&crate::archive::content_path(task_id)),
+            if record.archived {
+                "archived"
+            } else {
+                "from the upstream's link (copy pending)"
+            }
+        ),
+        _ => "–".into(),
+    }
 }
 
 fn task_status(state: ReservationState) -> &'static str {

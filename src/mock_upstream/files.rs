@@ -371,6 +371,82 @@ pub(crate) fn serve_bytes(req: &HttpRequest, data: Bytes, content_type: &str) ->
     }
 }
 
+/// Serves `video` followed by a `free` box that pads the file to `total` bytes (at least 8
+/// more than the video), whole or one range of it, generated as it is sent: a 100 MB result
+/// costs the mock no memory. The padding is a fixed byte pattern, so every read of the same
+/// file gives the same bytes.
+pub(crate) fn serve_padded(req: &HttpRequest, video: Vec<u8>, total: u64, content_type: &str) -> HttpResponse {
+    let mut prefix = video;
+    let pad = u32::try_from(total - prefix.len() as u64).unwrap_or(u32::MAX);
+    prefix.extend_from_slice(&pad.to_be_bytes());
+    prefix.extend_from_slice(b"free");
+    let range = req
+        .headers()
+        .get(RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map_or(Ranged::Full, |h| parse_range(h, total));
+    let mut response = match range {
+        Ranged::Full => HttpResponse::Ok(),
+        Ranged::Part(..) => HttpResponse::PartialContent(),
+        Ranged::Unsatisfiable => HttpResponse::RangeNotSatisfiable(),
+    };
+    response
+        .insert_header((ACCEPT_RANGES, "bytes"))
+        .insert_header((CONTENT_TYPE, content_type.to_owned()));
+    let (start, end) = match range {
+        Ranged::Full => (0, total - 1),
+        Ranged::Part(start, end) => {
+            response.insert_header((CONTENT_RANGE, format!("bytes {start}-{end}/{total}")));
+            (start, end)
+        }
+        Ranged::Unsatisfiable => {
+            return response
+                .insert_header((CONTENT_RANGE, format!("bytes */{total}")))
+                .finish();
+        }
+    };
+    if req.method() == actix_web::http::Method::HEAD {
+        return response.no_chunking(end + 1 - start).finish();
+    }
+    let prefix = Bytes::from(prefix);
+    let chunks = futures_util::stream::unfold(start, move |at| {
+        let prefix = prefix.clone();
+        async move {
+            (at <= end).then(|| {
+                let stop = (at + PADDING_CHUNK).min(end + 1);
+                (Ok::<_, std::io::Error>(padded_bytes(&prefix, at, stop)), stop)
+            })
+        }
+    });
+    response.no_chunking(end + 1 - start).streaming(chunks)
+}
+
+/// Bytes generated per chunk of a padded file.
+const PADDING_CHUNK: u64 = 64 * 1024;
+/// The padding's byte at position `i` is `i % 251`: a period no power of two divides, so a
+/// misplaced chunk shows in a hash.
+const PADDING_PERIOD: u64 = 251;
+
+/// Bytes `at..stop` of `prefix` followed by the padding pattern.
+fn padded_bytes(prefix: &[u8], at: u64, stop: u64) -> Bytes {
+    static PATTERN: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        (0..PADDING_CHUNK + PADDING_PERIOD)
+            .map(|i| (i % PADDING_PERIOD) as u8)
+            .collect()
+    });
+    let mut out = Vec::with_capacity((stop - at) as usize);
+    let fixed = prefix.len() as u64;
+    if at < fixed {
+        out.extend_from_slice(&prefix[at as usize..stop.min(fixed) as usize]);
+    }
+    let from = at.max(fixed);
+    if from < stop {
+        let phase = (from % PADDING_PERIOD) as usize;
+        out.extend_from_slice(&PATTERN[phase..phase + (stop - from) as usize]);
+    }
+    Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +463,19 @@ mod tests {
         assert_eq!(parse_range("bytes=5-2", 100), Ranged::Full);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), Ranged::Full);
         assert_eq!(parse_range("items=0-1", 100), Ranged::Full);
+    }
+
+    #[test]
+    fn a_padded_file_is_the_video_then_the_pattern_in_any_chunking() {
+        let prefix = b"video-bytes";
+        let whole = padded_bytes(prefix, 0, 1000);
+        assert_eq!(&whole[..11], prefix);
+        assert!((11..1000).all(|i| whole[i] == (i as u64 % PADDING_PERIOD) as u8));
+        let pieces: Vec<u8> = [(0, 5), (5, 300), (300, 1000)]
+            .iter()
+            .flat_map(|(a, b)| padded_bytes(prefix, *a, *b).to_vec())
+            .collect();
+        assert_eq!(pieces, whole.to_vec());
     }
 
     #[test]

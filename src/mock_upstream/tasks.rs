@@ -44,6 +44,10 @@ pub(crate) struct Markers {
     hang: Duration,
     http: Option<StatusCode>,
     after: Option<After>,
+    /// `[mock:bytes=N]`: the result file padded to N bytes.
+    bytes: Option<u64>,
+    /// `[mock:result_hang=S]`: the result host answers S seconds late.
+    result_hang: Duration,
 }
 
 /// `[mock:after=...]`: the task IS created (its callback scheduled), then the create answers
@@ -78,6 +82,8 @@ pub(crate) fn parse_markers(prompt: &str) -> Result<Markers, String> {
             Some(("after", "huge")) => markers.after = Some(After::Huge),
             Some(("after", "reset")) => markers.after = Some(After::Reset),
             Some(("after", value)) => markers.after = Some(After::Status(http_status(marker, value)?)),
+            Some(("bytes", value)) => markers.bytes = Some(byte_count(marker, value)?),
+            Some(("result_hang", value)) => markers.result_hang = seconds(marker, value, 0.0)?,
             _ => return Err(format!("unknown marker [mock:{marker}]")),
         }
     }
@@ -93,6 +99,18 @@ fn seconds(marker: &str, value: &str, min: f64) -> Result<Duration, String> {
             "[mock:{marker}]: expected seconds between {min} and {MAX_MARKER_SECONDS}"
         )),
     }
+}
+
+/// Largest `[mock:bytes=N]`: the padding is one plain mp4 box (32-bit size).
+const MAX_RESULT_BYTES: u64 = 4_000_000_000;
+
+fn byte_count(marker: &str, value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n <= MAX_RESULT_BYTES)
+        .ok_or_else(|| format!("[mock:{marker}]: expected a byte count up to {MAX_RESULT_BYTES}"))
 }
 
 fn http_status(marker: &str, value: &str) -> Result<StatusCode, String> {
@@ -278,6 +296,15 @@ pub(crate) struct Task {
     /// What became of its callback: `none` (not asked, or not yet), `dropped` (the
     /// `callback_drop_pct` fault), `delivered` (an attempt got a 2xx) or `failed`.
     callback: &'static str,
+    result_bytes: Option<u64>,
+    result_hang: Duration,
+}
+
+/// What the file host serves for a completed task.
+struct ResultFile {
+    output_ms: u64,
+    bytes: Option<u64>,
+    hang: Duration,
 }
 
 enum Phase {
@@ -312,6 +339,8 @@ impl Task {
             finalized: false,
             prompt: request.prompt,
             callback: "none",
+            result_bytes: markers.bytes,
+            result_hang: markers.result_hang,
         }
     }
 
@@ -336,8 +365,12 @@ impl Task {
     }
 
     /// The generated length, once the task has completed.
-    fn completed_output_ms(&self, now: Instant) -> Option<u64> {
-        (matches!(self.phase(now), Phase::Final) && self.outcome == Outcome::Completed).then_some(self.output_ms)
+    fn completed_result(&self, now: Instant) -> Option<ResultFile> {
+        (matches!(self.phase(now), Phase::Final) && self.outcome == Outcome::Completed).then_some(ResultFile {
+            output_ms: self.output_ms,
+            bytes: self.result_bytes,
+            hang: self.result_hang,
+        })
     }
 
     /// The upstream's task object as a query (or a callback) would show it at `now`.
@@ -577,14 +610,21 @@ pub(crate) async fn query(
 /// like the upstream's result links).
 pub(crate) async fn result_file(req: HttpRequest, path: web::Path<String>, shared: web::Data<Shared>) -> HttpResponse {
     let name = path.into_inner();
-    let output_ms = name.strip_suffix(".mp4").and_then(|id| {
+    let result = name.strip_suffix(".mp4").and_then(|id| {
         lock(&shared.tasks)
             .get(id)
-            .and_then(|task| task.completed_output_ms(Instant::now()))
+            .and_then(|task| task.completed_result(Instant::now()))
     });
-    match output_ms {
-        Some(ms) => files::serve_bytes(&req, mp4::mp4_with_duration(ms).into(), "video/mp4"),
-        None => files::not_found(),
+    let Some(result) = result else {
+        return files::not_found();
+    };
+    if !result.hang.is_zero() {
+        tokio::time::sleep(result.hang).await;
+    }
+    let video = mp4::mp4_with_duration(result.output_ms);
+    match result.bytes {
+        Some(total) if total >= video.len() as u64 + 8 => files::serve_padded(&req, video, total, "video/mp4"),
+        _ => files::serve_bytes(&req, video.into(), "video/mp4"),
     }
 }
 
@@ -713,5 +753,15 @@ mod tests {
         let suffix = id.strip_prefix("task-unified-1700000000-").unwrap();
         assert_eq!(suffix.len(), 8);
         assert!(suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    }
+
+    #[test]
+    fn result_markers_size_and_delay_the_result_file() {
+        let m = parse_markers("[mock:bytes=1000000] [mock:result_hang=2.5]").unwrap();
+        assert_eq!(m.bytes, Some(1_000_000));
+        assert_eq!(m.result_hang, Duration::from_millis(2500));
+        for bad in ["[mock:bytes=-1]", "[mock:bytes=5000000000]", "[mock:result_hang=x]"] {
+            assert!(parse_markers(bad).is_err(), "{bad}");
+        }
     }
 }

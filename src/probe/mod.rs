@@ -213,6 +213,12 @@ impl Prober {
         self.probe_until(url, Kind::Upload, Instant::now() + self.timeout).await
     }
 
+    /// The client for the upstream's result links (host allow-list bypassed, addresses
+    /// checked): the archive copies and the content route stream results through it.
+    pub fn result_client(&self) -> &SafeHttp {
+        &self.results
+    }
+
     pub fn stats(&self) -> ProbeStats {
         ProbeStats {
             probes: self.probes.load(Ordering::Relaxed),

@@ -3,6 +3,7 @@
 pub(crate) mod admin;
 mod body;
 pub(crate) mod callbacks;
+pub(crate) mod content;
 pub(crate) mod generations;
 pub mod guard;
 pub(crate) mod health;
@@ -50,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics: bool) {
         .service(resource("/v1/quotes", "POST").route(web::post().to(quotes::quote)));
     webhooks::configure(cfg);
     keys::configure(cfg);
+    content::configure(cfg);
 }
 
 /// A resource whose other methods get 405 in our envelope, with `Allow` listing `allow`.

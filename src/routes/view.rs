@@ -5,7 +5,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use crate::billing::format_money;
-use crate::store::ReservationRecord;
+use crate::store::{ReservationRecord, ReservationState};
 
 pub fn vidgate_object(record: &ReservationRecord) -> Value {
     let mut object = json!({
@@ -33,6 +33,10 @@ pub fn vidgate_object(record: &ReservationRecord) -> Value {
             "result_expires_at".into(),
             json!(at.to_rfc3339_opts(SecondsFormat::Secs, true)),
         );
+    }
+    if let (ReservationState::Settled, Some(task_id)) = (record.state, &record.task_id) {
+        map.insert("archived".into(), json!(record.archived));
+        map.insert("content_url".into(), json!(crate::archive::content_path(task_id)));
     }
     object
 }

@@ -60,8 +60,8 @@ pub enum DumpItem {
         body_hash: String,
         expires_ms: i64,
     },
-    /// An entry of a work queue (`tasks`: the reconciler's, `outbox`: the relay's) and when
-    /// it is due.
+    /// An entry of a work queue (`tasks`: the reconciler's, `outbox`: the relay's, `archive`:
+    /// the archive's copies still to make) and when it is due.
     Queued { queue: String, id: String, due_ms: i64 },
     /// A callback event waiting in the outbox.
     OutboxEvent { event: OutboxEvent },

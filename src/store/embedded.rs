@@ -44,6 +44,9 @@ const PENDING_DUE: TableDefinition<&str, u64> = TableDefinition::new("pending_du
 const OUTBOX: TableDefinition<(u64, &str), ()> = TableDefinition::new("outbox");
 const OUTBOX_DUE: TableDefinition<&str, u64> = TableDefinition::new("outbox_due");
 const EVENTS: TableDefinition<&str, &str> = TableDefinition::new("events");
+/// The archive-copy queue: (due ms, reservation id), and each one's due ms.
+const ARCHIVE: TableDefinition<(u64, &str), ()> = TableDefinition::new("archive");
+const ARCHIVE_DUE: TableDefinition<&str, u64> = TableDefinition::new("archive_due");
 /// `queue:id` → (lease expiry ms, owner).
 const LEASES: TableDefinition<&str, (u64, &str)> = TableDefinition::new("leases");
 /// Secrets shared by every user of the store (the callback token key).
@@ -106,7 +109,7 @@ impl EmbeddedStore {
         tx.open_table(DAYS).map_err(db_error)?;
         tx.open_table(ALERTS).map_err(db_error)?;
         tx.open_table(IDEMPOTENCY).map_err(db_error)?;
-        for queue in [Queue::Tasks, Queue::Outbox] {
+        for queue in Queue::ALL {
             let (index, due) = queue_tables(queue);
             tx.open_table(index).map_err(db_error)?;
             tx.open_table(due).map_err(db_error)?;
@@ -921,6 +924,28 @@ impl Store for EmbeddedStore {
         let (rebuild, retention_ms) = (rebuild.clone(), self.retention_ms);
         self.write(move |tx| rebuild_in(tx, &rebuild, retention_ms)).await
     }
+
+    async fn enqueue_archive(&self, reservation_id: &str, due_ms: i64) -> Result<(), StoreError> {
+        let id = reservation_id.to_string();
+        self.write(move |tx| match due_of(tx, Queue::Archive, &id)? {
+            Some(_) => Ok(()),
+            None => schedule(tx, Queue::Archive, &id, due_ms),
+        })
+        .await
+    }
+
+    async fn mark_archived(&self, reservation_id: &str) -> Result<(), StoreError> {
+        let id = reservation_id.to_string();
+        self.write(move |tx| {
+            let mut reservations = tx.open_table(RESERVATIONS).map_err(db_error)?;
+            if let Some(mut record) = get_json::<ReservationRecord>(&reservations, &id)? {
+                record.archived = true;
+                put_json(&mut reservations, &id, &record)?;
+            }
+            Ok(())
+        })
+        .await
+    }
 }
 
 /// Enters a new hold in its tenant's task list.
@@ -1442,6 +1467,7 @@ fn queue_tables(queue: Queue) -> (QueueIndex, QueueDue) {
     match queue {
         Queue::Tasks => (PENDING, PENDING_DUE),
         Queue::Outbox => (OUTBOX, OUTBOX_DUE),
+        Queue::Archive => (ARCHIVE, ARCHIVE_DUE),
     }
 }
 

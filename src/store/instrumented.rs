@@ -301,4 +301,14 @@ impl Store for Instrumented {
     async fn rebuild(&self, rebuild: &Rebuild) -> Result<RebuildOutcome, StoreError> {
         self.timed("rebuild", self.inner.rebuild(rebuild)).await
     }
+
+    async fn enqueue_archive(&self, reservation_id: &str, due_ms: i64) -> Result<(), StoreError> {
+        self.timed("enqueue_archive", self.inner.enqueue_archive(reservation_id, due_ms))
+            .await
+    }
+
+    async fn mark_archived(&self, reservation_id: &str) -> Result<(), StoreError> {
+        self.timed("mark_archived", self.inner.mark_archived(reservation_id))
+            .await
+    }
 }

@@ -232,6 +232,9 @@ pub struct ReservationRecord {
     /// The task as last seen when its money moved (JSON), for the task list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_task: Option<String>,
+    /// Its video is in the archive (`Store::mark_archived`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archived: bool,
 }
 
 /// What a bind found.
@@ -292,6 +295,7 @@ impl ReservationRecord {
             }),
             period_end_ms: Period::end_of(period),
             last_task: None,
+            archived: false,
         }
     }
 
@@ -455,21 +459,33 @@ fn relays(record: &ReservationRecord) -> bool {
 }
 
 /// The work queues the background workers share across replicas: reservations to reconcile
-/// (`Tasks`, entered at reserve, left when final) and callbacks to relay (`Outbox`, entered
-/// by the final money steps). Each entry has a due time; a worker claims a due entry with a
-/// lease, so one replica at a time works on it, and a dead replica's lease just runs out.
+/// (`Tasks`, entered at reserve, left when final), callbacks to relay (`Outbox`, entered
+/// by the final money steps) and results to copy into the archive (`Archive`, by reservation
+/// id, entered when a completion is seen, left once copied or given up). Each entry has a
+/// due time; a worker claims a due entry with a lease, so one replica at a time works on it,
+/// and a dead replica's lease just runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
     Tasks,
     Outbox,
+    Archive,
 }
 
 impl Queue {
+    /// Every queue, for the backends' table setup and for export.
+    pub const ALL: [Queue; 3] = [Queue::Tasks, Queue::Outbox, Queue::Archive];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tasks => "tasks",
             Self::Outbox => "outbox",
+            Self::Archive => "archive",
         }
+    }
+
+    /// The queue a dump names.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|queue| queue.as_str() == name)
     }
 }
 
@@ -950,6 +966,15 @@ pub trait Store: Send + Sync + 'static {
     /// the task, or the rebuild is refused (then `Rebuild::tombstone` and one `anomaly`).
     /// No budget, cap or rate check: the task ran; the upstream will be paid for it.
     async fn rebuild(&self, rebuild: &Rebuild) -> Result<RebuildOutcome, StoreError>;
+
+    // The archive of finished videos (see `archive/`): its copy queue is `Queue::Archive`.
+
+    /// Puts a reservation in the archive-copy queue, due at `due_ms`, unless it is queued
+    /// already (its due time then stays).
+    async fn enqueue_archive(&self, reservation_id: &str, due_ms: i64) -> Result<(), StoreError>;
+
+    /// Records that the reservation's video is archived; a record gone meanwhile is left alone.
+    async fn mark_archived(&self, reservation_id: &str) -> Result<(), StoreError>;
 }
 
 /// Opens the configured backend.

@@ -381,6 +381,7 @@ impl RedisStore {
         match queue {
             Queue::Tasks => format!("{}pending", self.prefix),
             Queue::Outbox => format!("{}outbox", self.prefix),
+            Queue::Archive => format!("{}archive", self.prefix),
         }
     }
 
@@ -1267,7 +1268,28 @@ impl Store for RedisStore {
             other => Err(unexpected("rebuild", other)),
         }
     }
+
+    async fn enqueue_archive(&self, reservation_id: &str, due_ms: i64) -> Result<(), StoreError> {
+        let mut add = cmd("ZADD");
+        add.arg(self.queue_key(Queue::Archive))
+            .arg("NX")
+            .arg(due_ms)
+            .arg(reservation_id);
+        self.query::<i64>(&add).await.map(drop)
+    }
+
+    async fn mark_archived(&self, reservation_id: &str) -> Result<(), StoreError> {
+        let invocation = MARK_ARCHIVED.key(self.key("res", reservation_id));
+        self.invoke::<i64>(&invocation).await.map(drop)
+    }
 }
+
+/// A reservation gone meanwhile (retention) is not brought back as a stub.
+static MARK_ARCHIVED: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'archived', 'true') end return 1",
+    )
+});
 
 impl RedisStore {
     /// Plans from the stored record and writes with `put_tenant.lua` if it is still the one

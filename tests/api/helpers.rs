@@ -88,6 +88,8 @@ pub fn test_config(backend: Backend, mock: &MockServer, dir: &tempfile::TempDir)
     config.store.key_prefix = format!("test:{}:", ulid::Ulid::new());
     // Reference videos and results live on the mock's loopback file host.
     config.probe.allow_private_networks = true;
+    // Off unless a test turns it on (tests/api/archive.rs): no copies behind other tests' backs.
+    config.archive.url = Some(String::new());
     if let Backend::Redis = backend {
         config.store.backend = StoreBackend::Redis;
         config.store.redis_url = crate::support::redis::shared().url();

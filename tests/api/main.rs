@@ -3,6 +3,8 @@
 mod admin;
 mod alerts;
 mod api_keys;
+mod archive;
+mod archive_bench;
 mod auth;
 mod chaos;
 mod cli;

@@ -199,9 +199,10 @@ fn serve_against_the_mock_upstream_as_the_readme_says() {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[upstream]\nbase_url = \"http://{mock_addr}\"\n\
              files_base_url = \"http://{mock_addr}\"\napi_key = \"sk-evo-mock\"\n[auth]\n\
-             hs256_secret = \"change-me-change-me-change-me-change-me\"\n[store]\npath = \"{}\"\n\
+             hs256_secret = \"change-me-change-me-change-me-change-me\"\n[store]\npath = \"{0}/vidgate.redb\"\n\
+             [archive]\nurl = \"file:{0}/results\"\n\
              [probe]\nallow_private_networks = true\n[[tenants]]\nid = \"marketing\"\nbudget = \"500.00\"\n",
-            dir.path().join("vidgate.redb").display()
+            dir.path().display()
         ),
     )
     .expect("write config");

@@ -116,6 +116,8 @@ hs256_secret = "{SECRET}"
 [store]
 path = "{store}"
 redis_url = "redis://:{REDIS_PASSWORD}@127.0.0.1:{closed}/0"
+[archive]
+url = "file:{store}.results"
 [probe]
 allow_private_networks = true
 [callbacks]

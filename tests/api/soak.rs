@@ -179,6 +179,8 @@ hs256_secret = "{SECRET}"
 [store]
 {store}
 retention_secs = 2
+[archive]
+url = ""
 [probe]
 allow_private_networks = true
 [callbacks]

@@ -2346,3 +2346,65 @@ mod console_sessions {
         assert_eq!(opened, 1);
     }
 }
+
+mod archive_queue {
+    use super::*;
+
+    for_both_backends!(
+        a_copy_is_queued_once_and_leaves_with_its_release,
+        the_archived_mark_sticks_to_its_record_and_creates_none,
+    );
+
+    async fn a_copy_is_queued_once_and_leaves_with_its_release(store: Arc<dyn Store>) {
+        store.enqueue_archive("rsv_a", NOW_MS).await.unwrap();
+        store.enqueue_archive("rsv_a", NOW_MS + 60_000).await.unwrap();
+        assert_eq!(store.due(Queue::Archive, NOW_MS, 10).await.unwrap(), vec!["rsv_a"]);
+        assert!(store.due(Queue::Tasks, NOW_MS, 10).await.unwrap().is_empty());
+        let claimed = store
+            .claim(Queue::Archive, "rsv_a", "me", NOW_MS, 60_000)
+            .await
+            .unwrap()
+            .expect("due, unleased");
+        assert_eq!(
+            store
+                .claim(Queue::Archive, "rsv_a", "other", NOW_MS, 60_000)
+                .await
+                .unwrap(),
+            None
+        );
+        store
+            .release(Queue::Archive, "rsv_a", "me", claimed, Some(NOW_MS + 2_000))
+            .await
+            .unwrap();
+        assert!(store.due(Queue::Archive, NOW_MS + 1_999, 10).await.unwrap().is_empty());
+        assert_eq!(
+            store.due(Queue::Archive, NOW_MS + 2_000, 10).await.unwrap(),
+            vec!["rsv_a"]
+        );
+        let claimed = store
+            .claim(Queue::Archive, "rsv_a", "me", NOW_MS + 2_000, 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .release(Queue::Archive, "rsv_a", "me", claimed, None)
+            .await
+            .unwrap();
+        assert!(store.due(Queue::Archive, i64::MAX / 2, 10).await.unwrap().is_empty());
+    }
+
+    async fn the_archived_mark_sticks_to_its_record_and_creates_none(store: Arc<dyn Store>) {
+        with_tenant(store.as_ref(), settings()).await;
+        let held = reserved(store.as_ref(), &request("rsv_m", "ann", 415_000)).await;
+        assert!(!held.archived);
+        store.bind("rsv_m", "task-m", "{\"id\":\"task-m\"}").await.unwrap();
+        store.settle("rsv_m", &settlement(405_000)).await.unwrap();
+        store.mark_archived("rsv_m").await.unwrap();
+        let record = store.reservation("rsv_m").await.unwrap().unwrap();
+        assert!(record.archived);
+        assert_eq!(record.charged, Some(405_000), "the money is untouched");
+        assert!(store.task("task-m").await.unwrap().unwrap().archived);
+        store.mark_archived("rsv_gone").await.unwrap();
+        assert_eq!(store.reservation("rsv_gone").await.unwrap(), None);
+    }
+}

@@ -317,6 +317,14 @@ def team_pages(context):
     check(shown == [t["id"] or "(outcome unknown)" for t in tasks["data"]], "the team page lists the tenant's tasks, as /v1/tasks")
     charged = [r[6] for r in cells(page, "table tbody tr")]
     check(charged == [t["vidgate"].get("charged", "–") for t in tasks["data"]], "each task's cost equals /v1/tasks")
+    videos = page.evaluate("""async () => Promise.all([...document.querySelectorAll('table tbody video')].map(async v => {
+        const r = await fetch(v.getAttribute('src'), {headers: {Range: 'bytes=0-7'}});
+        return [v.getAttribute('src'), r.status, r.headers.get('content-type'), (await r.arrayBuffer()).byteLength];
+    }))""")
+    completed = [t["vidgate"]["content_url"] for t in tasks["data"] if t["vidgate"].get("content_url")]
+    check(len(completed) == 3 and [v[0] for v in videos] == completed,
+          "each completed task has a <video> playing its content_url, as /v1/tasks")
+    check(all(v[1:] == [206, "video/mp4", 8] for v in videos), "the browser loads each video with the session (Range: 206)")
     _, secret = api("/v1/webhooks/secret", jwt)
     check(page.inner_text("[data-webhook-secret]") == secret["secret"],
           "the team page shows the tenant's webhook key, as /v1/webhooks/secret")

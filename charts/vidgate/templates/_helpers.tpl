@@ -166,6 +166,7 @@ vidgate.toml: the values' `config` plus the keys the chart manages, as one dict.
 {{- if .Values.metrics.port }}
 {{- $_ := set $managed "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
 {{- end }}
+{{- $_ := set $managed "archive" (include "vidgate.archive" . | fromJson) }}
 {{- $pems := list }}
 {{- range (include "vidgate.jwtFileNames" . | fromJsonArray) }}
 {{- $pems = append $pems (printf "/etc/vidgate/jwt/%s" .) }}
@@ -174,6 +175,24 @@ vidgate.toml: the values' `config` plus the keys the chart manages, as one dict.
 {{- $_ := set $managed "auth" (dict "public_key_pem_files" $pems) }}
 {{- end }}
 {{- toJson (mergeOverwrite $cfg $managed) }}
+{{- end }}
+
+{{/*
+The archive's place: the bucket when one is named, else the store's volume with the embedded
+store, else off (several pods share no volume).
+*/}}
+{{- define "vidgate.archive" -}}
+{{- $a := .Values.archive }}
+{{- if not $a.enabled }}
+{{- toJson (dict "url" "") }}
+{{- else if $a.s3.bucket }}
+{{- $prefix := trimAll "/" $a.s3.prefix }}
+{{- toJson (dict "url" (printf "s3://%s/%s" $a.s3.bucket $prefix) "s3_endpoint" $a.s3.endpoint "s3_region" $a.s3.region) }}
+{{- else if eq .Values.store.backend "embedded" }}
+{{- toJson (dict "url" "file:/var/lib/vidgate/results") }}
+{{- else }}
+{{- toJson (dict "url" "") }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -99,7 +99,7 @@ pub(super) fn export_in(
             expires_ms: claim.expires_ms,
         })?;
     }
-    for queue in [Queue::Tasks, Queue::Outbox] {
+    for queue in Queue::ALL {
         for item in tx
             .open_table(queue_tables(queue).1)
             .map_err(db_error)?
@@ -289,9 +289,5 @@ pub(super) fn import_in(tx: &WriteTransaction, item: &DumpItem) -> Result<(), St
 }
 
 fn queue_named(name: &str) -> Result<Queue, StoreError> {
-    match name {
-        "tasks" => Ok(Queue::Tasks),
-        "outbox" => Ok(Queue::Outbox),
-        other => Err(StoreError::Corrupt(format!("unknown queue {other:?}"))),
-    }
+    Queue::named(name).ok_or_else(|| StoreError::Corrupt(format!("unknown queue {name:?}")))
 }

@@ -172,7 +172,7 @@ impl RedisStore {
     }
 
     pub(super) async fn export_queues(&self, out: &Sink) -> Result<(), StoreError> {
-        for queue in [Queue::Tasks, Queue::Outbox] {
+        for queue in Queue::ALL {
             let mut range = cmd("ZRANGE");
             range.arg(self.queue_key(queue)).arg(0).arg(-1).arg("WITHSCORES");
             let entries: Vec<(String, f64)> = self.query(&range).await?;
@@ -297,10 +297,9 @@ impl RedisStore {
                 }
             }
             DumpItem::Queued { queue, id, due_ms } => {
-                let queue = match queue.as_str() {
-                    "tasks" => Queue::Tasks,
-                    "outbox" => Queue::Outbox,
-                    other => return Err(StoreError::Corrupt(format!("unknown queue {other:?}"))),
+                let queue = match Queue::named(queue) {
+                    Some(queue) => queue,
+                    None => return Err(StoreError::Corrupt(format!("unknown queue {queue:?}"))),
                 };
                 pipe.cmd("ZADD")
                     .arg(self.queue_key(queue))

@@ -82,3 +82,29 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
         .port()
 }
+
+/// `spawn` with extra environment variables (credentials an operator would set).
+pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> (Process, String) {
+    let mut command = Command::new(BIN);
+    command.args(args).env("RUST_LOG", "warn").envs(env.iter().copied());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("VIDGATE_") || k.starts_with("AWS_")) {
+        if !env.iter().any(|(name, _)| *name == key) {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vidgate");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("first line");
+    let addr = first
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{args:?} did not announce its address: {first:?}"))
+        .to_string();
+    std::thread::spawn(move || std::io::copy(&mut stdout.take(u64::MAX), &mut std::io::sink()));
+    (Process(child), addr)
+}
