@@ -15,57 +15,8 @@ use vidgate::store::{
 };
 
 use crate::support;
+use crate::support::backends::{Backend, embedded, for_both_backends, redis};
 use crate::support::redis::RedisServer;
-
-/// A store under test and what must live as long as it.
-struct Backend {
-    store: Arc<dyn Store>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn embedded() -> Backend {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(&dir.path().join("store.redb"), "test:").expect("open embedded store");
-    Backend {
-        store: Arc::new(store),
-        _dir: Some(dir),
-    }
-}
-
-async fn redis() -> Backend {
-    let url = support::redis::shared().url();
-    let store = RedisStore::connect(&url, &support::random_prefix())
-        .await
-        .expect("connect to the shared redis");
-    Backend {
-        store: Arc::new(store),
-        _dir: None,
-    }
-}
-
-/// Runs each case against both backends, as `embedded::<case>` and `redis::<case>`.
-macro_rules! for_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let backend = super::embedded().await;
-                    super::$case(std::sync::Arc::clone(&backend.store)).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let backend = super::redis().await;
-                    super::$case(std::sync::Arc::clone(&backend.store)).await;
-                }
-            )*
-        }
-    };
-}
 
 for_both_backends!(
     a_second_reserve_with_the_same_id_returns_the_first_hold,
@@ -1984,20 +1935,8 @@ mod retention {
             .expect("connect")
             .with_retention(RETENTION);
         vec![
-            (
-                "embedded",
-                Backend {
-                    store: Arc::new(embedded),
-                    _dir: Some(dir),
-                },
-            ),
-            (
-                "redis",
-                Backend {
-                    store: Arc::new(redis),
-                    _dir: None,
-                },
-            ),
+            ("embedded", Backend::new(embedded, Some(dir))),
+            ("redis", Backend::new(redis, None)),
         ]
     }
 
@@ -2122,14 +2061,6 @@ mod credentials {
     use vidgate::store::{ApiKeyCreated, ApiKeyRecord, WebhookKey};
 
     use super::*;
-
-    async fn embedded() -> Backend {
-        super::embedded().await
-    }
-
-    async fn redis() -> Backend {
-        super::redis().await
-    }
 
     for_both_backends!(
         a_tenants_first_webhook_key_is_kept_and_differs_per_tenant,

@@ -5,62 +5,12 @@ use std::sync::Arc;
 
 use chrono::TimeZone;
 use vidgate::config::PeriodKind;
-use vidgate::store::embedded::EmbeddedStore;
-use vidgate::store::redis::RedisStore;
 use vidgate::store::{
     BindOutcome, FinalizeOutcome, LedgerEntry, LedgerKind, LedgerPosition, PeriodKeys, Queue, Rebuild, RebuildOutcome,
     ReservationState, ReserveOutcome, ReserveRequest, Settlement, Store, TaskIndexRange, TenantSettings,
 };
 
-use crate::support;
-
-struct Backend {
-    store: Arc<dyn Store>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-async fn embedded() -> Backend {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(&dir.path().join("store.redb"), "test:").expect("open embedded store");
-    Backend {
-        store: Arc::new(store),
-        _dir: Some(dir),
-    }
-}
-
-async fn redis() -> Backend {
-    let url = support::redis::shared().url();
-    let store = RedisStore::connect(&url, &support::random_prefix())
-        .await
-        .expect("connect to the shared redis");
-    Backend {
-        store: Arc::new(store),
-        _dir: None,
-    }
-}
-
-macro_rules! for_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let backend = super::embedded().await;
-                    super::$case(std::sync::Arc::clone(&backend.store)).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let backend = super::redis().await;
-                    super::$case(std::sync::Arc::clone(&backend.store)).await;
-                }
-            )*
-        }
-    };
-}
+use crate::support::backends::{embedded, for_both_backends, redis};
 
 for_both_backends!(
     a_lost_reservation_is_rebuilt_once_bound_and_then_charged,

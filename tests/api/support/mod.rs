@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: real backing services and random names.
 
+pub mod backends;
 pub mod garage;
 pub mod process;
 pub mod receiver;
