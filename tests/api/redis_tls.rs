@@ -2,6 +2,7 @@
 //! server whose certificate the gateway does not trust refused before any command.
 
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
@@ -10,6 +11,7 @@ use vidgate::store::redis::RedisStore;
 use vidgate::store::{Store, StoreError};
 
 use crate::support;
+use crate::support::process::BIN;
 use crate::support::redis::{RedisServer, free_port};
 
 /// A CA, and a server certificate for `host` it signed: (CA PEM, server cert PEM, key PEM).
@@ -152,4 +154,57 @@ fn check_config_wants_a_readable_pem_ca_file_and_a_rediss_url() {
             Ok(()) => panic!("{url} with {file} must be refused"),
         }
     }
+}
+
+/// `vidgate store export` on a `rediss://` store: the platform's roots (here named by
+/// `SSL_CERT_FILE`, which rustls-native-certs honours as the system's bundle would be) or
+/// `store.redis_ca_file` vouch for the server; with neither it is refused.
+#[test]
+fn the_cli_trusts_the_platform_roots_or_the_ca_file_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, port) = trusted_setup(dir.path());
+    let ca = dir.path().join("ca.pem");
+    let export = |ca_file: &str, ssl_cert_file: Option<&Path>| {
+        let config = dir.path().join("store.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nbackend = \"redis\"\nredis_url = \"rediss://127.0.0.1:{port}\"\nredis_ca_file = \"{ca_file}\"\n\
+                 key_prefix = \"{}\"\n",
+                support::random_prefix()
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .args(["store", "export", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .env_remove("SSL_CERT_DIR")
+            .env_remove("SSL_CERT_FILE");
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("VIDGATE_")) {
+            command.env_remove(key);
+        }
+        if let Some(file) = ssl_cert_file {
+            command.env("SSL_CERT_FILE", file);
+        }
+        command.output().expect("run vidgate store export")
+    };
+    let by_roots = export("", Some(&ca));
+    assert!(
+        by_roots.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_roots.stderr)
+    );
+    let by_ca_file = export(ca.to_str().unwrap(), None);
+    assert!(
+        by_ca_file.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_ca_file.stderr)
+    );
+    let unknown = export("", None);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success() && stderr.contains("invalid peer certificate: UnknownIssuer"),
+        "{stderr}"
+    );
 }
