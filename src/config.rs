@@ -145,6 +145,9 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     pub path: PathBuf,
     pub redis_url: String,
+    /// PEM CA certificates a `rediss://` server's certificate must chain to, instead of the
+    /// platform's roots; empty: the platform's roots.
+    pub redis_ca_file: PathBuf,
     /// ≥ 1: every money step waits (`WAIT`) until this many replicas have it.
     pub min_replicas_acked: u32,
     /// How long a money step waits for its replicas.
@@ -160,6 +163,7 @@ impl Default for StoreConfig {
             backend: StoreBackend::Embedded,
             path: "data/vidgate.redb".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: PathBuf::new(),
             min_replicas_acked: 0,
             replica_ack_timeout_ms: 500,
             key_prefix: "vidgate:".into(),
@@ -740,6 +744,20 @@ impl Config {
         Ok(config)
     }
 
+    /// `store.redis_ca_file`: only with a `rediss://` URL, a readable PEM of CA certificates.
+    fn validate_redis_ca(&self, target: &crate::store::redis::Target) -> Result<(), ConfigError> {
+        let path = &self.store.redis_ca_file;
+        if path.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let invalid = |e: String| ConfigError::invalid("store.redis_ca_file", e);
+        if !target.is_tls() {
+            return Err(invalid("needs a rediss:// store.redis_url (TLS to one server)".into()));
+        }
+        let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        crate::store::redis::check_ca_pem(&pem).map_err(|e| invalid(format!("{}: {e}", path.display())))
+    }
+
     fn load_secret_files(&mut self) -> Result<(), ConfigError> {
         load_secret(
             &mut self.upstream.api_key,
@@ -799,8 +817,9 @@ impl Config {
             return Err(ConfigError::invalid("store.key_prefix", "must not be empty"));
         }
         if self.store.backend == StoreBackend::Redis {
-            crate::store::redis::Target::parse(&self.store.redis_url)
+            let target = crate::store::redis::Target::parse(&self.store.redis_url)
                 .map_err(|e| ConfigError::invalid("store.redis_url", e))?;
+            self.validate_redis_ca(&target)?;
             if self.store.min_replicas_acked > 0 && !(1..=1500).contains(&self.store.replica_ack_timeout_ms) {
                 return Err(ConfigError::invalid(
                     "store.replica_ack_timeout_ms",

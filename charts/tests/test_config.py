@@ -32,7 +32,8 @@ def test_default_config_mirrors_the_repository_defaults():
     assert chart["server"]["listen"] == "0.0.0.0:8080"
     assert chart["metrics"]["listen"] == "0.0.0.0:9090"
     assert chart["store"] == {"backend": "embedded", "path": "/var/lib/vidgate/vidgate.redb", "key_prefix": "vidgate:",
-                              "retention_secs": 3024000, "min_replicas_acked": 0, "replica_ack_timeout_ms": 500}
+                              "retention_secs": 3024000, "min_replicas_acked": 0, "replica_ack_timeout_ms": 500,
+                              "redis_ca_file": ""}
     assert chart["tenants"] == []
     for section, key in secrets:
         assert key not in chart.get(section, {}), "a secret in the ConfigMap"

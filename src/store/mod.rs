@@ -977,6 +977,17 @@ pub trait Store: Send + Sync + 'static {
     async fn mark_archived(&self, reservation_id: &str) -> Result<(), StoreError>;
 }
 
+/// The CA certificates of `store.redis_ca_file`, if set (checked by `Config::validate`).
+fn redis_ca(config: &StoreConfig) -> Result<Option<Vec<u8>>, StoreError> {
+    let path = &config.redis_ca_file;
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    std::fs::read(path)
+        .map(Some)
+        .map_err(|e| StoreError::Unavailable(format!("store.redis_ca_file {}: {e}", path.display())))
+}
+
 /// Opens the configured backend.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     open_observed(config, Arc::new(|_| {})).await
@@ -994,7 +1005,7 @@ pub async fn open_observed(
             Arc::new(embedded::EmbeddedStore::open(&config.path, &config.key_prefix)?.with_retention(retention))
         }
         StoreBackend::Redis => Arc::new(
-            redis::RedisStore::connect(&config.redis_url, &config.key_prefix)
+            redis::RedisStore::connect_with_ca(&config.redis_url, &config.key_prefix, redis_ca(config)?)
                 .await?
                 .with_retention(retention)
                 .with_replica_acks(

@@ -51,7 +51,7 @@ pub use self::acks::ShortfallHook;
 use self::acks::{Acked, ReplicaAcks};
 use self::export_import::{EXPORT_CHUNK, Sink, glob_escape};
 use self::link::Links;
-pub use self::link::Target;
+pub use self::link::{Target, check_ca_pem};
 use super::tenants::{self, TenantWrite};
 use super::*;
 
@@ -167,6 +167,12 @@ impl RedisStore {
     /// manager reconnects by itself, and a failover is followed (see `link`); calls fail with
     /// `Unavailable` while no primary answers.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        Self::connect_with_ca(url, prefix, None).await
+    }
+
+    /// `connect`, trusting only the PEM CA certificates `ca` (instead of the platform's
+    /// roots) for a `rediss://` URL.
+    pub async fn connect_with_ca(url: &str, prefix: &str, ca: Option<Vec<u8>>) -> Result<Self, StoreError> {
         let target = Target::parse(url).map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(ATTEMPT_TIMEOUT))
@@ -175,7 +181,7 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let links = Links::open(target.clone(), config, ATTEMPT_TIMEOUT)
+            let links = Links::open(target.clone(), ca, config, ATTEMPT_TIMEOUT)
                 .await
                 .map_err(unavailable)?;
             let store = Self {

@@ -24,6 +24,7 @@ mod money;
 mod newcomer;
 mod overspend;
 mod quotes;
+mod redis_tls;
 mod references;
 mod replication;
 mod reports;

@@ -300,7 +300,7 @@ async fn a_concurrency_cap_of_zero_allows_no_task(store: Arc<dyn Store>) {
     );
 }
 
-async fn a_settle_charges_the_amount_and_releases_the_hold(store: Arc<dyn Store>) {
+pub(crate) async fn a_settle_charges_the_amount_and_releases_the_hold(store: Arc<dyn Store>) {
     with_tenant(&*store, settings()).await;
     reserved(&*store, &request("r1", "ann", 415_000)).await;
     let FinalizeOutcome::Applied(record) = store.settle("r1", &settlement(405_000)).await.unwrap() else {

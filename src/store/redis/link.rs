@@ -10,6 +10,9 @@
 //! sentinels; one DNS name: connects anew, so the name is looked up again); with Sentinel a
 //! connection failure does too, since the old address may be dead for good. Nothing is
 //! ever written to a replica: Redis refuses it, and the link moves on.
+//!
+//! `rediss://` is TLS (rustls): the server's certificate is checked against the platform's
+//! roots, or against `store.redis_ca_file` alone when set, and must name the URL's host.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use ::redis::{Client, ConnectionAddr, ErrorKind, RedisError, ServerErrorKind};
+use ::redis::{Client, ConnectionAddr, ErrorKind, RedisError, ServerErrorKind, TlsCertificates};
 use secrecy::{ExposeSecret, SecretString};
 
 /// How long one resolution of the primary may take (a frozen server accepts connections
@@ -80,6 +83,29 @@ impl Target {
 
     fn is_sentinel(&self) -> bool {
         matches!(self, Self::Sentinel(_))
+    }
+
+    /// Whether the URL is `rediss://` (TLS to one server).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Self::Url(url) if url.starts_with("rediss://"))
+    }
+}
+
+/// Checks a PEM bundle of CA certificates for `store.redis_ca_file` (as the redis crate will
+/// read it); the error says what is wrong.
+pub fn check_ca_pem(pem: &[u8]) -> Result<(), String> {
+    if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Client::build_with_tls("rediss://127.0.0.1", ca_certificates(pem))
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn ca_certificates(pem: &[u8]) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
     }
 }
 
@@ -201,6 +227,8 @@ pub(super) struct Links {
 }
 
 struct Resolver {
+    /// PEM CA certificates trusted instead of the platform's roots (`rediss://` only).
+    ca: Option<Vec<u8>>,
     sentinel: Option<SentinelClient>,
     last_attempt: Option<Instant>,
 }
@@ -208,10 +236,12 @@ struct Resolver {
 impl Links {
     pub async fn open(
         target: Target,
+        ca: Option<Vec<u8>>,
         config: ConnectionManagerConfig,
         attempt_timeout: Duration,
     ) -> Result<Self, RedisError> {
         let mut resolver = Resolver {
+            ca,
             sentinel: None,
             last_attempt: None,
         };
@@ -342,7 +372,10 @@ impl Resolver {
     /// `ROLE` by the redis crate).
     async fn primary(&mut self, target: &Target) -> Result<Client, RedisError> {
         match target {
-            Target::Url(url) => Client::open(url.as_str()),
+            Target::Url(url) => match &self.ca {
+                Some(pem) => Client::build_with_tls(url.as_str(), ca_certificates(pem)),
+                None => Client::open(url.as_str()),
+            },
             Target::Sentinel(spec) => {
                 if self.sentinel.is_none() {
                     self.sentinel = Some(sentinel_client(spec)?);
