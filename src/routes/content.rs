@@ -26,7 +26,12 @@ use crate::upstream::{self, TaskStatus};
 const VIDEO_MP4: &str = "video/mp4";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::resource("/v1/tasks/{task_id}/content", "GET").route(web::get().to(content)));
+    // HEAD as GET (actix sends no body for it): players and `curl -I` ask for the length first.
+    cfg.service(
+        super::resource("/v1/tasks/{task_id}/content", "GET, HEAD")
+            .route(web::get().to(content))
+            .route(web::head().to(content)),
+    );
 }
 
 /// Where the video is served from.

@@ -144,6 +144,18 @@ async fn the_archived_video_answers_ranges_and_etags() {
     assert_eq!(open.headers()["content-range"], "bytes 99000-99999/100000");
     assert_eq!(open.bytes().await.unwrap(), original[99_000..]);
 
+    let head = app
+        .client
+        .head(format!("{}/v1/tasks/{id}/content", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()["content-length"], "100000");
+    assert_eq!(head.headers()["etag"], etag.as_str());
+    assert!(head.bytes().await.unwrap().is_empty());
+
     let beyond = content(&app, &token, &id, &[("range", "bytes=100000-")]).await;
     assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(beyond.headers()["content-range"], "bytes */100000");
