@@ -326,6 +326,10 @@ async fn open_session(
     {
         return Ok(None);
     }
+    // One browser, one session: the one this sign-in replaces ends now, not at its expiry.
+    if let Some(previous) = session_id(req, secret) {
+        state.store.end_console_session(&session_key(previous)).await?;
+    }
     let cookie = format!(
         "{SESSION_COOKIE}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
         cookie_value(&id, secret),

@@ -191,6 +191,37 @@ async fn the_cookie_reads_get_routes_and_makes_only_the_listed_writes_with_csrf(
 }
 
 #[tokio::test]
+async fn signing_in_again_in_the_same_browser_ends_the_session_it_replaces() {
+    let app = console_app(Backend::Embedded).await;
+    let first = session(&app, Some("team-a"), "ann", &[]).await;
+    let again = browser()
+        .get(format!(
+            "{}/console/link?ticket={}",
+            app.base,
+            ticket(Some("team-a"), "ann", &[])
+        ))
+        .header("cookie", &first.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    let second = Session {
+        cookie: again.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string(),
+        csrf: String::new(),
+    };
+    let old = with_cookie(&app, reqwest::Method::GET, "/v1/usage", &first, false).await;
+    assert_eq!(code(old).await, (StatusCode::UNAUTHORIZED, "unauthenticated".into()));
+    let new = with_cookie(&app, reqwest::Method::GET, "/v1/usage", &second, false).await;
+    assert_eq!(new.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_bearer_token_wins_over_a_cookie_and_a_bad_cookie_is_refused() {
     let app = console_app(Backend::Embedded).await;
     let team = session(&app, Some("team-a"), "ann", &[]).await;
