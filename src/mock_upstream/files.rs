@@ -5,7 +5,7 @@ use std::fmt;
 use actix_multipart::{Field, Multipart};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{ACCEPT_RANGES, CONTENT_RANGE, CONTENT_TYPE, RANGE};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError, web};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use bytes::{Bytes, BytesMut};
@@ -343,9 +343,9 @@ fn parse_range(header: &str, len: u64) -> Ranged {
     }
 }
 
-/// Serves `data` whole (200) or one range of it (206, or 416); HEAD gets the same headers.
-pub(crate) fn serve_bytes(req: &HttpRequest, data: Bytes, content_type: &str) -> HttpResponse {
-    let len = data.len() as u64;
+/// The range a request asks of a `len`-byte file, and the answer's head for it: 200, 206 with
+/// `Content-Range`, or 416 with `bytes */len`.
+fn range_head(req: &HttpRequest, len: u64, content_type: &str) -> (HttpResponseBuilder, Ranged) {
     let range = req
         .headers()
         .get(RANGE)
@@ -360,14 +360,25 @@ pub(crate) fn serve_bytes(req: &HttpRequest, data: Bytes, content_type: &str) ->
         .insert_header((ACCEPT_RANGES, "bytes"))
         .insert_header((CONTENT_TYPE, content_type.to_owned()));
     match range {
+        Ranged::Full => {}
+        Ranged::Part(start, end) => {
+            response.insert_header((CONTENT_RANGE, format!("bytes {start}-{end}/{len}")));
+        }
+        Ranged::Unsatisfiable => {
+            response.insert_header((CONTENT_RANGE, format!("bytes */{len}")));
+        }
+    }
+    (response, range)
+}
+
+/// Serves `data` whole (200) or one range of it (206, or 416); HEAD gets the same headers.
+pub(crate) fn serve_bytes(req: &HttpRequest, data: Bytes, content_type: &str) -> HttpResponse {
+    let (mut response, range) = range_head(req, data.len() as u64, content_type);
+    match range {
         Ranged::Full => response.body(data),
         // Part bounds come from parse_range and lie within 0..len.
-        Ranged::Part(start, end) => response
-            .insert_header((CONTENT_RANGE, format!("bytes {start}-{end}/{len}")))
-            .body(data.slice(start as usize..=end as usize)),
-        Ranged::Unsatisfiable => response
-            .insert_header((CONTENT_RANGE, format!("bytes */{len}")))
-            .finish(),
+        Ranged::Part(start, end) => response.body(data.slice(start as usize..=end as usize)),
+        Ranged::Unsatisfiable => response.finish(),
     }
 }
 
@@ -380,30 +391,11 @@ pub(crate) fn serve_padded(req: &HttpRequest, video: Vec<u8>, total: u64, conten
     let pad = u32::try_from(total - prefix.len() as u64).unwrap_or(u32::MAX);
     prefix.extend_from_slice(&pad.to_be_bytes());
     prefix.extend_from_slice(b"free");
-    let range = req
-        .headers()
-        .get(RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map_or(Ranged::Full, |h| parse_range(h, total));
-    let mut response = match range {
-        Ranged::Full => HttpResponse::Ok(),
-        Ranged::Part(..) => HttpResponse::PartialContent(),
-        Ranged::Unsatisfiable => HttpResponse::RangeNotSatisfiable(),
-    };
-    response
-        .insert_header((ACCEPT_RANGES, "bytes"))
-        .insert_header((CONTENT_TYPE, content_type.to_owned()));
+    let (mut response, range) = range_head(req, total, content_type);
     let (start, end) = match range {
         Ranged::Full => (0, total - 1),
-        Ranged::Part(start, end) => {
-            response.insert_header((CONTENT_RANGE, format!("bytes {start}-{end}/{total}")));
-            (start, end)
-        }
-        Ranged::Unsatisfiable => {
-            return response
-                .insert_header((CONTENT_RANGE, format!("bytes */{total}")))
-                .finish();
-        }
+        Ranged::Part(start, end) => (start, end),
+        Ranged::Unsatisfiable => return response.finish(),
     };
     if req.method() == actix_web::http::Method::HEAD {
         return response.no_chunking(end + 1 - start).finish();
