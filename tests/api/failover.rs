@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{MODEL, SECRET, sign};
 use crate::support::process::{Process, free_port, spawn_logged};
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisServer, cli, data_node_args};
 
 const MASTER: &str = "mymaster";
 /// Concurrent clients, each creating then querying, paced.
@@ -33,25 +32,9 @@ const STEADY_SECS: f64 = 12.0;
 /// Sentinel's 1 s down-after.
 const FREEZE: Duration = Duration::from_secs(5);
 
-/// A data node's arguments: no persistence (a restarted node resyncs from the primary).
+/// A data node's arguments, a replica's with `--replicaof`.
 fn node_args(port: u16, dir: &Path, replica_of: Option<u16>) -> Vec<String> {
-    let dir = dir.join(format!("node-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        &dir.display().to_string(),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let mut args = data_node_args(port, dir);
     if let Some(primary) = replica_of {
         args.extend(["--replicaof".into(), "127.0.0.1".into(), primary.to_string()]);
     }
@@ -75,18 +58,9 @@ fn sentinel(port: u16, primary: u16, dir: &Path) -> RedisServer {
     RedisServer::start_args(port, &[conf.display().to_string(), "--sentinel".into()])
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let output = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("run redis-cli");
-    String::from_utf8_lossy(&output.stdout).to_string()
-}
-
 /// The primary's port as the first Sentinel names it.
 fn named_primary(sentinel: u16) -> Option<u16> {
-    let reply = redis_cli(sentinel, &["SENTINEL", "get-master-addr-by-name", MASTER]);
+    let reply = cli(sentinel, &["SENTINEL", "get-master-addr-by-name", MASTER]);
     reply.lines().nth(1)?.trim().parse().ok()
 }
 
@@ -100,7 +74,7 @@ async fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
 
 /// Whether the node on `port` is a replica in sync with its primary.
 fn synced_replica(port: u16) -> bool {
-    let info = redis_cli(port, &["INFO", "replication"]);
+    let info = cli(port, &["INFO", "replication"]);
     info.contains("role:slave") && info.contains("master_link_status:up")
 }
 
@@ -223,7 +197,7 @@ async fn scenario(acked: u32, tasks: usize) -> Figures {
     // Every Sentinel knows the replica and the others before anything fails.
     until("the sentinels to see each other", Duration::from_secs(30), || {
         sentinel_ports.iter().all(|port| {
-            let info = redis_cli(*port, &["SENTINEL", "master", MASTER]);
+            let info = cli(*port, &["SENTINEL", "master", MASTER]);
             let field = |name: &str| {
                 let mut lines = info.lines();
                 lines.find(|l| l.trim() == name);

@@ -3,7 +3,6 @@
 //! once it is a primary again; a hold too few replicas acknowledge is undone (503, nothing
 //! forwarded) and counted; Sentinel and primary passwords in a `redis+sentinel://` URL.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -11,36 +10,11 @@ use vidgate::store::redis::RedisStore;
 use vidgate::store::{PeriodKeys, ReserveOutcome, ReserveRequest, Store, StoreError, TenantSettings};
 
 use crate::helpers::{Backend, assert_error, spawn_app_with};
-use crate::support::redis::{RedisServer, free_port};
+use crate::support::redis::{RedisServer, cli, data_node_args, free_port};
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let output = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("run redis-cli");
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// A data node in its own directory (a replica's full sync writes an RDB file there).
+/// A data node in its own directory under `dir`.
 fn node(port: u16, dir: &tempfile::TempDir, extra: &[&str]) -> RedisServer {
-    let dir = dir.path().join(port.to_string());
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        dir.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let mut args = data_node_args(port, dir.path());
     args.extend(extra.iter().map(|a| a.to_string()));
     RedisServer::start_args(port, &args)
 }
@@ -100,17 +74,17 @@ async fn a_demoted_primary_refuses_writes_and_the_store_reconnects_when_it_is_pr
     ));
 
     // Demoted: every write is refused (READONLY), nothing lands on the replica.
-    assert_eq!(redis_cli(pa, &["REPLICAOF", "127.0.0.1", &pb.to_string()]), "OK");
+    assert_eq!(cli(pa, &["REPLICAOF", "127.0.0.1", &pb.to_string()]), "OK");
     let refused = store.reserve(&hold("rsv_2")).await;
     assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{refused:?}");
-    assert_eq!(redis_cli(pb, &["EXISTS", "t:res:rsv_2"]), "0");
+    assert_eq!(cli(pb, &["EXISTS", "t:res:rsv_2"]), "0");
 
     // Primary again (a failover back): the store reconnects and writes.
     assert_eq!(
-        redis_cli(pb, &["SET", "t:tenant:acme", &redis_cli(pa, &["GET", "t:tenant:acme"])]),
+        cli(pb, &["SET", "t:tenant:acme", &cli(pa, &["GET", "t:tenant:acme"])]),
         "OK"
     );
-    assert_eq!(redis_cli(pa, &["REPLICAOF", "NO", "ONE"]), "OK");
+    assert_eq!(cli(pa, &["REPLICAOF", "NO", "ONE"]), "OK");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match store.reserve(&hold("rsv_3")).await {
@@ -180,9 +154,9 @@ async fn sentinel_and_primary_passwords_come_from_the_url() {
     )
     .unwrap();
     let _sentinel = RedisServer::start_args(sentinel_port, &[conf.display().to_string(), "--sentinel".into()]);
-    assert_eq!(redis_cli(primary, &["CONFIG", "SET", "requirepass", "pr1mary"]), "OK");
+    assert_eq!(cli(primary, &["CONFIG", "SET", "requirepass", "pr1mary"]), "OK");
     assert_eq!(
-        redis_cli(sentinel_port, &["ACL", "SETUSER", "default", "resetpass", ">s3ntinel"]),
+        cli(sentinel_port, &["ACL", "SETUSER", "default", "resetpass", ">s3ntinel"]),
         "OK"
     );
     let url = |primary_pw: &str, sentinel_pw: &str| {
@@ -208,7 +182,7 @@ async fn a_bind_no_replica_acknowledges_is_counted_and_the_create_goes_on() {
         &["--replicaof", "127.0.0.1", &primary_port.to_string()],
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !redis_cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up") {
+    while !cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up") {
         assert!(Instant::now() < deadline, "the replica never synced");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -164,6 +164,38 @@ impl Drop for RedisServer {
     }
 }
 
+/// `redis-cli -p PORT ARGS...`: what it printed, trimmed.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A replication test's data node: loopback, no persistence (a restarted node resyncs from
+/// its primary), its own directory under `dir` (a replica's full sync writes an RDB file there).
+pub fn data_node_args(port: u16, dir: &Path) -> Vec<String> {
+    let dir = dir.join(format!("node-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir.display().to_string(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
